@@ -1,0 +1,3 @@
+"""brainhands: orchestrator-workers LLM agents as gRPC microservices (shared core)."""
+
+__version__ = "0.1.0"

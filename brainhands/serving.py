@@ -1,0 +1,168 @@
+"""The one serve() shape every brainhands service uses: grpc.aio, health, reflection, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from brainhands import metadata as md
+
+log = structlog.get_logger("brainhands.serving")
+
+#: Keepalive settings shared by servers and clients: ping idle connections so dead peers are found.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+]
+
+
+class LogContextInterceptor(grpc.aio.ServerInterceptor):
+    """Clears the structlog context and binds method, session and call ids for each call."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def bind(context: grpc.aio.ServicerContext) -> None:
+            meta = md.as_dict(context.invocation_metadata())
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(
+                **{"rpc.method": method},
+                **({"session_id": meta[md.SESSION_ID]} if md.SESSION_ID in meta else {}),
+                **({"call_id": meta[md.CALL_ID]} if md.CALL_ID in meta else {}),
+            )
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request, context):
+                bind(context)
+                return await inner_uu(request, context)
+
+            return handler._replace(unary_unary=unary_unary)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request, context):
+                bind(context)
+                async for item in _aiter(inner_us(request, context)):
+                    yield item
+
+            return handler._replace(unary_stream=unary_stream)
+        return handler
+
+
+async def _aiter(result):
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        for item in await result if asyncio.iscoroutine(result) else result:
+            yield item
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port, its health servicer, and how to drain it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: Sequence[str]
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def drain(self, grace: float = 30.0) -> None:
+        """Health NOT_SERVING, run drain hooks (deregister), finish in-flight calls, stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        for hook in self.on_drain:
+            with contextlib.suppress(Exception):
+                await hook()
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    register: Callable[[grpc.aio.Server], Iterable[str]],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_message_bytes: int = 4 * 1024 * 1024,
+    credentials: grpc.ServerCredentials | None = None,
+    options: Sequence[tuple[str, object]] = (),
+) -> RunningServer:
+    """Build and start a grpc.aio server.
+
+    register adds the servicers and returns their full service names, which get
+    health status SERVING and reflection.
+    """
+    server = grpc.aio.server(
+        interceptors=[LogContextInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            *KEEPALIVE_OPTIONS,
+            *options,
+        ],
+    )
+    names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{host}:{port}"
+    bound = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
+    if bound == 0:
+        raise OSError(f"could not listen on {address}: is the port in use?")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
+
+
+async def run_until_signalled(running: RunningServer, grace: float = 30.0) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(running.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("draining", grace_s=grace, services=list(running.service_names))
+        await running.drain(grace)
+        log.info("stopped")
+    for task in (waiter, stopper):
+        task.cancel()

@@ -1,0 +1,22 @@
+"""The hand SDK: write a hand as a typed async function, serve it over gRPC, call it."""
+
+from hands._client import HandClient
+from hands._hand import Context, Hand, HandError, HandResult, Usage, hand
+from hands._serve import load_hands, serve, serve_async
+from hands._server import HandServiceConfig, HandServicer, start
+
+__all__ = [
+    "Context",
+    "Hand",
+    "HandClient",
+    "HandError",
+    "HandResult",
+    "HandServiceConfig",
+    "HandServicer",
+    "Usage",
+    "hand",
+    "load_hands",
+    "serve",
+    "serve_async",
+    "start",
+]

@@ -1,0 +1,81 @@
+"""serve(): run hands as a service from a script or the command line, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from brainhands.logs import configure_logging
+from brainhands.serving import RunningServer, run_until_signalled
+from hands._hand import Hand
+from hands._server import HandServiceConfig, start
+
+log = structlog.get_logger("hands")
+
+#: Called with the started server when --register names a gateway; installed by the gateway package.
+RegisterHook = Callable[[RunningServer, str, Sequence[Hand]], Awaitable[None]]
+
+
+async def serve_async(
+    hands: Sequence[Hand],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 50071,
+    config: HandServiceConfig = HandServiceConfig(),
+    register: str | None = None,
+    advertise: str | None = None,
+    grace: float = 30.0,
+) -> None:
+    running = await start(hands, host=host, port=port, config=config)
+    log.info(
+        "serving hands",
+        address=f"{host}:{running.port}",
+        hands=[h.name for h in hands],
+        max_concurrency=config.max_concurrency,
+    )
+    if register:
+        from gateway.registration import keep_registered  # the gateway owns the registry contract
+
+        await keep_registered(running, register, advertise or f"{host}:{running.port}")
+    await run_until_signalled(running, grace=grace)
+
+
+def serve(hands: Sequence[Hand], port: int = 50071, host: str = "127.0.0.1", **kwargs) -> None:
+    """Serve the hands on host:port until SIGTERM or Ctrl-C, then drain and return."""
+    configure_logging()
+    asyncio.run(serve_async(list(hands), host=host, port=port, **kwargs))
+
+
+def load_hands(spec: str) -> list[Hand]:
+    """Resolve MODULE[:ATTR] to hands.
+
+    ATTR may name a Hand, a list of hands, or a factory that returns either. Without
+    ATTR the module's HANDS (list or factory) is used, else every Hand at module level.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"cannot import hand module {module_name!r}: {exc}") from None
+    if attr:
+        if not hasattr(module, attr):
+            raise SystemExit(f"module {module_name!r} has no attribute {attr!r}")
+        found = getattr(module, attr)
+    elif hasattr(module, "HANDS"):
+        found = module.HANDS
+    else:
+        found = [v for v in vars(module).values() if isinstance(v, Hand)]
+        if not found:
+            raise SystemExit(f"module {module_name!r} defines no hands (decorate async functions with @hand)")
+    if callable(found) and not isinstance(found, Hand):
+        found = found()
+    if isinstance(found, Hand):
+        found = [found]
+    found = list(found)
+    bad = [h for h in found if not isinstance(h, Hand)]
+    if bad:
+        raise SystemExit(f"{spec}: {bad[0]!r} is not a hand (decorate it with @hand)")
+    return found

@@ -1,0 +1,174 @@
+"""HandService over grpc.aio: validation, concurrency limit, timeouts, one log line per call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from brainhands import metadata as md
+from brainhands.serving import RunningServer, start_server
+from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
+from hands.v1 import hands_pb2, hands_pb2_grpc
+
+log = structlog.get_logger("hands")
+
+DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HandServiceConfig:
+    """Limits for one hand service, fixed at start."""
+
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_concurrency: int = 64
+    default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+
+
+class HandServicer(hands_pb2_grpc.HandServiceServicer):
+    """Runs the hands it was given; knows nothing of gateways or brains."""
+
+    def __init__(self, hands: Sequence[Hand], config: HandServiceConfig = HandServiceConfig()):
+        self._hands = check_unique(list(hands))
+        self._config = config
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._describe = hands_pb2.DescribeResponse(
+            hands=[
+                hands_pb2.HandSpec(
+                    name=h.name,
+                    description=h.description,
+                    input_schema_json=h.input_schema_json,
+                    idempotent=h.idempotent,
+                )
+                for h in self._hands.values()
+            ]
+        )
+
+    async def Describe(self, request, context):
+        return self._describe
+
+    async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        name = request.name
+        response = None
+        try:
+            if not name:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hand name is empty")
+            if not NAME_RE.match(name):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"hand name {name[:80]!r} must match {NAME_RE.pattern}",
+                )
+            size = len(request.input.encode())
+            if size > self._config.max_input_bytes:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input is {size} bytes; the limit is {self._config.max_input_bytes}",
+                )
+            the_hand = self._hands.get(name)
+            if the_hand is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no hand named {name!r} here")
+            response = await self._run(the_hand, request, context)
+            return response
+        finally:
+            code = context.code()
+            log.info(
+                "call",
+                hand=name[:64],
+                code=(code.name if code is not None else ("OK" if response is not None else "CANCELLED")),
+                is_error=bool(response is not None and response.is_error),
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+    async def _run(self, the_hand: Hand, request, context) -> hands_pb2.ExecuteResponse:
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        limits = [t for t in (remaining, the_hand.timeout, self._config.default_timeout) if t is not None]
+        budget = min(limits)
+        hand_limit_binds = remaining is None or (the_hand.timeout or self._config.default_timeout) < remaining
+        meta = md.as_dict(context.invocation_metadata())
+        try:
+            depth = int(meta.get(md.DEPTH, "0"))
+        except ValueError:
+            depth = 0
+        call_id = request.call_id or meta.get(md.CALL_ID, "")
+        session_id = request.session_id or meta.get(md.SESSION_ID, "")
+        try:
+            args = the_hand.parse_input(request.input)
+        except HandError as exc:
+            return hands_pb2.ExecuteResponse(output=str(exc), is_error=True)
+        if the_hand.takes_ctx:
+            args["ctx"] = Context(
+                call_id=call_id,
+                session_id=session_id,
+                deadline=loop.time() + budget,
+                metadata=meta,
+                logger=log.bind(hand=the_hand.name),
+                depth=depth,
+            )
+        try:
+            async with asyncio.timeout(budget):
+                async with self._slots:
+                    result = await the_hand.fn(**args)
+        except TimeoutError:
+            if hand_limit_binds:
+                return hands_pb2.ExecuteResponse(
+                    output=f"{the_hand.name} timed out after {budget:g}s", is_error=True
+                )
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{the_hand.name} did not finish before the deadline")
+        except HandError as exc:
+            return hands_pb2.ExecuteResponse(output=str(exc), is_error=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            correlation_id = uuid.uuid4().hex[:16]
+            log.exception("hand raised", hand=the_hand.name, correlation_id=correlation_id)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error in hand {the_hand.name} (correlation id {correlation_id})",
+            )
+        return _to_response(the_hand.name, result)
+
+
+def _to_response(name: str, result) -> hands_pb2.ExecuteResponse:
+    if isinstance(result, HandResult):
+        return hands_pb2.ExecuteResponse(
+            output=result.output,
+            is_error=result.is_error,
+            usage=hands_pb2.Usage(
+                input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens
+            ),
+        )
+    if isinstance(result, str):
+        return hands_pb2.ExecuteResponse(output=result)
+    raise TypeError(f"hand {name} returned {type(result).__name__}; return str or HandResult")
+
+
+async def start(
+    hands: Sequence[Hand],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: HandServiceConfig = HandServiceConfig(),
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Start a hand service in the running loop and return it (port 0 picks a free port)."""
+    servicer = HandServicer(hands, config)
+
+    def register(server: grpc.aio.Server):
+        hands_pb2_grpc.add_HandServiceServicer_to_server(servicer, server)
+        return [hands_pb2.DESCRIPTOR.services_by_name["HandService"].full_name]
+
+    # Leave room above the input limit so an oversized input reaches us and gets INVALID_ARGUMENT.
+    return await start_server(
+        register,
+        host=host,
+        port=port,
+        max_message_bytes=config.max_input_bytes + 1024 * 1024,
+        credentials=credentials,
+    )

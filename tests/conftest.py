@@ -1,0 +1,85 @@
+"""Fixtures shared by every part's tests: real servers on loopback port 0, Redis and PostgreSQL URLs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+from tests.services import service_url
+
+
+@pytest.fixture
+async def hand_service():
+    """Start hand services in-process: `running = await hand_service([h1, h2], config=...)`."""
+    from hands import start
+
+    started = []
+
+    async def _start(hands, **kwargs):
+        running = await start(hands, **kwargs)
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        with contextlib.suppress(Exception):
+            await running.server.stop(0)
+
+
+@pytest.fixture
+async def hand_client():
+    """HandClients that are closed after the test: `client = hand_client(address)`."""
+    from hands import HandClient
+
+    clients = []
+
+    def _make(target, **kwargs):
+        client = HandClient(target, **kwargs)
+        clients.append(client)
+        return client
+
+    yield _make
+    for client in clients:
+        await client.close()
+
+
+def _redis_container():
+    from testcontainers.redis import RedisContainer
+
+    @contextlib.contextmanager
+    def run():
+        with RedisContainer() as c:
+            yield f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
+
+    return run()
+
+
+def _postgres_container():
+    from testcontainers.postgres import PostgresContainer
+
+    @contextlib.contextmanager
+    def run():
+        with PostgresContainer("postgres:16-alpine", driver=None) as c:
+            yield c.get_connection_url()
+
+    return run()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis URL: $REDIS_URL, a testcontainers Redis, or skip (fail under CI=true)."""
+    yield from service_url("Redis", "REDIS_URL", 6379, _redis_container)
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A PostgreSQL URL: $DATABASE_URL, a testcontainers PostgreSQL, or skip (fail under CI=true)."""
+    yield from service_url("PostgreSQL", "DATABASE_URL", 5432, _postgres_container)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_anthropic(monkeypatch):
+    """No test may reach the real API: point the SDK at a closed port unless a test sets its own."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", os.environ.get("BRAINHANDS_TEST_ANTHROPIC_URL", "http://127.0.0.1:9"))
