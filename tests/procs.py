@@ -1,0 +1,94 @@
+"""Run brainhands services as real processes in tests and learn their bound addresses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceProcess:
+    """A child process and the address it logged; stderr lines read so far are kept in .log."""
+
+    proc: subprocess.Popen
+    address: str = ""
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read_log(self, timeout: float = 0.0) -> list[str]:
+        """Read the stderr lines available within timeout seconds (non-blocking with 0)."""
+        deadline = time.monotonic() + timeout
+        stream = self.proc.stderr
+        new: list[str] = []
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([stream], [], [], remaining)
+            if not ready:
+                break
+            line = stream.readline()
+            if not line:
+                break
+            new.append(line.rstrip("\n"))
+            if time.monotonic() >= deadline:
+                break
+        self.log.extend(new)
+        return new
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_service(args: list[str], *, env: dict[str, str] | None = None, ready_event: str = "serving hands",
+                  timeout: float = 20.0, cwd: str | os.PathLike | None = None) -> ServiceProcess:
+    """Start `python -m brainhands ARGS...` with JSON logs; wait for the log line ready_event with an address."""
+    full_env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainhands", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+    )
+    service = ServiceProcess(proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in service.read_log(timeout=0.2):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == ready_event and record.get("address"):
+                service.address = record["address"]
+                return service
+        if proc.poll() is not None:
+            service.read_log(timeout=0.5)
+            raise RuntimeError(f"{args} exited with {proc.returncode}:\n" + "\n".join(service.log[-30:]))
+    service.stop()
+    raise RuntimeError(f"{args} did not log {ready_event!r} within {timeout}s:\n" + "\n".join(service.log[-30:]))

@@ -1,0 +1,91 @@
+"""A hand service as a real process: the CLI serves it, and SIGTERM drains it without dropping a call."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hands import HandClient
+from tests.procs import start_service
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture
+def hand_process():
+    started = []
+
+    def _start(*args, **kwargs):
+        service = start_service(["serve", "hand", *args], **kwargs)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        service.stop()
+
+
+async def test_sigterm_finishes_the_call_in_flight_refuses_new_ones_and_exits_zero(hand_process):
+    service = hand_process("tests.hands.sample_hands", "--port", "0")
+    async with HandClient(service.address) as client, grpc.aio.insecure_channel(service.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await anext(aiter(watch))
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+        in_flight = asyncio.create_task(client.execute("nap", {"seconds": 1.5}, timeout=20))
+        await asyncio.sleep(0.3)  # let the call reach the hand before the signal
+        service.signal(signal.SIGTERM)
+
+        second = await asyncio.wait_for(anext(aiter(watch)), timeout=5)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.execute("echo", {"text": "late"}, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        result = await in_flight
+        assert result.output == "slept 1.5"
+    assert await asyncio.to_thread(service.proc.wait, 15) == 0
+
+
+async def test_cli_lists_and_calls_a_served_hand(hand_process):
+    service = hand_process("examples.word_count", "--port", "0")
+    proc = await asyncio.create_subprocess_exec(
+        "brainhands", "hands", "call", "word_count", '{"text": "one two three"}', "--target", service.address,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().strip() == "3"
+    proc = await asyncio.create_subprocess_exec(
+        "brainhands", "hands", "list", "--target", service.address,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().startswith("word_count  Count the words in a text.")
+
+
+async def test_cli_says_plainly_when_nothing_listens():
+    proc = await asyncio.create_subprocess_exec(
+        "brainhands", "hands", "list", "--target", "127.0.0.1:9",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("brainhands: cannot reach 127.0.0.1:9")
+    assert "Traceback" not in err.decode()
+
+
+async def test_serving_a_module_without_hands_is_one_clear_line():
+    proc = await asyncio.create_subprocess_exec(
+        "brainhands", "serve", "hand", "no.such.module", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().strip() == "brainhands: cannot import hand module 'no.such.module': No module named 'no'"
