@@ -79,6 +79,15 @@ def database_url():
     yield from service_url("PostgreSQL", "DATABASE_URL", 5432, _postgres_container)
 
 
+@pytest.fixture
+def messages_api():
+    """A started FakeMessagesAPI (tests/fakes/messages_api.py); pass its base_url to the SDK yourself."""
+    from tests.fakes.messages_api import FakeMessagesAPI
+
+    with FakeMessagesAPI() as api:
+        yield api
+
+
 @pytest.fixture(autouse=True)
 def _no_real_anthropic(monkeypatch):
     """No test may reach the real API: point the SDK at a closed port unless a test sets its own."""
