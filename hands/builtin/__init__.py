@@ -1,0 +1,1 @@
+"""Built-in hands, each runnable as its own service: fs, sandbox, llm."""
