@@ -1,0 +1,299 @@
+"""The Redis quota store: counters shared by every gateway replica, one atomic Lua script per decision."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.quotas import (
+    CONCURRENCY_RETRY_SECONDS,
+    DEFAULT_LEASE_SECONDS,
+    Decision,
+    Lease,
+    QuotaStoreUnavailable,
+    RuleUsage,
+    Violation,
+)
+from gateway.tenants import QuotaRule
+
+log = structlog.get_logger("gateway.quotas.redis")
+
+# Every script reads the clock with TIME, so replicas on machines whose clocks disagree still
+# agree on windows, buckets and lease expiry. Times are milliseconds since the epoch.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+"""
+
+# KEYS: one per rule. ARGV: lease id, lease ms, concurrency retry ms, then per rule: kind, limit, window ms, burst.
+# Checks every rule first and writes only when all admit, so a denied call consumes nothing.
+# Returns {1} when admitted, else {0, rule index, retry ms, rule index, retry ms, ...} for each denying rule.
+ADMIT = (
+    _NOW
+    + """
+local lease_id = ARGV[1]
+local lease_ms = tonumber(ARGV[2])
+local concurrency_retry_ms = tonumber(ARGV[3])
+local denied = {}
+local state = {}
+for i = 1, #KEYS do
+  local base = 3 + (i - 1) * 4
+  local kind, limit, window, burst = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local key = KEYS[i]
+  if kind == 'rate' then
+    local v = redis.call('HMGET', key, 't', 'ts')
+    local tokens = tonumber(v[1]) or burst
+    local elapsed = now - (tonumber(v[2]) or now)
+    if elapsed < 0 then elapsed = 0 end
+    tokens = math.min(burst, tokens + elapsed * limit / window)
+    state[i] = tokens
+    if tokens < 1 then
+      denied[#denied + 1] = i
+      denied[#denied + 1] = math.ceil((1 - tokens) * window / limit)
+    end
+  elseif kind == 'concurrency' then
+    -- A holder that stopped renewing (a gateway that died) loses its slot here.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= limit then
+      denied[#denied + 1] = i
+      denied[#denied + 1] = concurrency_retry_ms
+    end
+  else
+    local v = redis.call('HMGET', key, 'w', 'n')
+    local win = math.floor(now / window)
+    local used = 0
+    if tonumber(v[1]) == win then used = tonumber(v[2]) end
+    state[i] = used
+    if used >= limit then
+      denied[#denied + 1] = i
+      denied[#denied + 1] = math.ceil((win + 1) * window - now)
+    end
+  end
+end
+if #denied > 0 then
+  table.insert(denied, 1, 0)
+  return denied
+end
+for i = 1, #KEYS do
+  local base = 3 + (i - 1) * 4
+  local kind, limit, window, burst = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local key = KEYS[i]
+  if kind == 'rate' then
+    redis.call('HSET', key, 't', string.format('%.17g', state[i] - 1), 'ts', string.format('%.17g', now))
+    redis.call('PEXPIRE', key, math.ceil(burst * window / limit) + 1000)
+  elseif kind == 'concurrency' then
+    redis.call('ZADD', key, now + lease_ms, lease_id)
+    redis.call('PEXPIRE', key, math.ceil(lease_ms) + 1000)
+  elseif kind == 'calls' then
+    local win = math.floor(now / window)
+    redis.call('HSET', key, 'w', win, 'n', state[i] + 1)
+    redis.call('PEXPIRE', key, math.ceil((win + 1) * window - now) + 1000)
+  end
+end
+return {1}
+"""
+)
+
+# KEYS: the zsets of held slots. ARGV: lease ms, then the lease id for each key. Returns how many were still held.
+RENEW = (
+    _NOW
+    + """
+local lease_ms = tonumber(ARGV[1])
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], 'XX', now + lease_ms, ARGV[i + 1])
+    redis.call('PEXPIRE', KEYS[i], math.ceil(lease_ms) + 1000)
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+)
+
+# KEYS: token rules. ARGV: tokens, then the window ms for each key.
+CHARGE = (
+    _NOW
+    + """
+local tokens = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local window = tonumber(ARGV[i + 1])
+  local win = math.floor(now / window)
+  local v = redis.call('HMGET', KEYS[i], 'w', 'n')
+  local used = 0
+  if tonumber(v[1]) == win then used = tonumber(v[2]) end
+  redis.call('HSET', KEYS[i], 'w', win, 'n', used + tokens)
+  redis.call('PEXPIRE', KEYS[i], math.ceil((win + 1) * window - now) + 1000)
+end
+return #KEYS
+"""
+)
+
+# KEYS: one per rule. ARGV: per rule kind, limit, window ms, burst. Reads only.
+# Returns per rule {used as a string, resets in ms}.
+USAGE = (
+    _NOW
+    + """
+local out = {}
+for i = 1, #KEYS do
+  local base = (i - 1) * 4
+  local kind, limit, window, burst = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local key = KEYS[i]
+  local used, resets = 0, 0
+  if kind == 'rate' then
+    local v = redis.call('HMGET', key, 't', 'ts')
+    local tokens = tonumber(v[1]) or burst
+    local elapsed = now - (tonumber(v[2]) or now)
+    if elapsed < 0 then elapsed = 0 end
+    tokens = math.min(burst, tokens + elapsed * limit / window)
+    used = burst - tokens
+    resets = math.ceil(used * window / limit)
+  elseif kind == 'concurrency' then
+    used = redis.call('ZCOUNT', key, '(' .. string.format('%.17g', now), '+inf')
+  else
+    local v = redis.call('HMGET', key, 'w', 'n')
+    local win = math.floor(now / window)
+    if tonumber(v[1]) == win then used = tonumber(v[2]) end
+    resets = math.ceil((win + 1) * window - now)
+  end
+  out[#out + 1] = string.format('%.17g', used)
+  out[#out + 1] = resets
+end
+return out
+"""
+)
+
+
+class RedisQuotaStore:
+    """Quota counters in Redis, shared by every replica; the store's errors become QuotaStoreUnavailable."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        prefix: str = "brainhands:quota",
+    ):
+        self.lease_seconds = lease_seconds
+        self._redis = client
+        self._prefix = prefix
+        self._admit = client.register_script(ADMIT)
+        self._renew = client.register_script(RENEW)
+        self._charge = client.register_script(CHARGE)
+        self._usage = client.register_script(USAGE)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        prefix: str = "brainhands:quota",
+        timeout: float = 1.0,
+        max_connections: int = 32,
+    ) -> RedisQuotaStore:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            # Calls beyond max_connections wait for a connection (up to timeout) instead of failing.
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # No automatic retries: an admission whose reply was lost may have been applied, and
+            # running it again would count the call twice. A failure goes to the fail-open/closed policy.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=10,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        return cls(client, lease_seconds=lease_seconds, prefix=prefix)
+
+    def key(self, rule: QuotaRule) -> str:
+        # The {tenant} hash tag puts all keys of one call in one Redis Cluster slot, as a script needs.
+        return f"{self._prefix}:{{{rule.tenant}}}:{rule.id}"
+
+    async def admit(self, rules: Sequence[QuotaRule], lease_id: str) -> Decision:
+        if not rules:
+            return Decision(admitted=True)
+        args: list[object] = [lease_id, self._lease_ms, math.ceil(CONCURRENCY_RETRY_SECONDS * 1000)]
+        for rule in rules:
+            args.extend(_rule_args(rule))
+        reply = await self._call(self._admit, [self.key(rule) for rule in rules], args)
+        if int(reply[0]) == 1:
+            leases = tuple(Lease(rule, lease_id) for rule in rules if rule.kind == "concurrency")
+            return Decision(admitted=True, leases=leases)
+        violations = tuple(
+            Violation(rules[int(reply[j]) - 1], int(reply[j + 1]) / 1000) for j in range(1, len(reply), 2)
+        )
+        return Decision(admitted=False, violations=violations)
+
+    async def renew(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        held = await self._call(
+            self._renew, [self.key(lease.rule) for lease in leases], [self._lease_ms, *(lease.id for lease in leases)]
+        )
+        if int(held) < len(leases):
+            # The slot expired before we renewed it (the store was away longer than a lease).
+            log.warning("quota_lease_lost", leases=len(leases) - int(held))
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for lease in leases:
+                    pipe.zrem(self.key(lease.rule), lease.id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QuotaStoreUnavailable(_describe(exc)) from exc
+
+    async def charge_tokens(self, rules: Sequence[QuotaRule], tokens: int) -> None:
+        token_rules = [rule for rule in rules if rule.kind == "tokens"]
+        if tokens <= 0 or not token_rules:
+            return
+        await self._call(
+            self._charge,
+            [self.key(rule) for rule in token_rules],
+            [tokens, *(math.ceil(rule.window * 1000) for rule in token_rules)],
+        )
+
+    async def usage(self, rules: Sequence[QuotaRule]) -> list[RuleUsage]:
+        if not rules:
+            return []
+        args: list[object] = []
+        for rule in rules:
+            args.extend(_rule_args(rule))
+        reply = await self._call(self._usage, [self.key(rule) for rule in rules], args)
+        out = []
+        for i, rule in enumerate(rules):
+            used = float(reply[2 * i])
+            limit = rule.burst if rule.kind == "rate" else rule.limit
+            out.append(RuleUsage(rule, used, limit, int(reply[2 * i + 1]) / 1000))
+        return out
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
+
+    @property
+    def _lease_ms(self) -> int:
+        return math.ceil(self.lease_seconds * 1000)
+
+    async def _call(self, script, keys, args):
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise QuotaStoreUnavailable(_describe(exc)) from exc
+
+
+def _rule_args(rule: QuotaRule) -> list[object]:
+    return [rule.kind, rule.limit, math.ceil(rule.window * 1000), rule.burst]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"quota store (redis) is unreachable: {type(exc).__name__}: {exc}"
