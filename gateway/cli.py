@@ -1,0 +1,48 @@
+"""Commands for the gateway: `brainhands serve gateway --config FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+
+from brainhands.cli import CliError
+
+
+def register(commands, serve_commands) -> None:
+    p = serve_commands.add_parser("gateway", help="route hand calls to healthy hand services (HandService in front)")
+    p.add_argument("--config", metavar="FILE", help="gateway YAML config (see examples/gateway.yaml); default: no static routes")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address (port 0 picks one)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="override the config's Prometheus address ('off' to disable)")
+    p.set_defaults(func=_serve_gateway)
+
+
+def _serve_gateway(args: argparse.Namespace) -> int:
+    from brainhands.logs import configure_logging
+    from brainhands.serving import run_until_signalled
+    from gateway.config import ConfigError, GatewayConfig, is_address, load_config
+    from gateway.server import start_gateway
+
+    try:
+        config = load_config(args.config) if args.config else GatewayConfig()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if args.listen:
+        if not is_address(args.listen):
+            raise CliError(f"--listen: must be host:port, got {args.listen!r}")
+        config = dataclasses.replace(config, listen=args.listen)
+    if args.metrics:
+        if args.metrics != "off" and not is_address(args.metrics):
+            raise CliError(f"--metrics: must be host:port or 'off', got {args.metrics!r}")
+        config = dataclasses.replace(config, metrics=None if args.metrics == "off" else args.metrics)
+    configure_logging()
+
+    async def run() -> None:
+        running = await start_gateway(config)
+        await run_until_signalled(running)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        raise CliError(f"cannot start the gateway: {exc}") from None
+    return 0

@@ -1,0 +1,103 @@
+"""The hand side of the registry: register with a gateway, heartbeat the lease, deregister on drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import structlog
+
+from brainhands.serving import KEEPALIVE_OPTIONS, RunningServer
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = structlog.get_logger("gateway.registration")
+
+_RPC_TIMEOUT = 5.0
+
+
+class Registration:
+    """A lease on one gateway, kept alive by a background task until close()."""
+
+    def __init__(self, gateway: str, advertise: str, lease_ttl: float | None = None):
+        self.gateway = gateway
+        self.advertise = advertise
+        self._asked_ttl = lease_ttl
+        self._channel = grpc.aio.insecure_channel(gateway, options=KEEPALIVE_OPTIONS)
+        self._stub = gateway_pb2_grpc.RegistryServiceStub(self._channel)
+        self.lease_id = ""
+        self.lease_ttl = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def register(self) -> None:
+        request = gateway_pb2.RegisterRequest(address=self.advertise)
+        if self._asked_ttl:
+            request.lease_ttl.FromMilliseconds(int(self._asked_ttl * 1000))
+        reply = await self._stub.Register(request, timeout=_RPC_TIMEOUT)
+        self.lease_id = reply.lease_id
+        self.lease_ttl = reply.lease_ttl.ToMilliseconds() / 1000
+        log.info("registered", gateway=self.gateway, address=self.advertise, hands=list(reply.hands), lease_ttl_s=self.lease_ttl)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep(), name=f"lease on {self.gateway}")
+
+    async def _keep(self) -> None:
+        """Heartbeat at a third of the lease; on a lost lease or a failed registration, register again."""
+        retry = 0.2
+        while True:
+            if not self.lease_id:
+                try:
+                    await self.register()
+                    retry = 0.2
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("registration failed", gateway=self.gateway, code=exc.code().name, details=exc.details())
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, 5.0)
+                    continue
+            await asyncio.sleep(max(0.05, self.lease_ttl / 3))
+            try:
+                await self._stub.Heartbeat(gateway_pb2.HeartbeatRequest(lease_id=self.lease_id), timeout=_RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND:
+                    log.warning("lease lost; registering again", gateway=self.gateway)
+                    self.lease_id = ""
+                else:
+                    log.warning("heartbeat failed", gateway=self.gateway, code=exc.code().name, details=exc.details())
+
+    async def close(self) -> None:
+        """Stop heartbeating and deregister, so the gateway stops sending calls before we stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.lease_id:
+            try:
+                await self._stub.Deregister(gateway_pb2.DeregisterRequest(lease_id=self.lease_id), timeout=2.0)
+                log.info("deregistered", gateway=self.gateway)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("deregister failed", gateway=self.gateway, code=exc.code().name, details=exc.details())
+            self.lease_id = ""
+        await self._channel.close()
+
+
+async def keep_registered(
+    running: RunningServer, gateway: str, advertise: str, *, lease_ttl: float | None = None
+) -> Registration:
+    """Register running with the gateway, keep the lease alive, and deregister when it drains.
+
+    The first attempt happens here so a wrong address shows at start-up; if the gateway is
+    not up yet the background task keeps trying.
+    """
+    registration = Registration(gateway, advertise, lease_ttl)
+    try:
+        await registration.register()
+    except grpc.aio.AioRpcError as exc:
+        log.warning(
+            "gateway did not accept the registration yet; retrying in the background",
+            gateway=gateway,
+            code=exc.code().name,
+            details=exc.details(),
+        )
+    registration.start()
+    running.on_drain.append(registration.close)
+    return registration

@@ -1,0 +1,300 @@
+"""The gateway's front: HandService that forwards each Execute to a replica of the named hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from brainhands import metadata as md
+from brainhands.serving import RunningServer, start_server
+from gateway.backends import STATIC, Backend
+from gateway.config import GatewayConfig
+from gateway.context import current_tenant
+from gateway.health import HealthChecker
+from gateway.metrics import GatewayMetrics
+from gateway.registry import Registry
+from gateway.routing import HandRoute, RouteTable
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.wire import hand_name
+from hands.v1 import hands_pb2
+
+log = structlog.get_logger("gateway")
+
+HAND_SERVICE = hands_pb2.DESCRIPTOR.services_by_name["HandService"].full_name
+REGISTRY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+_PROPAGATED = frozenset(md.PROPAGATED)  # never authorization: the caller's key is not the backend's business
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# Words grpc puts in UNAVAILABLE when no connection was made, so the request never left the gateway.
+_NOT_SENT = ("failed to connect", "connection refused", "connect failed", "no route to host", "dns resolution failed")
+
+
+def never_reached_backend(exc: grpc.aio.AioRpcError) -> bool:
+    """The rule for "failed before it reached a hand", which makes any call safe to retry elsewhere.
+
+    grpc does not say whether request bytes went out. A call is counted as not sent only
+    when it failed UNAVAILABLE while connecting (connection refused, no route, DNS): with
+    no connection there is nothing the bytes could have gone through. Everything else
+    (a reset or closed socket after sending, GOAWAY mid-call, deadline, an UNAVAILABLE the
+    hand chose) may have reached the hand, so only idempotent hands are re-run. Backends
+    whose channel is already in TRANSIENT_FAILURE are skipped before the call is made.
+    """
+    if exc.code() is not _UNAVAILABLE:
+        return False
+    details = (exc.details() or "").lower()
+    return any(words in details for words in _NOT_SENT)
+
+
+class _Refusal(Exception):
+    """The status the caller gets when no backend answered OK."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = ()):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+
+
+def _passable_trailers(exc: grpc.aio.AioRpcError) -> tuple:
+    """The backend's trailing metadata worth passing on: rich status details and application keys."""
+    out = []
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" or not key.startswith("grpc-"):
+            out.append((key, value))
+    return tuple(out)
+
+
+class FrontService:
+    """HandService for callers; Execute bytes go to a backend and its answer comes back unparsed."""
+
+    def __init__(self, table: RouteTable, config: GatewayConfig, metrics: GatewayMetrics):
+        self._table = table
+        self._config = config
+        self._metrics = metrics
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        # No (de)serializers: the front gets and returns bytes, so a routed call parses the request once
+        # (for the name) and never re-serializes the request or the response.
+        return grpc.method_handlers_generic_handler(
+            HAND_SERVICE,
+            {
+                "Execute": grpc.unary_unary_rpc_method_handler(self.execute),
+                "Describe": grpc.unary_unary_rpc_method_handler(self.describe),
+            },
+        )
+
+    async def describe(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return self._table.describe_bytes
+
+    async def execute(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        label = "unknown"  # bounded label set: only names the route table knows become labels
+        code = "CANCELLED"
+        backend = ""
+        attempts = 0
+        try:
+            try:
+                name = hand_name(raw)
+            except (DecodeError, UnicodeDecodeError):
+                raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a hands.v1.ExecuteRequest") from None
+            route = self._table.routes.get(name)
+            if route is None:
+                raise self._no_route(name)
+            label = name
+            response, backend, attempts = await self._forward(route, raw, context)
+            code = "OK"
+            return response
+        except _Refusal as refusal:
+            code = refusal.code.name
+            await context.abort(refusal.code, refusal.details, trailing_metadata=refusal.trailing)
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.in_flight.dec()
+            tenant = current_tenant.get()
+            metrics.observe_call(label, tenant, code, seconds)
+            log.info(
+                "call",
+                hand=label,
+                tenant=tenant,
+                backend=backend,
+                code=code,
+                attempts=attempts,
+                duration_ms=round(seconds * 1000, 2),
+            )
+
+    def _no_route(self, name: str) -> _Refusal:
+        if not name:
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "hand name is empty")
+        if self._table.known_but_down(name):
+            return _Refusal(_UNAVAILABLE, f"no healthy replica of {name} right now; try again shortly")
+        known = ", ".join(self._table.hand_names()[:50]) or "(none)"
+        return _Refusal(grpc.StatusCode.NOT_FOUND, f"no hand named {name[:64]!r}; the gateway knows: {known}")
+
+    async def _forward(self, route: HandRoute, raw: bytes, context: grpc.aio.ServicerContext):
+        config = self._config
+        table = self._table
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k in _PROPAGATED)
+        tried: list[Backend] = []
+        last = ""
+        for attempt in range(1, config.max_attempts + 1):
+            backend = table.pick(route, tried)
+            if backend is None:
+                break
+            timeout = context.time_remaining()  # None without a deadline; the backend then applies its own
+            if timeout is not None and timeout <= 0:
+                raise _Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed before {route.name} could run")
+            backend.in_flight += 1
+            try:
+                response = await backend.execute(raw, timeout=timeout, metadata=metadata, wait_for_ready=False)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not _UNAVAILABLE:
+                    backend.record_success()  # the transport worked; the status is the hand's answer
+                    raise _Refusal(exc.code(), exc.details() or "", _passable_trailers(exc)) from None
+                self._failed(backend)
+                tried.append(backend)
+                last = f"{backend.address}: {exc.details()}"
+                sent = not never_reached_backend(exc)
+                if sent and not route.idempotent:
+                    raise _Refusal(
+                        _UNAVAILABLE,
+                        f"{route.name} failed on {backend.address} after the call may have reached it "
+                        f"({exc.details()}); not retried because {route.name} is not idempotent",
+                    ) from None
+                self._metrics.retries.labels(route.name, "sent" if sent else "not_sent").inc()
+                continue
+            finally:
+                backend.in_flight -= 1
+            backend.record_success()
+            return response, backend.address, attempt
+        tail = f" (tried {len(tried)}; last: {last})" if tried else ""
+        raise _Refusal(_UNAVAILABLE, f"no healthy replica of {route.name} could take the call{tail}")
+
+    def _failed(self, backend: Backend) -> None:
+        ejected_for = backend.record_failure(self._config.eject_after_failures, self._config.eject_backoff)
+        if ejected_for:
+            self._metrics.ejections.labels(backend.address).inc()
+            log.warning(
+                "backend ejected",
+                backend=backend.address,
+                consecutive_failures=backend.consecutive_failures,
+                for_s=ejected_for,
+            )
+
+
+#: Adds more servicers to the gateway's server and returns their full service names (for health, reflection).
+ServicerHook = Callable[[grpc.aio.Server], Iterable[str]]
+
+
+@dataclass
+class GatewayServer(RunningServer):
+    """A running gateway: the server, and its route table, registry and metrics for callers and tests."""
+
+    config: GatewayConfig | None = None
+    table: RouteTable | None = None
+    registry: Registry | None = None
+    checker: HealthChecker | None = None
+    metrics: GatewayMetrics | None = None
+    metrics_port: int | None = None
+    _closed: bool = False
+
+    async def drain(self, grace: float = 30.0) -> None:
+        """Finish in-flight calls (RunningServer.drain), then stop probes and close backend channels."""
+        await super().drain(grace)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.checker.close()
+        await self.registry.close()
+        for backend in list(self.table.backends.values()):
+            with contextlib.suppress(Exception):
+                await backend.close()
+        self.metrics.close()
+
+
+async def start_gateway(
+    config: GatewayConfig,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    servicers: Sequence[ServicerHook] = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> GatewayServer:
+    """Start the gateway in the running loop: front HandService, RegistryService, health, reflection, metrics.
+
+    interceptors run after the log-context one (auth and quotas go here and may set
+    gateway.context.current_tenant); servicers add more services to the same port.
+    """
+    metrics = GatewayMetrics()
+    table = RouteTable()
+    checker = HealthChecker(table, config, metrics)
+    registry = Registry(table, checker, config)
+    globs_by_address: dict[str, list[str]] = {}
+    for route in config.routes:
+        for address in route.backends:
+            globs_by_address.setdefault(address, []).extend(route.hands)
+    for address, globs in globs_by_address.items():
+        table.backends[address] = Backend(address, config, source=STATIC, allow=globs)
+    table.set_static_globs(g for route in config.routes for g in route.hands)
+    # Learn the static backends' hands before taking calls; one that is down now joins when it comes up.
+    statics = list(table.backends.values())
+    if statics:
+        await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
+    table.rebuild()
+    front = FrontService(table, config, metrics)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        server.add_generic_rpc_handlers((front.handler(),))
+        gateway_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+        names = [HAND_SERVICE, REGISTRY_SERVICE]
+        for hook in servicers:
+            names.extend(hook(server))
+        return names
+
+    try:
+        running = await start_server(
+            register,
+            host=config.listen_host,
+            port=config.listen_port,
+            interceptors=interceptors,
+            max_message_bytes=config.max_message_bytes,
+            credentials=credentials,
+        )
+    except BaseException:
+        for backend in statics:
+            await backend.close()
+        raise
+    metrics_port = metrics.serve(config.metrics) if config.metrics else None
+    for backend in statics:
+        checker.watch(backend)
+    registry.start()
+    gateway = GatewayServer(
+        server=running.server,
+        port=running.port,
+        health=running.health,
+        service_names=running.service_names,
+        config=config,
+        table=table,
+        registry=registry,
+        checker=checker,
+        metrics=metrics,
+        metrics_port=metrics_port,
+    )
+    log.info(
+        "gateway serving",
+        address=f"{config.listen_host}:{running.port}",
+        metrics=f"{config.metrics.rpartition(':')[0]}:{metrics_port}" if metrics_port else None,
+        hands=table.hand_names(),
+        backends=sorted(table.backends),
+    )
+    return gateway
