@@ -26,17 +26,19 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/gateway.proto\x12\ngateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x10RegisterResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05hands\x18\x03 \x03(\t\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"A\n\x11HeartbeatResponse\x12,\n\tlease_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"%\n\x11\x44\x65registerRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\x15\n\x13ListBackendsRequest\"=\n\x14ListBackendsResponse\x12%\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x13.gateway.v1.Backend\"\xa9\x02\n\x07\x42\x61\x63kend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12)\n\x06source\x18\x02 \x01(\x0e\x32\x19.gateway.v1.BackendSource\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gateway.v1.BackendState\x12\r\n\x05hands\x18\x04 \x03(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x03\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x03\x12\x31\n\rejected_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08lease_id\x18\x08 \x01(\t\x12\x34\n\x10lease_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\rBackendSource\x12\x1e\n\x1a\x42\x41\x43KEND_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_SOURCE_STATIC\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_SOURCE_REGISTERED\x10\x02*\x82\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_SERVING\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_STATE_NOT_SERVING\x10\x02\x12\x19\n\x15\x42\x41\x43KEND_STATE_EJECTED\x10\x03\x32\xc2\x02\n\x0fRegistryService\x12\x45\n\x08Register\x12\x1b.gateway.v1.RegisterRequest\x1a\x1c.gateway.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.gateway.v1.HeartbeatRequest\x1a\x1d.gateway.v1.HeartbeatResponse\x12K\n\nDeregister\x12\x1d.gateway.v1.DeregisterRequest\x1a\x1e.gateway.v1.DeregisterResponse\x12Q\n\x0cListBackends\x12\x1f.gateway.v1.ListBackendsRequest\x1a .gateway.v1.ListBackendsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/gateway.proto\x12\ngateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x10RegisterResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05hands\x18\x03 \x03(\t\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"A\n\x11HeartbeatResponse\x12,\n\tlease_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"%\n\x11\x44\x65registerRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\x15\n\x13ListBackendsRequest\"=\n\x14ListBackendsResponse\x12%\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x13.gateway.v1.Backend\"\xa9\x02\n\x07\x42\x61\x63kend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12)\n\x06source\x18\x02 \x01(\x0e\x32\x19.gateway.v1.BackendSource\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gateway.v1.BackendState\x12\r\n\x05hands\x18\x04 \x03(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x03\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x03\x12\x31\n\rejected_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08lease_id\x18\x08 \x01(\t\x12\x34\n\x10lease_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0fGetUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"J\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\x06quotas\x18\x02 \x03(\x0b\x32\x16.gateway.v1.QuotaUsage\"\xd2\x01\n\nQuotaUsage\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05hands\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.gateway.v1.QuotaKind\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0c\n\x04used\x18\x05 \x01(\x01\x12)\n\x06window\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tresets_in\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04rate\x18\x08 \x01(\x03*i\n\rBackendSource\x12\x1e\n\x1a\x42\x41\x43KEND_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_SOURCE_STATIC\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_SOURCE_REGISTERED\x10\x02*\x82\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_SERVING\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_STATE_NOT_SERVING\x10\x02\x12\x19\n\x15\x42\x41\x43KEND_STATE_EJECTED\x10\x03*\x85\x01\n\tQuotaKind\x12\x1a\n\x16QUOTA_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUOTA_KIND_RATE\x10\x01\x12\x1a\n\x16QUOTA_KIND_CONCURRENCY\x10\x02\x12\x14\n\x10QUOTA_KIND_CALLS\x10\x03\x12\x15\n\x11QUOTA_KIND_TOKENS\x10\x04\x32\xc2\x02\n\x0fRegistryService\x12\x45\n\x08Register\x12\x1b.gateway.v1.RegisterRequest\x1a\x1c.gateway.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.gateway.v1.HeartbeatRequest\x1a\x1d.gateway.v1.HeartbeatResponse\x12K\n\nDeregister\x12\x1d.gateway.v1.DeregisterRequest\x1a\x1e.gateway.v1.DeregisterResponse\x12Q\n\x0cListBackends\x12\x1f.gateway.v1.ListBackendsRequest\x1a .gateway.v1.ListBackendsResponse2U\n\x0cQuotaService\x12\x45\n\x08GetUsage\x12\x1b.gateway.v1.GetUsageRequest\x1a\x1c.gateway.v1.GetUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKENDSOURCE']._serialized_start=838
-  _globals['_BACKENDSOURCE']._serialized_end=943
-  _globals['_BACKENDSTATE']._serialized_start=946
-  _globals['_BACKENDSTATE']._serialized_end=1076
+  _globals['_BACKENDSOURCE']._serialized_start=1162
+  _globals['_BACKENDSOURCE']._serialized_end=1267
+  _globals['_BACKENDSTATE']._serialized_start=1270
+  _globals['_BACKENDSTATE']._serialized_end=1400
+  _globals['_QUOTAKIND']._serialized_start=1403
+  _globals['_QUOTAKIND']._serialized_end=1536
   _globals['_REGISTERREQUEST']._serialized_start=105
   _globals['_REGISTERREQUEST']._serialized_end=185
   _globals['_REGISTERRESPONSE']._serialized_start=187
@@ -55,6 +57,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBACKENDSRESPONSE']._serialized_end=536
   _globals['_BACKEND']._serialized_start=539
   _globals['_BACKEND']._serialized_end=836
-  _globals['_REGISTRYSERVICE']._serialized_start=1079
-  _globals['_REGISTRYSERVICE']._serialized_end=1401
+  _globals['_GETUSAGEREQUEST']._serialized_start=838
+  _globals['_GETUSAGEREQUEST']._serialized_end=871
+  _globals['_GETUSAGERESPONSE']._serialized_start=873
+  _globals['_GETUSAGERESPONSE']._serialized_end=947
+  _globals['_QUOTAUSAGE']._serialized_start=950
+  _globals['_QUOTAUSAGE']._serialized_end=1160
+  _globals['_REGISTRYSERVICE']._serialized_start=1539
+  _globals['_REGISTRYSERVICE']._serialized_end=1861
+  _globals['_QUOTASERVICE']._serialized_start=1863
+  _globals['_QUOTASERVICE']._serialized_end=1948
 # @@protoc_insertion_point(module_scope)

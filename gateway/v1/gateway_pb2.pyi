@@ -23,6 +23,14 @@ class BackendState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BACKEND_STATE_SERVING: _ClassVar[BackendState]
     BACKEND_STATE_NOT_SERVING: _ClassVar[BackendState]
     BACKEND_STATE_EJECTED: _ClassVar[BackendState]
+
+class QuotaKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUOTA_KIND_UNSPECIFIED: _ClassVar[QuotaKind]
+    QUOTA_KIND_RATE: _ClassVar[QuotaKind]
+    QUOTA_KIND_CONCURRENCY: _ClassVar[QuotaKind]
+    QUOTA_KIND_CALLS: _ClassVar[QuotaKind]
+    QUOTA_KIND_TOKENS: _ClassVar[QuotaKind]
 BACKEND_SOURCE_UNSPECIFIED: BackendSource
 BACKEND_SOURCE_STATIC: BackendSource
 BACKEND_SOURCE_REGISTERED: BackendSource
@@ -30,6 +38,11 @@ BACKEND_STATE_UNSPECIFIED: BackendState
 BACKEND_STATE_SERVING: BackendState
 BACKEND_STATE_NOT_SERVING: BackendState
 BACKEND_STATE_EJECTED: BackendState
+QUOTA_KIND_UNSPECIFIED: QuotaKind
+QUOTA_KIND_RATE: QuotaKind
+QUOTA_KIND_CONCURRENCY: QuotaKind
+QUOTA_KIND_CALLS: QuotaKind
+QUOTA_KIND_TOKENS: QuotaKind
 
 class RegisterRequest(_message.Message):
     __slots__ = ("address", "lease_ttl")
@@ -102,3 +115,37 @@ class Backend(_message.Message):
     lease_id: str
     lease_expires_at: _timestamp_pb2.Timestamp
     def __init__(self, address: _Optional[str] = ..., source: _Optional[_Union[BackendSource, str]] = ..., state: _Optional[_Union[BackendState, str]] = ..., hands: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_id: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("tenant", "quotas")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaUsage]
+    def __init__(self, tenant: _Optional[str] = ..., quotas: _Optional[_Iterable[_Union[QuotaUsage, _Mapping]]] = ...) -> None: ...
+
+class QuotaUsage(_message.Message):
+    __slots__ = ("rule", "hands", "kind", "limit", "used", "window", "resets_in", "rate")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    HANDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RESETS_IN_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    hands: str
+    kind: QuotaKind
+    limit: int
+    used: float
+    window: _duration_pb2.Duration
+    resets_in: _duration_pb2.Duration
+    rate: int
+    def __init__(self, rule: _Optional[str] = ..., hands: _Optional[str] = ..., kind: _Optional[_Union[QuotaKind, str]] = ..., limit: _Optional[int] = ..., used: _Optional[float] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resets_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate: _Optional[int] = ...) -> None: ...

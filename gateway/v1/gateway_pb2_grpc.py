@@ -235,3 +235,80 @@ class RegistryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class QuotaServiceStub:
+    """QuotaService shows a tenant where it stands against its quotas.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetUsage = channel.unary_unary(
+                '/gateway.v1.QuotaService/GetUsage',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+
+
+class QuotaServiceServicer:
+    """QuotaService shows a tenant where it stands against its quotas.
+    """
+
+    def GetUsage(self, request, context):
+        """GetUsage reports each quota rule of a tenant and how much of it is used
+        now. A tenant may read only its own usage: PERMISSION_DENIED otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_QuotaServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.GetUsageRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.GetUsageResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gateway.v1.QuotaService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gateway.v1.QuotaService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class QuotaService:
+    """QuotaService shows a tenant where it stands against its quotas.
+    """
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.QuotaService/GetUsage',
+            gateway_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
