@@ -1,0 +1,332 @@
+"""The orchestrator loop: ask the model, fan its tool calls out to the hands, repeat; every step in the session log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from brain import events as ev
+from brain import prompts
+from brain.config import BrainConfig
+from brain.dispatch import Dispatcher, HandsUnauthenticated
+from brain.events import SessionState
+from brain.model import ContextWindowExceeded, Model, ModelError
+from brain.sessions import Event, SeqConflict, SessionNotFound, SessionStore
+from hands import HandClient
+
+log = structlog.get_logger("brain")
+
+#: stop reasons after which the model is done and its text is the result
+_DONE = ("end_turn", "stop_sequence")
+
+
+class SessionBusy(Exception):
+    """Another brain holds the session's lease."""
+
+
+class LeaseLost(Exception):
+    """This brain's lease on the session ran out or was taken: it must stop writing."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a session ended."""
+
+    session_id: str
+    status: str  # finished | failed | cancelled
+    text: str  # the synthesized result (finished) or the reason (failed)
+    cut_short: bool = False  # a limit ended the work early: the text is a synthesis of what was known
+    reason: str | None = None  # why it was cut short, refused or failed
+    usage: dict[str, Any] = field(default_factory=dict)  # turns, tool_calls, model_usage, hand_usage, total_tokens
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished"
+
+    @classmethod
+    def from_state(cls, state: SessionState) -> RunResult:
+        o = state.outcome
+        if state.status == "finished":
+            return cls(state.session_id, "finished", o.get("result", ""), bool(o.get("cut_short")), o.get("reason"), o.get("totals", {}))
+        return cls(state.session_id, state.status, o.get("reason", state.status), False, o.get("reason"), o.get("totals", {}))
+
+
+class Brain:
+    """The orchestrator. `await Brain(target=..., model=..., store=...).run(task)` -> RunResult.
+
+    target is the address of a gateway (or a single hand service), or a HandClient. The brain
+    keeps nothing between steps that is not in the store's log, so `wake(session_id)` in any
+    process continues a session where it stopped.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: str | HandClient,
+        model: Model,
+        store: SessionStore,
+        config: BrainConfig = BrainConfig(),
+        api_key: str | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        owner: str | None = None,
+    ):
+        self.model = model
+        self.store = store
+        self.config = config
+        self.on_event = on_event
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._own_client = not isinstance(target, HandClient)
+        self.client = HandClient(target, api_key=api_key) if isinstance(target, str) else target
+
+    def _dispatcher(self, config: BrainConfig) -> Dispatcher:
+        return Dispatcher(self.client, call_timeout=config.call_timeout)
+
+    async def run(self, task: str, *, parent_id: str | None = None) -> RunResult:
+        """Start a session for the task and drive it to its end."""
+        if not task.strip():
+            raise ValueError("the task is empty")
+        tools = await self._dispatcher(self.config).tools(timeout=self.config.describe_timeout)
+        session_id = await self.store.create_session(task, self.config.as_dict(), parent_id)
+        if not await self.store.acquire_lease(session_id, self.owner, self.config.lease_ttl):
+            raise SessionBusy(f"session {session_id} was taken by another brain as it was created")
+        driver = _Driver(self, SessionState(session_id), self.config)
+        return await driver.drive(
+            first=(ev.SESSION_STARTED, {
+                "task": task,
+                "config": self.config.as_dict(),
+                "system": prompts.ORCHESTRATOR_SYSTEM,
+                "tools": tools,
+                "model": getattr(self.model, "id", ""),
+                "parent_id": parent_id,
+            })
+        )
+
+    async def wake(self, session_id: str) -> RunResult:
+        """Continue a session from its log: finished calls are reused, unfinished ones re-issued with their call_id."""
+        info = await self.store.get_session(session_id)
+        if info is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        state = SessionState.from_events(session_id, await self.store.events(session_id))
+        if state.status != "running":
+            return RunResult.from_state(state)
+        config = BrainConfig.from_dict(state.config) if state.config else self.config
+        if not await self.store.acquire_lease(session_id, self.owner, config.lease_ttl):
+            info = await self.store.get_session(session_id)
+            raise SessionBusy(
+                f"session {session_id} is held by {info.lease_owner} until its lease expires"
+                f" (in {max(0.0, (info.lease_expires_at or 0) - time.time()):.0f}s)"
+            )
+        # Re-read under the lease: the previous holder may have written more before it stopped.
+        state = SessionState.from_events(session_id, await self.store.events(session_id))
+        return await _Driver(self, state, config).drive()
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self.client.close()
+
+
+class _Driver:
+    """Drives one session: each step is decided from the folded log, so a woken session takes the same path."""
+
+    def __init__(self, brain: Brain, state: SessionState, config: BrainConfig):
+        self.brain = brain
+        self.state = state
+        self.config = config
+        self.dispatcher = brain._dispatcher(config)
+        self._append_lock = asyncio.Lock()
+        self.log = log.bind(session_id=state.session_id)
+
+    async def record(self, type: str, data: dict[str, Any]) -> Event:
+        """Append the event (seq = last + 1) and fold it into the state: the only way the state changes."""
+        async with self._append_lock:
+            event = await self.brain.store.append(self.state.session_id, self.state.seq + 1, type, data)
+            self.state.apply(event)
+        if self.brain.on_event is not None:
+            self.brain.on_event(event)
+        return event
+
+    async def drive(self, first: tuple[str, dict[str, Any]] | None = None) -> RunResult:
+        store, sid, owner = self.brain.store, self.state.session_id, self.brain.owner
+        steps = asyncio.current_task()
+        lost = asyncio.Event()
+
+        async def keep_lease():
+            while True:
+                await asyncio.sleep(self.config.lease_ttl / 3)
+                try:
+                    renewed = await store.renew_lease(sid, owner, self.config.lease_ttl)
+                except Exception as exc:  # a store hiccup: try again at the next beat, the TTL has slack
+                    self.log.warning("lease renewal failed", error=str(exc))
+                    continue
+                if not renewed:
+                    lost.set()
+                    steps.cancel()
+                    return
+
+        renewer = asyncio.create_task(keep_lease())
+        try:
+            if first is not None:
+                await self.record(*first)
+            while self.state.status == "running":
+                await self.step()
+        except asyncio.CancelledError:
+            if lost.is_set():
+                steps.uncancel()
+                raise LeaseLost(f"session {sid}: lost the lease; another brain may be driving it") from None
+            raise
+        except SeqConflict as exc:
+            raise LeaseLost(f"session {sid}: another writer appended to the log ({exc})") from None
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.release_lease(sid, owner))
+        return RunResult.from_state(self.state)
+
+    # --- one step -------------------------------------------------------------------------------
+
+    async def step(self) -> None:
+        s = self.state
+        turn = s.last_turn
+        if turn is None:
+            return await self.ask()
+        if turn.calls and any(c.finished is None for c in turn.calls):
+            return await self.run_calls(turn)
+        if turn.synthesis:
+            reason = (s.limit or {}).get("reason")
+            text = s.final_text() or f"(the model gave no final answer after reaching the {prompts.LIMIT_NAMES.get(reason, 'limit')})"
+            return await self.finish(text, cut_short=True, reason=reason)
+        stop = turn.stop_reason
+        if stop in _DONE or (stop == "tool_use" and not turn.calls):
+            return await self.finish(s.final_text(), cut_short=False, reason=None)
+        if stop == "refusal":
+            said = s.final_text()
+            text = "The model refused to carry out this task." + (f" It said: {said}" if said else "")
+            return await self.finish(text, cut_short=False, reason="refusal")
+        if stop == "model_context_window_exceeded":
+            await self.record(ev.LIMIT_REACHED, {"reason": "context_window", "trimmed": True})
+            return await self.ask()
+        if stop == "max_tokens" and self._continuations() > self.config.max_continuations:
+            return await self.finish(s.final_text(), cut_short=True, reason="max_tokens")
+        if stop not in ("tool_use", "pause_turn", "max_tokens"):
+            self.log.warning("unknown stop reason; taking the text as the result", stop_reason=stop)
+            return await self.finish(s.final_text(), cut_short=False, reason=None)
+        limit = self._limit_hit(turn)
+        if limit is not None:
+            await self.record(ev.LIMIT_REACHED, limit)
+        return await self.ask()
+
+    def _continuations(self) -> int:
+        count = 0
+        for t in reversed(self.state.turns):
+            if t.stop_reason != "max_tokens":
+                break
+            count += 1
+        return count
+
+    def _limit_hit(self, turn) -> dict[str, Any] | None:
+        s, c = self.state, self.config
+        skipped = [x.finished.get("status") for x in turn.calls if x.finished and x.finished.get("status") == ev.NOT_RUN]
+        if skipped:
+            reason = next(x.finished["reason"] for x in turn.calls if x.finished.get("status") == ev.NOT_RUN)
+            return {"reason": reason, "not_run": len(skipped)}
+        if s.tokens_used() >= c.token_budget:
+            return {"reason": "token_budget", "used": s.tokens_used(), "limit": c.token_budget}
+        if s.model_turns() >= c.max_turns:
+            return {"reason": "max_turns", "limit": c.max_turns}
+        return None
+
+    async def ask(self) -> None:
+        s = self.state
+        synthesis = s.limit is not None
+        try:
+            message = await self.brain.model.create(
+                system=s.system,
+                tools=s.tools,
+                messages=s.messages(),
+                tool_choice={"type": "none"} if synthesis else None,
+            )
+        except ContextWindowExceeded as exc:
+            if s.limit and s.limit.get("trimmed"):
+                await self.record(ev.SESSION_FAILED, {
+                    "reason": f"the conversation does not fit the model's context window, even trimmed ({exc})",
+                    "totals": s.totals(),
+                })
+                return
+            await self.record(ev.LIMIT_REACHED, {"reason": "context_window", "trimmed": True})
+            return
+        except ModelError as exc:
+            await self.record(ev.SESSION_FAILED, {"reason": str(exc), "totals": s.totals()})
+            return
+        usage = message.usage
+        await self.record(ev.MODEL_RESPONSE, {
+            "id": message.id,
+            "model": message.model,
+            "content": [b.model_dump(mode="json", exclude_none=True) for b in message.content],
+            "stop_reason": message.stop_reason,
+            "stop_sequence": message.stop_sequence,
+            "usage": {k: getattr(usage, k, None) or 0 for k in ev.USAGE_KEYS},
+        })
+
+    async def run_calls(self, turn) -> None:
+        """Run the turn's unfinished calls concurrently (max_parallel), logging each start and finish."""
+        s, c = self.state, self.config
+        earlier = s.turns[:-1]
+        # Decided from earlier turns only, so a woken session makes the same decision.
+        allowed = max(0, c.max_tool_calls - s.calls_run(earlier))
+        reason = "max_tool_calls"
+        if s.tokens_used(earlier) + sum(turn.usage.values()) >= c.token_budget:
+            allowed, reason = 0, "token_budget"
+        for index, call in enumerate(turn.calls):
+            if index >= allowed and call.finished is None and call.starts == 0:
+                limit = c.max_tool_calls if reason == "max_tool_calls" else c.token_budget
+                await self.record(ev.TOOL_CALL_FINISHED, {
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "output": prompts.NOT_RUN[reason].format(limit=limit),
+                    "is_error": True,
+                    "status": ev.NOT_RUN,
+                    "reason": reason,
+                    "duration": 0.0,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                })
+        pending = [x for x in turn.calls if x.finished is None]
+        slots = asyncio.Semaphore(c.max_parallel)
+
+        async def one(call) -> None:
+            async with slots:
+                await self.record(ev.TOOL_CALL_STARTED, {
+                    "call_id": call.call_id, "name": call.name, "input": call.input, "attempt": call.starts + 1,
+                })
+                outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input)
+                await self.record(ev.TOOL_CALL_FINISHED, {"call_id": call.call_id, "name": call.name, **outcome.as_dict()})
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for call in pending:
+                    group.create_task(one(call))
+        except ExceptionGroup as group:
+            # The first failure cancelled the other calls; their unfinished starts are re-issued on a wake.
+            first = group.exceptions[0]
+            if isinstance(first, HandsUnauthenticated):
+                await self.record(ev.SESSION_FAILED, {"reason": str(first), "totals": s.totals()})
+                return
+            raise first from None
+
+    async def finish(self, text: str, *, cut_short: bool, reason: str | None) -> None:
+        await self.record(ev.SESSION_FINISHED, {
+            "result": text,
+            "cut_short": cut_short,
+            "reason": reason,
+            "totals": self.state.totals(),
+        })

@@ -1,0 +1,130 @@
+"""The model the brain talks to: a small protocol, and AnthropicModel over the real anthropic SDK."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol, runtime_checkable
+
+import anthropic
+from anthropic.types import Message
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+EPHEMERAL = {"type": "ephemeral"}
+
+
+class ContextWindowExceeded(Exception):
+    """The request does not fit the model's context window."""
+
+
+class ModelError(Exception):
+    """The model could not answer (after the SDK's retries): one line that says why."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the loop needs from a model: one Messages-API call returning an anthropic Message."""
+
+    id: str
+
+    async def create(
+        self,
+        *,
+        system: str,
+        tools: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        tool_choice: dict[str, Any] | None = None,
+    ) -> Message: ...
+
+
+def with_cache_breakpoints(
+    system: str, tools: list[dict[str, Any]], messages: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Copies of the request parts with cache_control breakpoints (4 at most, the API's limit).
+
+    1. the last tool and 2. the system block: the stable prefix, byte-identical every turn;
+    3. the last block of the newest message: the moving breakpoint that caches the conversation;
+    4. the last block of the user message before it: where the previous request's breakpoint was,
+       so this request reads what that one wrote even when a turn adds more than 20 blocks.
+    """
+    system_blocks = [{"type": "text", "text": system, "cache_control": EPHEMERAL}]
+    tools = [dict(t) for t in tools]
+    if tools:
+        tools[-1]["cache_control"] = EPHEMERAL
+    messages = list(messages)
+    user_indexes = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    marks = {len(messages) - 1}
+    if len(user_indexes) >= 2:
+        marks.add(user_indexes[-2] if user_indexes[-1] == len(messages) - 1 else user_indexes[-1])
+    for i in marks:
+        message = messages[i]
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        content = [*content[:-1], {**copy.deepcopy(content[-1]), "cache_control": EPHEMERAL}]
+        messages[i] = {**message, "content": content}
+    return system_blocks, tools, messages
+
+
+class AnthropicModel:
+    """Claude through anthropic.AsyncAnthropic: key and base URL from the environment, SDK retries."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        max_tokens: int = 8192,
+        client: anthropic.AsyncAnthropic | None = None,
+        max_retries: int = 4,
+        timeout: float = 600.0,
+    ):
+        self.id = model
+        self.max_tokens = max_tokens
+        # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself, and retries 408/409/429/5xx
+        # (overloaded included) with backoff that honours retry-after.
+        self._client = client or anthropic.AsyncAnthropic(max_retries=max_retries, timeout=timeout)
+
+    async def create(
+        self,
+        *,
+        system: str,
+        tools: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        tool_choice: dict[str, Any] | None = None,
+    ) -> Message:
+        system_blocks, tools, messages = with_cache_breakpoints(system, tools, messages)
+        kwargs: dict[str, Any] = {
+            "model": self.id,
+            "max_tokens": self.max_tokens,
+            "system": system_blocks,
+            "messages": messages,
+        }
+        if tools:
+            kwargs["tools"] = tools
+            if tool_choice:
+                kwargs["tool_choice"] = tool_choice
+        try:
+            return await self._client.messages.create(**kwargs)
+        except anthropic.BadRequestError as exc:
+            if _is_context_overflow(exc):
+                raise ContextWindowExceeded(_message(exc)) from exc
+            raise ModelError(f"the model API rejected the request: {_message(exc)}") from exc
+        except anthropic.AuthenticationError as exc:
+            raise ModelError(f"the model API refused the key ({_message(exc)}); set ANTHROPIC_API_KEY") from exc
+        except anthropic.APIStatusError as exc:
+            raise ModelError(f"the model API answered {exc.status_code}: {_message(exc)}") from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelError(f"cannot reach the model API ({exc}); check ANTHROPIC_BASE_URL and the network") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    return str((error or {}).get("message") or exc.message).splitlines()[0][:300]
+
+
+def _is_context_overflow(exc: anthropic.BadRequestError) -> bool:
+    text = _message(exc).lower()
+    return "prompt is too long" in text or "context window" in text or "context_window" in text

@@ -1,0 +1,135 @@
+"""The session log: a SessionStore protocol, its records and errors, and open_store(url) to pick one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+#: Terminal event types and the session status each one sets.
+TERMINAL_STATUS = {
+    "session_finished": "finished",
+    "session_failed": "failed",
+    "session_cancelled": "cancelled",
+}
+STATUSES = ("running", "finished", "failed", "cancelled")
+
+
+class SessionStoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class SessionNotFound(SessionStoreError):
+    """No session has this id."""
+
+
+class SeqConflict(SessionStoreError):
+    """The seq is taken or not the next one: another writer drives this session."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a session's append-only log."""
+
+    session_id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    ts: float  # wall-clock seconds since the epoch, when the store accepted the event
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "seq": self.seq, "type": self.type, "ts": self.ts, "data": self.data}
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a listing shows about a session."""
+
+    id: str
+    task: str
+    status: str
+    created_at: float
+    updated_at: float
+    last_seq: int = 0
+    parent_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """A durable, append-only event log per session, plus a lease so one brain drives a session at a time.
+
+    Contract (tests/brain/test_session_store_contract.py runs it against every implementation):
+    - append(session_id, seq, ...) accepts only seq == last seq + 1 (the first is 1); anything else
+      raises SeqConflict, so two writers of one session cannot both succeed.
+    - an append of a terminal event type (TERMINAL_STATUS) sets the session's status in the same
+      transaction; an accepted event survives a crash of the writing process.
+    - acquire_lease succeeds when the lease is free, expired, or already the caller's.
+    """
+
+    async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str: ...
+
+    async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event: ...
+
+    async def events(self, session_id: str, after_seq: int = 0) -> list[Event]: ...
+
+    async def get_session(self, session_id: str) -> SessionInfo | None: ...
+
+    async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]: ...
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
+
+    async def renew_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
+
+    async def release_lease(self, session_id: str, owner: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def default_sessions_path() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "brainhands", "sessions.db")
+
+
+async def open_store(url: str | None = None) -> SessionStore:
+    """A store from a URL: a file path or sqlite:///path -> SQLite; postgresql://... -> PostgreSQL.
+
+    sqlite:///rel/path is relative, sqlite:////abs/path absolute (the SQLAlchemy convention).
+    """
+    url = url or default_sessions_path()
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from brain.sessions.postgres import PostgresSessionStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "brain.sessions.postgres":
+                raise
+            raise ValueError("PostgreSQL session stores are not available in this build; use a SQLite path") from None
+        return await PostgresSessionStore.open(url)
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+        if not path.startswith("/"):
+            raise ValueError(f"sessions URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+        path = path[1:]
+    elif "://" in url:
+        raise ValueError(f"sessions URL {url!r}: use a file path, sqlite:///PATH or postgresql://...")
+    else:
+        path = url
+    from brain.sessions.sqlite import SqliteSessionStore
+
+    return await SqliteSessionStore.open(path)
+
+
+__all__ = [
+    "STATUSES",
+    "TERMINAL_STATUS",
+    "Event",
+    "SeqConflict",
+    "SessionInfo",
+    "SessionNotFound",
+    "SessionStore",
+    "SessionStoreError",
+    "default_sessions_path",
+    "open_store",
+]

@@ -1,0 +1,205 @@
+"""SqliteSessionStore: the embedded session log, one SQLite file, stdlib sqlite3 on one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    parent_id TEXT,
+    task TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_at);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL REFERENCES sessions (id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    session_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+
+class SqliteSessionStore:
+    """SessionStore on one SQLite file.
+
+    WAL mode lets `sessions list` read while a brain writes. synchronous=FULL: every commit is
+    fsynced, so an event the brain acted on (a hand call it started after logging it) survives a
+    process crash and a machine crash alike; NORMAL would survive only the former. Sessions append
+    tens of events a turn, so an fsync each is cheap next to a model call.
+
+    All access goes through one connection on one worker thread: sqlite3 blocks, and the event loop
+    must not. Several processes may share the file (busy timeout 10 s).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-sessions")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteSessionStore:
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str:
+        session_id = uuid.uuid4().hex
+        now = time.time()
+
+        def go():
+            self._conn.execute(
+                "INSERT INTO sessions (id, parent_id, task, config, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                (session_id, parent_id, task, json.dumps(config), now, now),
+            )
+
+        await self._run(go)
+        return session_id
+
+    async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event:
+        payload = json.dumps(data, ensure_ascii=False)
+        now = time.time()
+        status = TERMINAL_STATUS.get(type)
+
+        def go():
+            conn = self._conn
+            # BEGIN IMMEDIATE takes the write lock first, so the seq check and the insert are one step
+            # even when another process writes the same file.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT last_seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                if row is None:
+                    raise SessionNotFound(f"no session {session_id!r}")
+                if seq != row[0] + 1:
+                    raise SeqConflict(f"session {session_id}: seq {seq} is not next (last is {row[0]})")
+                try:
+                    conn.execute(
+                        "INSERT INTO events (session_id, seq, type, data, ts) VALUES (?, ?, ?, ?, ?)",
+                        (session_id, seq, type, payload, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise SeqConflict(f"session {session_id}: seq {seq} is taken") from None
+                conn.execute(
+                    "UPDATE sessions SET last_seq = ?, updated_at = ?, status = COALESCE(?, status) WHERE id = ?",
+                    (seq, now, status, session_id),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(go)
+        return Event(session_id=session_id, seq=seq, type=type, data=data, ts=now)
+
+    async def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
+        def go():
+            exists = self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if exists is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            return self._conn.execute(
+                "SELECT seq, type, data, ts FROM events WHERE session_id = ? AND seq > ? ORDER BY seq",
+                (session_id, after_seq),
+            ).fetchall()
+
+        rows = await self._run(go)
+        return [Event(session_id, seq, type_, json.loads(data), ts) for seq, type_, data, ts in rows]
+
+    _SELECT = (
+        "SELECT s.id, s.task, s.status, s.created_at, s.updated_at, s.last_seq, s.parent_id, s.config,"
+        " l.owner, l.expires_at FROM sessions s LEFT JOIN leases l ON l.session_id = s.id"
+    )
+
+    @staticmethod
+    def _info(row) -> SessionInfo:
+        return SessionInfo(
+            id=row[0], task=row[1], status=row[2], created_at=row[3], updated_at=row[4], last_seq=row[5],
+            parent_id=row[6], config=json.loads(row[7]), lease_owner=row[8], lease_expires_at=row[9],
+        )
+
+    async def get_session(self, session_id: str) -> SessionInfo | None:
+        row = await self._run(lambda: self._conn.execute(self._SELECT + " WHERE s.id = ?", (session_id,)).fetchone())
+        return self._info(row) if row else None
+
+    async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
+        def go():
+            if status is None:
+                return self._conn.execute(self._SELECT + " ORDER BY s.created_at DESC LIMIT ?", (limit,)).fetchall()
+            return self._conn.execute(
+                self._SELECT + " WHERE s.status = ? ORDER BY s.created_at DESC LIMIT ?", (status, limit)
+            ).fetchall()
+
+        return [self._info(r) for r in await self._run(go)]
+
+    # --- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+        def go():
+            now = time.time()
+            # One statement: insert, or take over only if the lease expired or is already ours.
+            cur = self._conn.execute(
+                "INSERT INTO leases (session_id, owner, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE leases.expires_at <= ? OR leases.owner = excluded.owner",
+                (session_id, owner, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(go)
+
+    async def renew_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+        def go():
+            cur = self._conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE session_id = ? AND owner = ?",
+                (time.time() + ttl, session_id, owner),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(go)
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        await self._run(
+            lambda: self._conn.execute("DELETE FROM leases WHERE session_id = ? AND owner = ?", (session_id, owner))
+        )
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=False)
