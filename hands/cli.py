@@ -43,8 +43,10 @@ def register(commands, serve_commands) -> None:
 
 
 def _serve_hand(args: argparse.Namespace) -> int:
+    from brainhands.logs import configure_logging
     from hands import HandServiceConfig, load_hands, serve
 
+    configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         found = load_hands(args.spec)
     except SystemExit as exc:

@@ -19,7 +19,7 @@ from hands import Context, Hand, HandClient, HandResult, Usage, hand
 
 log = structlog.get_logger("hands.llm")
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 SYSTEM_PROMPT = """\
 You are a worker agent. An orchestrator has delegated exactly one task to you; \

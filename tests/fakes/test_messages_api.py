@@ -16,14 +16,14 @@ async def test_create_returns_the_scripted_message_and_records_the_request(messa
     messages_api.script(text_reply("Paris.", input_tokens=12, output_tokens=3, cache_read=7))
     async with _client(messages_api) as client:
         msg = await client.messages.create(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-5-5",
             max_tokens=100,
             system="Answer briefly.",
             messages=[{"role": "user", "content": "Capital of France?"}],
         )
     assert msg.content[0].text == "Paris."
     assert msg.stop_reason == "end_turn"
-    assert msg.model == "claude-sonnet-4-5"
+    assert msg.model == "claude-sonnet-5-5"
     assert (msg.usage.input_tokens, msg.usage.output_tokens, msg.usage.cache_read_input_tokens) == (12, 3, 7)
     [seen] = messages_api.requests
     assert seen.body["system"] == "Answer briefly."
@@ -37,7 +37,7 @@ async def test_429_with_retry_after_zero_is_retried_by_the_sdk(messages_api):
     messages_api.script(HTTPError(429, retry_after=0), text_reply("after the retry"))
     async with _client(messages_api) as client:
         msg = await client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            model="claude-sonnet-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
     assert msg.content[0].text == "after the retry"
     assert len(messages_api.requests) == 2
@@ -49,7 +49,7 @@ async def test_error_after_the_sdks_retries_surfaces_as_the_typed_error(messages
     async with _client(messages_api, max_retries=1) as client:
         with pytest.raises(anthropic.InternalServerError) as info:
             await client.messages.create(
-                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+                model="claude-sonnet-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
             )
     assert info.value.status_code == 529
     assert info.value.body["error"]["type"] == "overloaded_error"
@@ -63,7 +63,7 @@ async def test_wrong_key_is_an_authentication_error():
         async with anthropic.AsyncAnthropic(api_key="wrong", base_url=api.base_url) as client:
             with pytest.raises(anthropic.AuthenticationError):
                 await client.messages.create(
-                    model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+                    model="claude-sonnet-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
                 )
         assert api.pending == 1
 
@@ -72,7 +72,7 @@ async def test_an_empty_script_fails_loudly_and_at_once(messages_api):
     async with _client(messages_api) as client:
         with pytest.raises(anthropic.InternalServerError, match="script ran out"):
             await client.messages.create(
-                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+                model="claude-sonnet-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
             )
     assert len(messages_api.requests) == 1  # x-should-retry: false, so no retries
 
@@ -84,7 +84,7 @@ async def test_a_callable_reply_answers_each_tool_use_from_the_request(messages_
     )
     async with _client(messages_api) as client:
         messages = [{"role": "user", "content": "echo a and b"}]
-        first = await client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages)
+        first = await client.messages.create(model="claude-sonnet-5-5", max_tokens=100, messages=messages)
         assert first.stop_reason == "tool_use"
         uses = [b for b in first.content if b.type == "tool_use"]
         assert [u.input for u in uses] == [{"text": "a"}, {"text": "b"}]
@@ -95,7 +95,7 @@ async def test_a_callable_reply_answers_each_tool_use_from_the_request(messages_
                 {"type": "tool_result", "tool_use_id": u.id, "content": u.input["text"].upper()} for u in uses
             ]},
         ]
-        second = await client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages)
+        second = await client.messages.create(model="claude-sonnet-5-5", max_tokens=100, messages=messages)
     assert second.content[0].text == "A + B"
     # Two requests over one kept-alive connection.
     assert messages_api.requests[0].client == messages_api.requests[1].client
@@ -108,7 +108,7 @@ async def test_streamed_text_and_tool_use_arrive_whole(messages_api):
     )
     async with _client(messages_api) as client:
         async with client.messages.stream(
-            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+            model="claude-sonnet-5-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
             pieces = [text async for text in stream.text_stream]
             final = await stream.get_final_message()
@@ -119,7 +119,7 @@ async def test_streamed_text_and_tool_use_arrive_whole(messages_api):
         assert (final.usage.input_tokens, final.usage.output_tokens) == (21, 8)
 
         async with client.messages.stream(
-            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "read it"}]
+            model="claude-sonnet-5-5", max_tokens=100, messages=[{"role": "user", "content": "read it"}]
         ) as stream:
             final = await stream.get_final_message()
     assert final.stop_reason == "tool_use"
@@ -134,7 +134,7 @@ async def test_create_with_stream_true_yields_the_raw_events(messages_api):
     messages_api.script(text_reply("raw"))
     async with _client(messages_api) as client:
         stream = await client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, stream=True, messages=[{"role": "user", "content": "hi"}]
+            model="claude-sonnet-5-5", max_tokens=10, stream=True, messages=[{"role": "user", "content": "hi"}]
         )
         kinds = [event.type async for event in stream]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"

@@ -235,7 +235,7 @@ def test_config_from_env_reads_once_and_names_a_bad_key():
     )
     assert (config.api_key, config.model, config.max_depth, config.gateway) == ("sk-secret-1", "m", 1, None)
     assert "sk-secret-1" not in repr(config)  # the key is kept out of logs and reprs
-    assert LLMWorkerConfig.from_env({}).model == "claude-sonnet-4-5"
+    assert LLMWorkerConfig.from_env({}).model == "claude-sonnet-5-5"
     with pytest.raises(ValueError, match="BRAINHANDS_MAX_DEPTH"):
         LLMWorkerConfig.from_env({"BRAINHANDS_MAX_DEPTH": "deep"})
     with pytest.raises(ValueError, match="BRAINHANDS_WORKER_MAX_TURNS"):
