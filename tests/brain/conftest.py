@@ -77,7 +77,17 @@ def make_hands(rec: Recorder):
         rec.in_flight -= 1
         return HandResult("spent", usage=Usage(input_tokens=rec.token_usage, output_tokens=0))
 
-    return [echo, gate, broken, stuck, spender]
+    @hand(description="Hangs the first time a call id is seen; answers when the same call is issued again.")
+    async def hangs_once(ctx: Context) -> str:
+        rec.enter(ctx)
+        try:
+            if rec.runs[ctx.call_id] == 1:
+                await asyncio.Event().wait()
+            return f"recovered {ctx.call_id}"
+        finally:
+            rec.in_flight -= 1
+
+    return [echo, gate, broken, stuck, spender, hangs_once]
 
 
 class StatusHands(HandServicer):

@@ -39,7 +39,7 @@ async def test_one_tool_call_then_an_answer(make_brain, recorder, store):
     assert await events_of(store, result.session_id) == [
         "session_started", "model_response", "tool_call_started", "tool_call_finished", "model_response", "session_finished",
     ]
-    assert [t["name"] for t in model.requests[0]["tools"]] == ["broken", "echo", "gate", "spender", "stuck"]
+    assert [t["name"] for t in model.requests[0]["tools"]] == ["broken", "echo", "gate", "hangs_once", "spender", "stuck"]
     assert "objective" in model.requests[0]["system"] and "output format" in model.requests[0]["system"]
     assert result.usage["tool_calls"] == 1 and result.usage["turns"] == 2
 
