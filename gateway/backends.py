@@ -51,7 +51,7 @@ class Backend:
         self.address = address
         self.source = source
         self.allow = tuple(allow)
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options(config))
+        self.channel = config.tls.backend_channel(address, channel_options(config))  # TLS when configured
         # Bytes in, bytes out: the gateway forwards the caller's request and the hand's response unparsed.
         self.execute = self.channel.unary_unary(EXECUTE_METHOD)
         self._describe = hands_pb2_grpc.HandServiceStub(self.channel).Describe

@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from gateway.tenants import TenantConfigError, Tenants, parse_tenants
+from gateway.tls import TlsConfig, TlsConfigError, parse_tls
+
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -56,11 +59,12 @@ class GatewayConfig:
     max_attempts: int = 3  # per call, across replicas; the caller's deadline bounds them too
     describe_timeout: float = 5.0
     routes: tuple[Route, ...] = ()
-    # Sections the auth and quota work interprets; kept raw here so one file configures the gateway.
-    tls: Mapping[str, Any] | None = None
-    tenants_raw: tuple = ()
-    quota_store: str = "memory"
-    fail_open: bool = False
+    # Who may call, over what, and how much (gateway/tls.py, gateway/tenants.py, gateway/quotas/).
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    tenants: Tenants = field(default_factory=Tenants)  # none: an open gateway
+    quota_store: str = "memory"  # or redis://host:port/db, shared by replicas
+    quota_lease: float = 30.0  # how long a dead gateway's concurrency slots stay taken
+    fail_open: bool = False  # admit calls when the quota store is down
 
     @property
     def listen_host(self) -> str:
@@ -138,7 +142,7 @@ def _route(raw: Any, key: str) -> Route:
 _KEYS = {
     "listen", "metrics", "max_message_bytes", "health_check_interval", "health_check_timeout",
     "eject_after_failures", "eject_backoff", "default_lease_ttl", "max_lease_ttl", "max_attempts",
-    "describe_timeout", "routes", "tls", "tenants", "quota_store", "fail_open",
+    "describe_timeout", "routes", "tls", "tenants", "quota_store", "quota_lease", "fail_open",
 }  # fmt: skip
 
 
@@ -183,18 +187,20 @@ def parse_config(raw: Any) -> GatewayConfig:
         if not isinstance(routes, list):
             raise ConfigError("routes: must be a list of {hands: [...], backends: [...]}")
         kw["routes"] = tuple(_route(r, f"routes[{i}]") for i, r in enumerate(routes))
-    if "tls" in raw:
-        if raw["tls"] is not None and not isinstance(raw["tls"], Mapping):
-            raise ConfigError("tls: must be a mapping")
-        kw["tls"] = raw["tls"]
-    if "tenants" in raw:
-        if not isinstance(raw["tenants"], list | type(None)):
-            raise ConfigError("tenants: must be a list of tenants")
-        kw["tenants_raw"] = tuple(raw["tenants"] or ())
+    try:
+        if "tls" in raw:
+            kw["tls"] = parse_tls(raw["tls"])
+        if "tenants" in raw:
+            kw["tenants"] = parse_tenants(raw["tenants"])  # reads env: keys now, once
+    except (TlsConfigError, TenantConfigError) as exc:
+        raise ConfigError(str(exc)) from None
     if "quota_store" in raw:
-        if not isinstance(raw["quota_store"], str) or not raw["quota_store"]:
-            raise ConfigError("quota_store: must be 'memory' or a redis:// URL")
-        kw["quota_store"] = raw["quota_store"]
+        store = raw["quota_store"]
+        if not isinstance(store, str) or not (store == "memory" or store.startswith(("redis://", "rediss://", "unix://"))):
+            raise ConfigError(f"quota_store: must be 'memory' or a redis:// URL, got {store!r}")
+        kw["quota_store"] = store
+    if "quota_lease" in raw:
+        kw["quota_lease"] = _duration(raw["quota_lease"], "quota_lease")
     if "fail_open" in raw:
         if not isinstance(raw["fail_open"], bool):
             raise ConfigError(f"fail_open: must be true or false, got {raw['fail_open']!r}")

@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 
 from brainhands import metadata as md
 from brainhands.serving import RunningServer, start_server
+from gateway.auth import Access
 from gateway.backends import STATIC, Backend
 from gateway.config import GatewayConfig
 from gateway.context import current_tenant
@@ -204,6 +205,7 @@ class GatewayServer(RunningServer):
     checker: HealthChecker | None = None
     metrics: GatewayMetrics | None = None
     metrics_port: int | None = None
+    access: Access | None = None
     _closed: bool = False
 
     async def drain(self, grace: float = 30.0) -> None:
@@ -221,6 +223,8 @@ class GatewayServer(RunningServer):
             with contextlib.suppress(Exception):
                 await backend.close()
         self.metrics.close()
+        if self.access is not None:
+            await self.access.close()
 
 
 async def start_gateway(
@@ -252,11 +256,13 @@ async def start_gateway(
         await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
     table.rebuild()
     front = FrontService(table, config, metrics)
+    # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
+    access = Access.from_config(config, metrics, known_hand=lambda name: name in table.routes)
 
     def register(server: grpc.aio.Server) -> list[str]:
         server.add_generic_rpc_handlers((front.handler(),))
         gateway_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
-        names = [HAND_SERVICE, REGISTRY_SERVICE]
+        names = [HAND_SERVICE, REGISTRY_SERVICE, *access.register(server)]
         for hook in servicers:
             names.extend(hook(server))
         return names
@@ -266,13 +272,14 @@ async def start_gateway(
             register,
             host=config.listen_host,
             port=config.listen_port,
-            interceptors=interceptors,
+            interceptors=[access.interceptor, *interceptors],
             max_message_bytes=config.max_message_bytes,
-            credentials=credentials,
+            credentials=credentials or config.tls.server_credentials(),
         )
     except BaseException:
         for backend in statics:
             await backend.close()
+        await access.close()
         raise
     metrics_port = metrics.serve(config.metrics) if config.metrics else None
     for backend in statics:
@@ -289,6 +296,7 @@ async def start_gateway(
         checker=checker,
         metrics=metrics,
         metrics_port=metrics_port,
+        access=access,
     )
     log.info(
         "gateway serving",
