@@ -1,0 +1,189 @@
+"""The embedded local stack: a gateway and the built-in hands as child processes on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+#: The built-in hand services and the hand-name globs each serves.
+BUILTIN_HANDS = {
+    "fs": ("hands.builtin.fs", ["fs_*"]),
+    "sandbox": ("hands.builtin.sandbox", ["sandbox_*"]),
+    "llm": ("hands.builtin.llm", ["llm_*"]),
+}
+
+
+class StackError(RuntimeError):
+    """A service of the local stack did not come up; the message names it and quotes its last log lines."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, so a killed brainhands leaves no orphans (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class StackProcess:
+    name: str
+    address: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalStack:
+    """Running services; stop() ends them all (SIGTERM, then SIGKILL after a grace period)."""
+
+    gateway: str
+    services: list[StackProcess] = field(default_factory=list)
+    workdir: Path | None = None
+    api_key: str | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {s.name: s.address for s in self.services}
+
+    def stop(self, grace: float = 5.0) -> None:
+        for service in reversed(self.services):
+            if service.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    service.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for service in self.services:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                service.proc.kill()
+                service.proc.wait(5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, Path]:
+    log_path = log_dir / f"{name}.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainhands", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json", **env},
+        start_new_session=True,  # Ctrl-C goes to us; we stop the children in order
+        preexec_fn=_die_with_parent,
+    )
+    log_file.close()
+    return proc, log_path
+
+
+async def wait_serving(address: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    """Poll grpc.health.v1 Check until SERVING, the process exits, or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return False
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            await asyncio.sleep(0.05)
+    return False
+
+
+async def start_local_stack(
+    workspace: str | os.PathLike,
+    *,
+    hands: tuple[str, ...] = ("fs", "sandbox", "llm"),
+    gateway_config: dict | None = None,
+    extra_env: dict[str, str] | None = None,
+    log_dir: str | os.PathLike | None = None,
+    timeout: float = 30.0,
+) -> LocalStack:
+    """Start the built-in hands and a gateway routing to them (memory quotas, open to this machine).
+
+    The workspace is the fs hand's root. Logs go to files in log_dir (a temporary
+    folder by default) and are quoted when a service fails to start.
+    """
+    tmp = None
+    if log_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="brainhands-stack-")
+        log_dir = tmp.name
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    gateway_port = free_port()
+    env = {
+        "BRAINHANDS_WORKSPACE": str(Path(workspace).resolve()),
+        # Worker hands (llm_worker) reach the other hands through this gateway.
+        "BRAINHANDS_GATEWAY": f"127.0.0.1:{gateway_port}",
+        **(extra_env or {}),
+    }
+    stack = LocalStack(gateway="", workdir=log_dir, _tmp=tmp)
+    try:
+        routes = []
+        for name in hands:
+            module, globs = BUILTIN_HANDS[name]
+            port = free_port()
+            proc, log_path = _spawn(name, ["serve", "hand", module, "--port", str(port)], env, log_dir)
+            stack.services.append(StackProcess(name, f"127.0.0.1:{port}", proc, log_path))
+            routes.append({"hands": globs, "backends": [f"127.0.0.1:{port}"]})
+        await _wait_all(stack.services, timeout)
+        config = {
+            "listen": f"127.0.0.1:{gateway_port}",
+            "metrics": f"127.0.0.1:{free_port()}",
+            "quota_store": "memory",
+            "routes": routes,
+            **(gateway_config or {}),
+        }
+        config_path = log_dir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        proc, log_path = _spawn("gateway", ["serve", "gateway", "--config", str(config_path)], env, log_dir)
+        gateway = StackProcess("gateway", f"127.0.0.1:{gateway_port}", proc, log_path)
+        stack.services.append(gateway)
+        await _wait_all([gateway], timeout)
+        stack.gateway = gateway.address
+        return stack
+    except BaseException:
+        stack.stop(grace=2.0)
+        raise
+
+
+async def _wait_all(services: list[StackProcess], timeout: float) -> None:
+    results = await asyncio.gather(*(wait_serving(s.address, timeout, s.proc) for s in services))
+    for service, ok in zip(services, results, strict=True):
+        if not ok:
+            state = f"exited with {service.proc.returncode}" if service.proc.poll() is not None else "is not serving"
+            raise StackError(
+                f"the {service.name} service {state} (log {service.log_path}):\n{service.tail()}"
+            )
