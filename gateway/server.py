@@ -56,11 +56,13 @@ def never_reached_backend(exc: grpc.aio.AioRpcError) -> bool:
 class _Refusal(Exception):
     """The status the caller gets when no backend answered OK."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = ()):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = (), backend: str = "", attempts: int = 0):
         super().__init__(details)
         self.code = code
         self.details = details
         self.trailing = trailing
+        self.backend = backend  # the last backend tried, for the call's log line
+        self.attempts = attempts
 
 
 def _passable_trailers(exc: grpc.aio.AioRpcError) -> tuple:
@@ -102,6 +104,7 @@ class FrontService:
         code = "CANCELLED"
         backend = ""
         attempts = 0
+        details = None
         try:
             try:
                 name = hand_name(raw)
@@ -116,6 +119,7 @@ class FrontService:
             return response
         except _Refusal as refusal:
             code = refusal.code.name
+            backend, attempts, details = refusal.backend, refusal.attempts, refusal.details
             await context.abort(refusal.code, refusal.details, trailing_metadata=refusal.trailing)
         finally:
             seconds = time.perf_counter() - started
@@ -130,6 +134,7 @@ class FrontService:
                 code=code,
                 attempts=attempts,
                 duration_ms=round(seconds * 1000, 2),
+                **({"details": details} if details else {}),
             )
 
     def _no_route(self, name: str) -> _Refusal:
@@ -159,7 +164,9 @@ class FrontService:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not _UNAVAILABLE:
                     backend.record_success()  # the transport worked; the status is the hand's answer
-                    raise _Refusal(exc.code(), exc.details() or "", _passable_trailers(exc)) from None
+                    raise _Refusal(
+                        exc.code(), exc.details() or "", _passable_trailers(exc), backend.address, attempt
+                    ) from None
                 self._failed(backend)
                 tried.append(backend)
                 last = f"{backend.address}: {exc.details()}"
@@ -169,6 +176,8 @@ class FrontService:
                         _UNAVAILABLE,
                         f"{route.name} failed on {backend.address} after the call may have reached it "
                         f"({exc.details()}); not retried because {route.name} is not idempotent",
+                        backend=backend.address,
+                        attempts=attempt,
                     ) from None
                 self._metrics.retries.labels(route.name, "sent" if sent else "not_sent").inc()
                 continue
@@ -177,7 +186,12 @@ class FrontService:
             backend.record_success()
             return response, backend.address, attempt
         tail = f" (tried {len(tried)}; last: {last})" if tried else ""
-        raise _Refusal(_UNAVAILABLE, f"no healthy replica of {route.name} could take the call{tail}")
+        raise _Refusal(
+            _UNAVAILABLE,
+            f"no healthy replica of {route.name} could take the call{tail}",
+            backend=tried[-1].address if tried else "",
+            attempts=len(tried),
+        )
 
     def _failed(self, backend: Backend) -> None:
         ejected_for = backend.record_failure(self._config.eject_after_failures, self._config.eject_backoff)
