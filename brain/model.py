@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import anthropic
 from anthropic.types import Message
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 EPHEMERAL = {"type": "ephemeral"}
 
 
