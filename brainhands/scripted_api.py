@@ -1,4 +1,4 @@
-"""A local Messages-API server for tests: the real anthropic SDK talks real HTTP to scripted replies."""
+"""A local Messages-API server answering from a script: the tests' model and the offline demo's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 #: The error "type" the real API puts in its error JSON, by HTTP status.
 ERROR_TYPES = {
@@ -257,7 +257,7 @@ def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-class FakeMessagesAPI:
+class ScriptedMessagesAPI:
     """A real HTTP/1.1 server on 127.0.0.1 (port 0) speaking POST /v1/messages like the Anthropic API.
 
     Replies are scripted with script(); each request consumes one, in order. An empty
@@ -265,8 +265,17 @@ class FakeMessagesAPI:
     scripted fails at once with a message saying so, instead of hanging or retrying.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        api_key: str | None = None,
+        responder: Callable[[dict[str, Any]], Any] | None = None,
+    ):
         self._host = host
+        # Answers every request the queue has no reply for, from the request alone (no order assumed).
+        self.responder = responder
         # When set, a request presenting another key (x-api-key or bearer) gets the API's 401 authentication_error.
         self.api_key = api_key
         self._port = port
@@ -299,7 +308,9 @@ class FakeMessagesAPI:
 
     def _next_reply(self) -> Reply | None:
         with self._lock:
-            return self._replies.popleft() if self._replies else None
+            if self._replies:
+                return self._replies.popleft()
+        return self.responder
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -310,11 +321,11 @@ class FakeMessagesAPI:
     @property
     def base_url(self) -> str:
         if self._server is None:
-            raise RuntimeError("FakeMessagesAPI is not started")
+            raise RuntimeError("ScriptedMessagesAPI is not started")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> FakeMessagesAPI:
+    def start(self) -> ScriptedMessagesAPI:
         if self._server is not None:
             return self
         api = self
@@ -338,7 +349,7 @@ class FakeMessagesAPI:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> FakeMessagesAPI:
+    def __enter__(self) -> ScriptedMessagesAPI:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -349,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection; HTTP/1.1 so the SDK's connection pool keeps it alive between requests."""
 
     protocol_version = "HTTP/1.1"
-    fake: FakeMessagesAPI
+    fake: ScriptedMessagesAPI
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass  # the test output stays clean; requests are recorded instead
@@ -381,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = HTTPError(
                 500,
                 retry_after=None,
-                message=f"FakeMessagesAPI: the script ran out; request #{n} has no scripted reply",
+                message=f"ScriptedMessagesAPI: the script ran out; request #{n} has no scripted reply",
             )
             self._send_json(500, error.response_body(request_id), request_id=request_id, extra={"x-should-retry": "false"})
             return
@@ -389,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 reply = reply(body)
             except Exception as exc:  # a broken scripted callable must fail the test, not hang it
-                error = HTTPError(500, retry_after=None, message=f"FakeMessagesAPI: scripted callable raised {exc!r}")
+                error = HTTPError(500, retry_after=None, message=f"ScriptedMessagesAPI: scripted callable raised {exc!r}")
                 self._send_json(500, error.response_body(request_id), request_id=request_id, extra={"x-should-retry": "false"})
                 return
         if isinstance(reply, HTTPError):

@@ -144,7 +144,7 @@ async def start_local_stack(
     log_dir.mkdir(parents=True, exist_ok=True)
     gateway_port = free_port()
     env = {
-        "BRAINHANDS_WORKSPACE": str(Path(workspace).resolve()),
+        "BRAINHANDS_WORKSPACE": os.path.abspath(workspace),
         # Worker hands (llm_worker) reach the other hands through this gateway.
         "BRAINHANDS_GATEWAY": f"127.0.0.1:{gateway_port}",
         **(extra_env or {}),
