@@ -1,0 +1,232 @@
+"""Run one sandboxed command: fresh working directory, limits, wall-clock timeout, capped output, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from hands.builtin.sandbox.config import SandboxConfig
+from hands.builtin.sandbox.isolation import BUBBLEWRAP, Isolation, launcher_argv
+
+log = structlog.get_logger("hands.sandbox")
+
+_DRAIN_AFTER_KILL = 5.0  # seconds to collect the last output once every process is dead
+_SETTLE_BOUND = 10.0  # seconds to wait for a run's uid to own no process (not even a zombie) before reuse
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: its (capped) output and how it ended."""
+
+    output: str
+    returncode: int | None
+    timed_out: bool
+    duration: float
+    output_bytes: int  # before truncation
+
+
+class _Capture:
+    """Keeps the head and the tail of a stream within a byte budget and counts the rest."""
+
+    def __init__(self, limit: int):
+        self.head_limit = limit * 3 // 4
+        self.tail_limit = limit - self.head_limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.tail_limit:
+                del self.tail[: len(self.tail) - self.tail_limit]
+
+    def text(self, limit: int) -> str:
+        kept = len(self.head) + len(self.tail)
+        if self.total <= kept:
+            return (self.head + self.tail).decode("utf-8", "replace")
+        marker = (
+            f"\n[... output truncated: {self.total - kept} bytes omitted; the limit is {limit} bytes "
+            f"(first {len(self.head)} and last {len(self.tail)} shown) ...]\n"
+        )
+        return self.head.decode("utf-8", "replace") + marker + self.tail.decode("utf-8", "replace")
+
+
+class Sandbox:
+    """Runs commands under one isolation and one set of limits; at most max_concurrent at once."""
+
+    def __init__(self, config: SandboxConfig, isolation: Isolation, uids: list[int | None]):
+        self.config = config
+        self.isolation = isolation
+        self._slots: asyncio.Queue[int | None] = asyncio.Queue()
+        for uid in uids:
+            self._slots.put_nowait(uid)
+        if any(uid is not None for uid in uids):
+            # Processes a run leaves behind are re-parented to us rather than to pid 1, so we can
+            # reap their zombies: a zombie still counts against its uid's RLIMIT_NPROC, and the
+            # next run on that uid would find fewer processes than promised. pid 1 in a container
+            # is often no init at all.
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self._limits = ",".join(
+            f"{name}={value}"
+            for name, value in (
+                # SIGXCPU at the soft limit says why; SIGKILL a second later if the program ignores it.
+                ("RLIMIT_CPU", f"{config.cpu_seconds}:{config.cpu_seconds + 1}"),
+                ("RLIMIT_AS", config.memory_bytes),
+                ("RLIMIT_NPROC", config.max_processes),
+                ("RLIMIT_FSIZE", config.max_file_bytes),
+                ("RLIMIT_NOFILE", config.max_open_files),
+                ("RLIMIT_CORE", 0),
+            )
+        )
+
+    async def run(self, argv: list[str], *, files: dict[str, str], stdin: str | None, timeout: float) -> RunResult:
+        uid = await self._slots.get()
+        try:
+            workdir = await asyncio.to_thread(self._make_workdir, uid, files)
+            try:
+                return await self._run_in(workdir, uid, argv, stdin, timeout)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+        finally:
+            self._slots.put_nowait(uid)
+
+    def _make_workdir(self, uid: int | None, files: dict[str, str]) -> str:
+        workdir = tempfile.mkdtemp(prefix="brainhands-sandbox-", dir=self.config.work_root)
+        for name, content in files.items():
+            path = os.path.join(workdir, name)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content)
+            if uid is not None:
+                os.chown(path, uid, uid)
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        return workdir
+
+    def _env(self, workdir: str) -> dict[str, str]:
+        # An allow-list, not a deny-list: nothing of the service's own environment (API keys) passes.
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": self.isolation.home(workdir),
+            "TMPDIR": "/tmp" if self.isolation.mode == BUBBLEWRAP else workdir,
+        }
+
+    async def _run_in(self, workdir: str, uid: int | None, argv: list[str], stdin: str | None, timeout: float) -> RunResult:
+        env = self._env(workdir)
+        wrapped, cwd = self.isolation.wrap(argv, workdir, env)
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *launcher_argv(self._limits, uid, wrapped),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,  # the launcher and bwrap get the scrubbed environment too: /proc/1/environ shows nothing
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so the timeout can kill all of it
+        )
+        capture = _Capture(self.config.max_output_bytes)
+        reader = asyncio.create_task(_read_all(proc.stdout, capture))
+        feeder = asyncio.create_task(_feed(proc.stdin, stdin)) if stdin is not None else None
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout):
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+        finally:
+            # Also after a normal exit: background processes it started must not outlive the call.
+            await self._kill_everything(proc, uid)
+            if feeder is not None:
+                feeder.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_KILL)
+            except TimeoutError:
+                reader.cancel()
+                log.warning("sandbox output pipe still open after kill", pid=proc.pid)
+        return RunResult(
+            output=capture.text(self.config.max_output_bytes),
+            returncode=None if timed_out else proc.returncode,
+            timed_out=timed_out,
+            duration=time.monotonic() - started,
+            output_bytes=capture.total,
+        )
+
+    async def _kill_everything(self, proc: asyncio.subprocess.Process, uid: int | None) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if uid is not None:
+            # A process that called setsid() left the group; every process of the run's own uid
+            # is still found by kill(-1) made as that uid (the kernel holds the task list while
+            # it signals, so a fork bomb cannot outrun it).
+            killer = await asyncio.create_subprocess_exec(
+                *launcher_argv("RLIMIT_CORE=0", uid, ["--kill-all"]),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, env={}, cwd="/",
+            )
+            try:
+                await asyncio.wait_for(killer.wait(), 10)
+            except TimeoutError:
+                killer.kill()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if uid is not None and not await asyncio.to_thread(_settle, uid):
+            log.warning("sandbox uid still owns processes after the run", uid=uid)
+
+
+def _settle(uid: int) -> bool:
+    """Reap our zombie children owned by uid until uid owns no process at all; False if that takes too long."""
+    deadline = time.monotonic() + _SETTLE_BOUND
+    me = str(os.getpid())
+    while True:
+        remaining = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            except OSError:
+                continue
+            if int(status.get("Uid", "-1").split()[0]) != uid:
+                continue
+            if status.get("State", "").startswith("Z") and status.get("PPid") == me:
+                # Only uid's orphans can be our zombie children here: the run's own process was awaited already.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry.name), os.WNOHANG)
+            remaining += 1
+        if remaining == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+async def _read_all(stream: asyncio.StreamReader, capture: _Capture) -> None:
+    while chunk := await stream.read(65536):
+        capture.add(chunk)
+
+
+async def _feed(stream: asyncio.StreamWriter, data: str) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stream.write(data.encode("utf-8"))
+        await stream.drain()
+        stream.close()

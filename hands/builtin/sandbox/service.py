@@ -1,0 +1,143 @@
+"""The sandbox hands, sandbox_python and sandbox_shell, and the service that runs them."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+
+import structlog
+
+from hands import Context, Hand, HandError, HandResult, hand
+from hands.builtin.sandbox.config import ISOLATION_MODES, SandboxConfig
+from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
+from hands.builtin.sandbox.runner import RunResult, Sandbox
+
+log = structlog.get_logger("hands.sandbox")
+
+_DEADLINE_MARGIN = 1.0  # seconds kept back from the caller's deadline to return the partial output
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _why(sig: int, config: SandboxConfig) -> str:
+    return {
+        signal.SIGXCPU: f" (the CPU limit of {config.cpu_seconds}s was reached)",
+        signal.SIGXFSZ: f" (the file size limit of {config.max_file_bytes} bytes was reached)",
+        signal.SIGKILL: " (killed; the memory limit may have been reached)",
+        signal.SIGSEGV: " (often memory exhaustion under the memory limit)",
+    }.get(sig, "")
+
+
+def _render(result: RunResult, timeout: float, config: SandboxConfig) -> HandResult:
+    out = result.output
+    sep = "" if out == "" or out.endswith("\n") else "\n"
+    if result.timed_out:
+        note = f"[killed at the {timeout:g}s timeout; the output up to then is above]"
+        return HandResult(out + sep + note, is_error=True)
+    code = result.returncode
+    if code == 0:
+        return HandResult(out if out else "[no output; exit status 0]")
+    if code is not None and code < 0:
+        note = f"[killed by {_signal_name(-code)}{_why(-code, config)}]"
+    elif code is not None and code > 128 and code - 128 < 65:
+        # Shells and bubblewrap report a child killed by signal N as exit status 128+N.
+        note = f"[exit status {code}: killed by {_signal_name(code - 128)}{_why(code - 128, config)}]"
+    else:
+        note = f"[exit status {code}]"
+    return HandResult(out + sep + note, is_error=True)
+
+
+def _not_dumpable() -> None:
+    """Make /proc/<this pid>/environ unreadable to the sandbox's processes when they share our uid."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_dumpable = 4
+    libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
+
+
+def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
+    """sandbox_python and sandbox_shell under config; probes bubblewrap once, here."""
+    as_root = os.geteuid() == 0
+    uids = [config.uid_base + i for i in range(config.max_concurrent)] if as_root else [None] * config.max_concurrent
+    isolation = probe(config, uids[0])
+    limits = {
+        "timeout_s": config.timeout, "max_timeout_s": config.max_timeout, "cpu_s": config.cpu_seconds,
+        "memory_bytes": config.memory_bytes, "max_processes": config.max_processes,
+        "max_file_bytes": config.max_file_bytes, "max_output_bytes": config.max_output_bytes,
+    }
+    if isolation.mode == BUBBLEWRAP:
+        log.info("sandbox isolation", isolation=isolation.mode, per_run_uid=as_root, **limits)
+    else:
+        log.warning("sandbox isolation", isolation=isolation.mode, reason=isolation.reason, per_run_uid=as_root, **limits)
+        if not as_root:
+            _not_dumpable()
+    sandbox = Sandbox(config, isolation, uids)
+    common = (
+        f"It runs in a fresh, empty working directory that is deleted afterwards, with no secrets in its "
+        f"environment. Limits: wall clock {config.timeout:g}s by default (timeout, at most {config.max_timeout:g}s; "
+        f"on timeout the process is killed and its output so far returned as an error), {config.cpu_seconds}s CPU, "
+        f"{config.memory_bytes // (1024 * 1024)} MiB memory, {config.max_processes} processes, files up to "
+        f"{config.max_file_bytes // (1024 * 1024)} MiB; stdout and stderr are merged and cut at "
+        f"{config.max_output_bytes} bytes. A non-zero exit status is an error. {isolation.description}"
+    )
+
+    def budget(timeout: float | None, ctx: Context) -> float:
+        wanted = config.timeout if timeout is None else timeout
+        if wanted <= 0 or wanted > config.max_timeout:
+            raise HandError(f"timeout must be more than 0 and at most {config.max_timeout:g} seconds")
+        remaining = ctx.time_remaining()
+        if remaining is not None:
+            wanted = min(wanted, max(0.1, remaining - _DEADLINE_MARGIN))
+        return wanted
+
+    # The hand's own limit stays above max_timeout: the sandbox's timeout must fire first so the partial output returns.
+    @hand(description=f"Run a Python 3 program (code) and return its output; stdin is optional input. {common}",
+          timeout=config.max_timeout + 30)
+    async def sandbox_python(ctx: Context, code: str, timeout: float | None = None, stdin: str | None = None) -> HandResult:
+        limit = budget(timeout, ctx)
+        result = await sandbox.run([config.python, "-u", "main.py"], files={"main.py": code}, stdin=stdin, timeout=limit)
+        return _render(result, limit, config)
+
+    @hand(description=f"Run a shell command line with {config.shell} -c and return its output. {common}",
+          timeout=config.max_timeout + 30)
+    async def sandbox_shell(ctx: Context, command: str, timeout: float | None = None) -> HandResult:
+        limit = budget(timeout, ctx)
+        result = await sandbox.run([config.shell, "-c", command], files={}, stdin=None, timeout=limit)
+        return _render(result, limit, config)
+
+    return [sandbox_python, sandbox_shell]
+
+
+def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
+    """The sandbox hands, configured from BRAINHANDS_SANDBOX_* variables."""
+    return make_sandbox_hands(SandboxConfig.from_env())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from brainhands.logs import configure_logging
+    from hands import serve
+
+    parser = argparse.ArgumentParser(prog="python -m hands.builtin.sandbox",
+                                     description="Serve the sandbox hands over gRPC.")
+    parser.add_argument("--port", type=int, default=50072, help="port to listen on (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, help="default $BRAINHANDS_SANDBOX_ISOLATION or auto")
+    parser.add_argument("--timeout", type=float, help="default wall-clock seconds per run")
+    parser.add_argument("--max-output-bytes", type=int, help="output kept per run")
+    args = parser.parse_args(argv)
+    configure_logging()  # before the probe, so its log line is rendered like the rest
+    try:
+        config = SandboxConfig.from_env(isolation=args.isolation, timeout=args.timeout,
+                                        max_output_bytes=args.max_output_bytes)
+        hands = make_sandbox_hands(config)
+    except (ValueError, RuntimeError) as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    serve(hands, port=args.port, host=args.host, register=args.register)
+    return 0
