@@ -30,6 +30,8 @@ EXECUTE = "/hands.v1.HandService/Execute"
 DESCRIBE = "/hands.v1.HandService/Describe"
 QUOTA_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
 RETRY_AFTER_MS = "retry-after-ms"
+#: The tenant label of calls whose key was missing or wrong.
+UNAUTHENTICATED = "unauthenticated"
 
 _KINDS = {
     "rate": gateway_pb2.QUOTA_KIND_RATE,
@@ -88,16 +90,16 @@ class Access:
 
     # -- the steps of a call -------------------------------------------------------------------------
 
-    async def authenticate(self, context: grpc.aio.ServicerContext) -> Tenant:
+    async def authenticate(self, context: grpc.aio.ServicerContext, started: float | None = None) -> Tenant:
         """The caller's tenant, set as the call's tenant; aborts UNAUTHENTICATED. Keys are never logged."""
         meta = md.as_dict(context.invocation_metadata())
         tenant = self.tenants.authenticate(bearer_token(meta.get(md.AUTHORIZATION)))
         if tenant is None:
             why = "the API key is not valid" if md.AUTHORIZATION in meta else "no API key"
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{why}: send 'authorization: Bearer <key>' with a key from the gateway's tenants",
-            )
+            details = f"{why}: send 'authorization: Bearer <key>' with a key from the gateway's tenants"
+            if started is None:  # not an Execute: no call to count
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+            await self.refuse(context, grpc.StatusCode.UNAUTHENTICATED, details, "", UNAUTHENTICATED, started)
         current_tenant.set(tenant.name)
         structlog.contextvars.bind_contextvars(tenant=tenant.name)
         return tenant
@@ -219,7 +221,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
             async def execute(request, context):
                 started = time.perf_counter()
-                tenant = await access.authenticate(context)
+                tenant = await access.authenticate(context, started)
                 try:
                     name = request.name if isinstance(request, hands_pb2.ExecuteRequest) else hand_name(request)
                 except (DecodeError, UnicodeDecodeError):
