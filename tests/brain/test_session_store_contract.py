@@ -9,14 +9,14 @@ import os
 import pytest
 
 from brain.sessions import SeqConflict, SessionNotFound, SessionStore, open_store
+from tests.pg_schema import postgres_store
 
 
 async def _sqlite(tmp_path, request):
     return await open_store(str(tmp_path / "sessions.db"))
 
 
-# A PostgreSQL store adds one line here: ("postgres", _postgres) with a factory using database_url.
-STORES = [("sqlite", _sqlite)]
+STORES = [("sqlite", _sqlite), ("postgres", postgres_store)]
 
 
 @pytest.fixture(params=[factory for _, factory in STORES], ids=[name for name, _ in STORES])
