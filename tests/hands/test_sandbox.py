@@ -182,6 +182,16 @@ async def test_killed_at_the_timeout_with_partial_output(sandbox, isolation):
 
 
 @pytest.mark.parametrize("isolation", MODES)
+async def test_background_process_neither_delays_the_result_nor_survives_it(sandbox, isolation):
+    call = await sandbox(isolation)
+    result = await call("sandbox_shell", command="sleep 60 & echo started in the background", timeout=20)
+    assert not result.is_error, result.output  # not held until the timeout by the sleep's open stdout
+    assert result.output == "started in the background\n"
+    if AS_ROOT:
+        assert await _no_sandbox_processes_left()
+
+
+@pytest.mark.parametrize("isolation", MODES)
 async def test_memory_cannot_be_exhausted(sandbox, isolation):
     call = await sandbox(isolation, memory_bytes=512 * 1024 * 1024)
     big = await call("sandbox_python", code="x = bytearray(4 * 1024**3)\nprint('allocated')")

@@ -147,7 +147,7 @@ class Sandbox:
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
-                await proc.wait()
+                await _exited(proc)
         except TimeoutError:
             timed_out = True
         finally:
@@ -156,10 +156,9 @@ class Sandbox:
             if feeder is not None:
                 feeder.cancel()
             try:
-                await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_KILL)
+                await asyncio.wait_for(reader, _DRAIN_AFTER_KILL)
             except TimeoutError:
-                reader.cancel()
-                log.warning("sandbox output pipe still open after kill", pid=proc.pid)
+                pass  # a process that escaped the kill holds the pipe: return what was read
         return RunResult(
             output=capture.text(self.config.max_output_bytes),
             returncode=None if timed_out else proc.returncode,
@@ -187,7 +186,11 @@ class Sandbox:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
+        try:
+            # wait() also waits for the pipes to close, which they do once every process holding them is dead.
+            await asyncio.wait_for(proc.wait(), _DRAIN_AFTER_KILL)
+        except TimeoutError:
+            log.warning("sandbox output pipe still open after kill", pid=proc.pid)
         if uid is not None and not await asyncio.to_thread(_settle, uid):
             log.warning("sandbox uid still owns processes after the run", uid=uid)
 
@@ -218,6 +221,33 @@ def _settle(uid: int) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Return when the process itself exits.
+
+    Process.wait() would also wait until its pipes close, and a background process that
+    inherited stdout keeps them open: the run would look hung until the timeout.
+    """
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return  # already exited and reaped
+    except (AttributeError, OSError):  # no pidfd (old kernel): poll the status asyncio records
+        while proc.returncode is None:
+            await asyncio.sleep(0.02)
+        return
+    if proc.returncode is not None:
+        os.close(pidfd)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 async def _read_all(stream: asyncio.StreamReader, capture: _Capture) -> None:
