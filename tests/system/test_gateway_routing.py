@@ -147,3 +147,17 @@ async def test_no_healthy_replica_is_unavailable_within_the_deadline_never_a_han
                 await asyncio.wait_for(client.execute("whoami", {}, timeout=5), 10)
             assert dead.value.code() == grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(0.1)
+
+
+async def test_a_bad_config_file_is_one_clear_line_and_exit_status_2(tmp_path):
+    path = tmp_path / "gw.yaml"
+    path.write_text("routes:\n  - {hands: [fs_*], backends: [nowhere]}\n")
+    proc = await asyncio.create_subprocess_exec(
+        "brainhands", "serve", "gateway", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert err.decode().strip() == (
+        f"brainhands: {path}: routes[0].backends: must be a list of host:port, got ['nowhere']"
+    )
