@@ -1,0 +1,190 @@
+"""The demo's scripted model: a rule-based stand-in for Claude, served over the Messages API.
+
+It plays both parts of `brainhands demo` — the orchestrator and the llm_worker hands — by
+reading each request the way the model would: which tools it was offered, what the last
+tool results say. So the fan-out is decided at run time from what grep finds, and the
+brain and the workers run exactly the code they run against the real API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from brainhands.scripted_api import ScriptedMessagesAPI, text_reply, tool_reply
+
+DEMO_TASK = (
+    "datetime.utcnow() is deprecated since Python 3.12. Replace every use of it in this project with "
+    "the timezone-aware datetime.now(timezone.utc), fixing each file's imports, and summarize what changed."
+)
+
+_GREP_PATTERN = r"\butcnow\b"
+_FILE_RE = re.compile(r"^([^:\n]+\.py):\d+:", re.MULTILINE)
+_WORKER_TASK_RE = re.compile(r"in the file (\S+\.py)")
+
+
+def _last_user_blocks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages") or []
+    if not messages or messages[-1].get("role") != "user":
+        return []
+    content = messages[-1].get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _tool_outputs(body: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """(text, is_error) of each tool_result in the newest user message."""
+    out = []
+    for block in _last_user_blocks(body):
+        if block.get("type") != "tool_result":
+            continue
+        content = block.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        out.append((content or "", bool(block.get("is_error"))))
+    return out
+
+
+def _turn(body: Mapping[str, Any]) -> int:
+    return sum(1 for m in body.get("messages") or [] if m.get("role") == "assistant")
+
+
+def _first_user_text(body: Mapping[str, Any]) -> str:
+    for m in body.get("messages") or []:
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def _tool_names(body: Mapping[str, Any]) -> set[str]:
+    return {t.get("name") for t in body.get("tools") or []}
+
+
+def orchestrator_reply(body: Mapping[str, Any]) -> dict[str, Any]:
+    tools = _tool_names(body)
+    turn = _turn(body)
+    if "fs_grep" not in tools or "llm_worker" not in tools:
+        return text_reply(_summary(body), input_tokens=900, output_tokens=180)
+    if turn == 0:
+        return tool_reply(
+            [("fs_grep", {"pattern": _GREP_PATTERN, "path": ".", "glob": "*.py"})],
+            text="First I'll find every file that calls utcnow, then give each file to its own worker.",
+            input_tokens=1200, output_tokens=60,
+        )
+    if turn == 1:
+        grep_output = "\n".join(text for text, _ in _tool_outputs(body))
+        files = sorted(set(_FILE_RE.findall(grep_output)))
+        if not files:
+            return text_reply("No file in this project calls datetime.utcnow(); nothing to change.")
+        calls = [
+            ("llm_worker", {
+                "task": (
+                    f"Objective: in the file {path}, replace every datetime.utcnow() with the timezone-aware "
+                    "datetime.now(timezone.utc) (a bare datetime.utcnow passed as a callable becomes "
+                    "lambda: datetime.now(timezone.utc)), and add timezone to the file's datetime import."
+                ),
+                "context": f"grep found these lines:\n{grep_output}",
+                "output_format": "One line per change: LINE: old -> new. Nothing else.",
+                "tools": ["fs_read", "fs_edit"],
+            })
+            for path in files
+        ]
+        return tool_reply(
+            calls,
+            text=f"{len(files)} files use utcnow. One worker per file, in parallel; each edits only its own file.",
+            input_tokens=1500, output_tokens=90 * len(files),
+        )
+    return text_reply(_summary(body), input_tokens=2500, output_tokens=220)
+
+
+def _summary(body: Mapping[str, Any]) -> str:
+    lines = ["Replaced datetime.utcnow() with datetime.now(timezone.utc) across the project:", ""]
+    reports = [(text, err) for text, err in _tool_outputs(body)]
+    changed = 0
+    for text, is_error in reports:
+        if is_error:
+            lines.append(f"- a worker failed: {text.splitlines()[0] if text else 'no details'}")
+            continue
+        for line in text.splitlines():
+            if line.strip():
+                lines.append(f"- {line.strip()}")
+                changed += 1
+    lines += ["", f"{changed} changes in {sum(1 for _, e in reports if not e)} files. "
+              "Each file's datetime import now includes timezone; run the project's tests to confirm."]
+    return "\n".join(lines)
+
+
+def _fix_line(line: str) -> str:
+    line = line.replace("default_factory=datetime.utcnow)", "default_factory=lambda: datetime.now(timezone.utc))")
+    return line.replace("datetime.utcnow()", "datetime.now(timezone.utc)")
+
+
+def _fix_import(line: str) -> str | None:
+    match = re.match(r"^from datetime import (.+)$", line)
+    if not match:
+        return None
+    names = [n.strip() for n in match.group(1).split(",")]
+    if "timezone" in names:
+        return None
+    return f"from datetime import {', '.join(sorted([*names, 'timezone']))}"
+
+
+def worker_reply(body: Mapping[str, Any]) -> dict[str, Any]:
+    turn = _turn(body)
+    match = _WORKER_TASK_RE.search(_first_user_text(body))
+    if not match:
+        return text_reply("I can only do the demo's utcnow task.", stop_reason="end_turn")
+    path = match.group(1)
+    if turn == 0:
+        return tool_reply([("fs_read", {"path": path})], input_tokens=700, output_tokens=30)
+    if turn == 1:
+        source, is_error = (_tool_outputs(body) or [("", True)])[0]
+        if is_error:
+            return text_reply(f"could not read {path}: {source}")
+        edits = []
+        for number, line in enumerate(source.splitlines(), 1):
+            fixed = _fix_import(line) if line.startswith("from datetime import") else _fix_line(line)
+            if fixed is not None and fixed != line:
+                edits.append((number, line, fixed))
+        if not edits:
+            return text_reply(f"{path}: nothing to change")
+        calls = [("fs_edit", {"path": path, "old": old, "new": new}) for _, old, new in edits]
+        return tool_reply(calls, input_tokens=1100, output_tokens=60 * len(calls))
+    # turn 2: report what the edits did, from the fs_edit results
+    messages = body.get("messages") or []
+    planned = []
+    for block in messages[-2].get("content", []) if len(messages) >= 2 else []:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            planned.append(block.get("input", {}))
+    outcomes = _tool_outputs(body)
+    report = []
+    for edit, (text, is_error) in zip(planned, outcomes, strict=False):
+        status = f"FAILED ({text})" if is_error else ""
+        report.append(f"{path}: {edit.get('old', '').strip()} -> {edit.get('new', '').strip()} {status}".rstrip())
+    return text_reply("\n".join(report), input_tokens=1300, output_tokens=40 * len(report))
+
+
+def respond(body: dict[str, Any], *, think_time: float = 0.0) -> dict[str, Any]:
+    """Answer one Messages API request as the orchestrator or as a worker."""
+    if think_time:
+        time.sleep(think_time)
+    reply = orchestrator_reply(body) if "llm_worker" in _tool_names(body) or _is_orchestrator(body) else worker_reply(body)
+    reply["model"] = body.get("model", reply.get("model"))
+    return reply
+
+
+def _is_orchestrator(body: Mapping[str, Any]) -> bool:
+    system = body.get("system")
+    text = system if isinstance(system, str) else json.dumps(system)
+    return "You are the orchestrator" in (text or "")
+
+
+def start_demo_model(think_time: float = 0.4) -> ScriptedMessagesAPI:
+    """Start the scripted model on a free loopback port; the caller stops it."""
+    server = ScriptedMessagesAPI(responder=lambda body: respond(body, think_time=think_time))
+    return server.start()

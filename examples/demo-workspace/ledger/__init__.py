@@ -1,0 +1,1 @@
+"""ledger: accounts, an audit trail, exports and scheduled statements."""
