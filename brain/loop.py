@@ -86,6 +86,8 @@ class Brain:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._own_client = not isinstance(target, HandClient)
         self.client = HandClient(target, api_key=api_key) if isinstance(target, str) else target
+        self._driving: dict[str, asyncio.Task] = {}  # session id -> the task in drive(), for cancel()
+        self._cancels: dict[str, str] = {}  # session id -> reason, for sessions cancel() asked to stop
 
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
         return Dispatcher(self.client, call_timeout=config.call_timeout)
@@ -128,6 +130,20 @@ class Brain:
         # Re-read under the lease: the previous holder may have written more before it stopped.
         state = SessionState.from_events(session_id, await self.store.events(session_id))
         return await _Driver(self, state, config).drive()
+
+    def cancel(self, session_id: str, reason: str = "cancelled") -> bool:
+        """Stop a session this brain is driving: its in-flight tool calls are cancelled, the log ends with
+        session_cancelled, and run()/wake() return a RunResult with status "cancelled".
+
+        False when this brain is not driving the session. Only a cancel asked for here ends the session:
+        any other cancellation of the driving task (a shutdown) leaves it running in the log, to be woken.
+        """
+        task = self._driving.get(session_id)
+        if task is None or task.done():
+            return False
+        self._cancels[session_id] = reason
+        task.cancel()
+        return True
 
     async def close(self) -> None:
         if self._own_client:
@@ -173,6 +189,7 @@ class _Driver:
                     return
 
         renewer = asyncio.create_task(keep_lease())
+        self.brain._driving[sid] = steps
         try:
             if first is not None:
                 await self.record(*first)
@@ -182,16 +199,33 @@ class _Driver:
             if lost.is_set():
                 steps.uncancel()
                 raise LeaseLost(f"session {sid}: lost the lease; another brain may be driving it") from None
-            raise
+            if sid not in self.brain._cancels:
+                raise
+            steps.uncancel()
+            # Shielded: a second cancellation (a shutdown) must not leave the log without its end.
+            await asyncio.shield(self.record_cancelled(self.brain._cancels[sid]))
         except SeqConflict as exc:
             raise LeaseLost(f"session {sid}: another writer appended to the log ({exc})") from None
         finally:
+            self.brain._driving.pop(sid, None)
+            self.brain._cancels.pop(sid, None)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             with contextlib.suppress(Exception):
                 await asyncio.shield(store.release_lease(sid, owner))
         return RunResult.from_state(self.state)
+
+    async def record_cancelled(self, reason: str) -> None:
+        """End the log with session_cancelled, after the events that cancelled appends finished writing.
+
+        A store write runs on a thread (or in the database) and completes even when the coroutine awaiting it
+        is cancelled, so the log may be ahead of the folded state: fold what is there first.
+        """
+        for event in await self.brain.store.events(self.state.session_id, after_seq=self.state.seq):
+            self.state.apply(event)
+        if self.state.status == "running":
+            await self.record(ev.SESSION_CANCELLED, {"reason": reason, "totals": self.state.totals()})
 
     # --- one step -------------------------------------------------------------------------------
 
