@@ -220,10 +220,12 @@ class _Driver:
         """End the log with session_cancelled, after the events that cancelled appends finished writing.
 
         A store write runs on a thread (or in the database) and completes even when the coroutine awaiting it
-        is cancelled, so the log may be ahead of the folded state: fold what is there first.
+        is cancelled, so the log may be ahead of the folded state: fold what is there (and tell on_event) first.
         """
         for event in await self.brain.store.events(self.state.session_id, after_seq=self.state.seq):
             self.state.apply(event)
+            if self.brain.on_event is not None:
+                self.brain.on_event(event)
         if self.state.status == "running":
             await self.record(ev.SESSION_CANCELLED, {"reason": reason, "totals": self.state.totals()})
 
