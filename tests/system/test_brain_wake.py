@@ -1,0 +1,121 @@
+"""The brain as a real process: SIGKILL it mid fan-out, wake the session in a new process, nothing finished runs twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections import Counter
+
+import pytest
+
+from brain import open_store
+from hands import Context, hand
+
+pytestmark = pytest.mark.system
+
+FAST, SLOW = 4, 4
+
+
+@pytest.fixture
+async def counting_hands(hand_service):
+    """A hand service in the test process: `fast` answers at once, `slow` hangs on a call's first attempt."""
+    runs: Counter = Counter()
+    first_attempts_in_flight = set()
+
+    @hand(description="Answer at once, counting the call.")
+    async def fast(n: int, ctx: Context) -> str:
+        runs[ctx.call_id] += 1
+        return f"fast {n}"
+
+    @hand(description="Hang on the first attempt of a call; answer when the call is issued again.")
+    async def slow(n: int, ctx: Context) -> str:
+        runs[ctx.call_id] += 1
+        if runs[ctx.call_id] == 1:
+            first_attempts_in_flight.add(ctx.call_id)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                first_attempts_in_flight.discard(ctx.call_id)
+        return f"slow {n}"
+
+    running = await hand_service([fast, slow])
+    return f"127.0.0.1:{running.port}", runs, first_attempts_in_flight
+
+
+@pytest.fixture
+async def processes():
+    started: list[asyncio.subprocess.Process] = []
+
+    async def _start(*args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "brainhands", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json"},
+        )
+        started.append(proc)
+        return proc
+
+    yield _start
+    for proc in started:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def poll(predicate, what: str, timeout: float = 30.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkill_mid_fan_out_then_wake_finishes_and_runs_no_finished_call_twice(counting_hands, processes, tmp_path):
+    address, runs, hanging = counting_hands
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([
+        {"tool_calls": [["fast", {"n": i}] for i in range(FAST)] + [["slow", {"n": i}] for i in range(SLOW)]},
+        {"text": "All eight are done."},
+    ]))
+    db = str(tmp_path / "sessions.db")
+    common = ["--gateway", address, "--sessions", db, "--json"]
+    brain = await processes("run", "Do eight things.", "--model", f"scripted:{script}", "--lease-ttl", "2", *common)
+
+    first = json.loads(await asyncio.wait_for(brain.stdout.readline(), 30))
+    session_id = first["session_id"]
+    assert first["type"] == "session_started"
+
+    store = await open_store(db)
+    try:
+        async def fast_finished_slow_hanging():
+            finished = [e for e in await store.events(session_id) if e.type == "tool_call_finished"]
+            return len(finished) == FAST and len(hanging) == SLOW
+
+        await poll(fast_finished_slow_hanging, "the fast calls to be logged as finished while the slow ones hang")
+        brain.send_signal(signal.SIGKILL)
+        assert await brain.wait() == -signal.SIGKILL
+        finished_before = {e.data["call_id"] for e in await store.events(session_id) if e.type == "tool_call_finished"}
+        assert len(finished_before) == FAST
+        assert (await store.get_session(session_id)).status == "running"
+
+        # The dead brain's lease (2 s) still holds the session; --wait outlasts it.
+        waker = await processes("sessions", "wake", session_id, "--wait", "20", *common)
+        out, err = await asyncio.wait_for(waker.communicate(), 60)
+        assert waker.returncode == 0, err.decode()[-2000:]
+        result = json.loads(out.decode().splitlines()[-1])
+        assert (result["type"], result["status"], result["text"]) == ("result", "finished", "All eight are done.")
+
+        for call_id in finished_before:
+            assert runs[call_id] == 1, f"{call_id} had finished before the kill and ran again"
+        reissued = set(runs) - finished_before
+        assert len(reissued) == SLOW and all(runs[c] == 2 for c in reissued)
+        events = await store.events(session_id)
+        assert [e.type for e in events].count("session_started") == 1
+        assert events[-1].type == "session_finished"
+        assert (await store.get_session(session_id)).status == "finished"
+    finally:
+        await store.close()
