@@ -238,6 +238,8 @@ class _Driver:
             return await self.ask()
         if turn.calls and any(c.finished is None for c in turn.calls):
             return await self.run_calls(turn)
+        if s.limit is not None and s.limit_after_turn == len(s.turns):
+            return await self.ask()  # a limit was reached after this turn: the synthesis is next, decided once
         if turn.synthesis:
             reason = (s.limit or {}).get("reason")
             text = s.final_text() or f"(the model gave no final answer after reaching the {prompts.LIMIT_NAMES.get(reason, 'limit')})"

@@ -215,3 +215,21 @@ async def test_the_log_alone_rebuilds_the_conversation(make_brain, store):
     # The last request the model saw is exactly the conversation rebuilt from the log, minus the final answer.
     state.turns.pop()
     assert state.messages() == model.requests[-1]["messages"]
+
+
+async def test_a_synthesis_that_overflows_the_context_is_retried_once_on_the_digest(make_brain, recorder):
+    recorder.token_usage = 10_000
+    steps = [
+        {"tool_calls": [["spender", {}]]},
+        {"raise": "context_window_exceeded"},
+    ]
+
+    def answer(request):
+        if len(request["messages"]) == 1 and "digest" in request["messages"][0]["content"][0]["text"]:
+            return {"text": "From the digest."}
+        return steps[0]
+
+    model = ScriptedModel([answer, steps[1]])
+    result = await make_brain(model, token_budget=5000).run("Spend, then overflow.")
+    assert result.ok and result.cut_short and result.text == "From the digest."
+    assert len(model.requests) == 3 and len(recorder.runs) == 1
