@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
 
 from brainhands.logs import configure_logging
-from brainhands.serving import RunningServer, run_until_signalled
+from brainhands.serving import run_until_signalled
 from hands._hand import Hand
 from hands._server import HandServiceConfig, start
 
 log = structlog.get_logger("hands")
-
-#: Called with the started server when --register names a gateway; installed by the gateway package.
-RegisterHook = Callable[[RunningServer, str, Sequence[Hand]], Awaitable[None]]
-
 
 async def serve_async(
     hands: Sequence[Hand],

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,32 +18,35 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class ServiceProcess:
-    """A child process and the address it logged; stderr lines read so far are kept in .log."""
+    """A child process and the address it logged; stderr lines read so far are kept in .log.
+
+    stderr goes to a file, not a pipe: a service that logs a line per call would block
+    on a full pipe that nobody reads.
+    """
 
     proc: subprocess.Popen
+    log_file: object = None
     address: str = ""
     log: list[str] = field(default_factory=list)
+    _offset: int = 0
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def read_log(self, timeout: float = 0.0) -> list[str]:
-        """Read the stderr lines available within timeout seconds (non-blocking with 0)."""
+        """The complete stderr lines written since the last read, waiting up to timeout seconds for one."""
         deadline = time.monotonic() + timeout
-        stream = self.proc.stderr
-        new: list[str] = []
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([stream], [], [], remaining)
-            if not ready:
+            with open(self.log_file.name, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1
+            if end or time.monotonic() >= deadline:
                 break
-            line = stream.readline()
-            if not line:
-                break
-            new.append(line.rstrip("\n"))
-            if time.monotonic() >= deadline:
-                break
+            time.sleep(0.02)
+        self._offset += end
+        new = chunk[:end].decode(errors="replace").splitlines()
         self.log.extend(new)
         return new
 
@@ -59,6 +62,8 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.log_file is not None:
+            self.log_file.close()
         return self.proc.returncode
 
 
@@ -67,16 +72,16 @@ def start_service(args: list[str], *, env: dict[str, str] | None = None, ready_e
     """Start `python -m brainhands ARGS...` with JSON logs; wait for the log line ready_event with an address."""
     full_env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
+    log_file = tempfile.NamedTemporaryFile(prefix="brainhands-test-", suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "brainhands", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log_file,
         env=full_env,
         cwd=cwd or ROOT,
     )
-    service = ServiceProcess(proc)
+    service = ServiceProcess(proc, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in service.read_log(timeout=0.2):
