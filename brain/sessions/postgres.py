@@ -233,4 +233,6 @@ def _reason(exc: BaseException) -> str:
         return f"unknown host: {exc.strerror or exc}"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
