@@ -340,18 +340,27 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         self, live: _Live, queue: asyncio.Queue, context: grpc.aio.ServicerContext, *, after_seq: int, backlog: list[Event]
     ) -> AsyncIterator[brain_pb2.SessionEvent]:
         """The backlog, then the live events, each once and in seq order; the driving error, if any, as the status."""
-        last = after_seq
+        last, sent = after_seq, 0
         try:
             for event in backlog:
                 if event.seq > last:
-                    last = event.seq
+                    last, sent = event.seq, sent + 1
                     yield to_pb_event(event)
             while (item := await queue.get()) is not _END:
                 if item.seq > last:
-                    last = item.seq
+                    last, sent = item.seq, sent + 1
                     yield to_pb_event(item)
         finally:
             live.unsubscribe(queue)
+            # One line per stream: how far the client got, and whether it stayed to the end.
+            log.info(
+                "session stream",
+                session_id=live.session_id,
+                events=sent,
+                last_seq=last,
+                to_the_end=live.ended.is_set(),
+                error=None if live.error is None else str(live.error),
+            )
         if live.error is not None:
             code, message = status_of(live.error)
             await context.abort(code, message)

@@ -67,7 +67,12 @@ async def _serve(config) -> None:
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         raise CliError(f"cannot open the session store {where}: {exc}") from None
     try:
-        running = await start_brain_service(config, store=store)
+        try:
+            running = await start_brain_service(config, store=store)
+        except RuntimeError as exc:  # grpcio reports a port it cannot bind as a RuntimeError
+            if "Failed to bind" not in str(exc):
+                raise
+            raise CliError(f"cannot listen on {config.host}:{config.port}: is the port in use?") from None
         structlog.get_logger("brain.service").info(
             "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where
         )
