@@ -179,6 +179,19 @@ async def start_local_stack(
         raise
 
 
+async def start_brain_service(stack: LocalStack, *, sessions: str | None = None, timeout: float = 30.0) -> StackProcess:
+    """Add a brain service (BrainService) to a running stack, calling its gateway."""
+    port = free_port()
+    args = ["serve", "brain", "--port", str(port), "--gateway", stack.gateway]
+    if sessions:
+        args += ["--sessions", sessions]
+    proc, log_path = _spawn("brain", args, {}, Path(stack.workdir))
+    brain = StackProcess("brain", f"127.0.0.1:{port}", proc, log_path)
+    stack.services.append(brain)
+    await _wait_all([brain], timeout)
+    return brain
+
+
 async def _wait_all(services: list[StackProcess], timeout: float) -> None:
     results = await asyncio.gather(*(wait_serving(s.address, timeout, s.proc) for s in services))
     for service, ok in zip(services, results, strict=True):

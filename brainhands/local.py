@@ -1,0 +1,236 @@
+"""`brainhands demo` and `brainhands up`: the whole stack on this machine, with no setup."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import difflib
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from brainhands.cli import CliError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_WORKSPACE = ROOT / "examples" / "demo-workspace"
+DEMO_MARKER = ".brainhands-demo"
+
+
+def register(commands, serve_commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole stack offline on an example project, with a scripted model (no API key needed)",
+        description=(
+            "Copies an example project, starts a gateway and the built-in hands on loopback, and has the "
+            "orchestrator fan a multi-file change out to one worker per file. The model is scripted, so it "
+            "needs no key and no network; the brain, workers, gateway and hands are the real ones."
+        ),
+    )
+    demo.add_argument("--dir", default="brainhands-demo", help="where to put the project copy, its session log and timeline (default ./brainhands-demo)")
+    demo.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
+    demo.add_argument("--think-time", type=float, default=0.6, help="seconds the scripted model 'thinks' per reply, so the fan-out is visible (default 0.6)")
+    demo.set_defaults(func=_demo)
+
+    up = commands.add_parser(
+        "up",
+        help="run a gateway, the built-in hands and a brain service on loopback until Ctrl-C",
+    )
+    up.add_argument("--config", metavar="FILE", help="gateway config (tenants, quotas, more routes) merged over the local defaults")
+    up.add_argument("--workspace", default=".", help="the fs hand's root (default: the current directory)")
+    up.add_argument("--sessions", metavar="URL", help="session store for the brain service (default $BRAINHANDS_SESSIONS or the SQLite default)")
+    up.set_defaults(func=_up)
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def _prepare_demo_dir(target: Path) -> Path:
+    if not DEMO_WORKSPACE.is_dir():
+        raise CliError(f"the example project is missing ({DEMO_WORKSPACE}); run the demo from a brainhands checkout")
+    if target.exists():
+        if not (target / DEMO_MARKER).exists():
+            raise CliError(f"{target} exists and is not a previous demo; choose another place with --dir")
+        shutil.rmtree(target)
+    workspace = target / "workspace"
+    shutil.copytree(DEMO_WORKSPACE, workspace)
+    (target / DEMO_MARKER).write_text("made by brainhands demo; safe to delete\n")
+    return workspace
+
+
+def _changes(before: Path, after: Path) -> list[tuple[str, int, int]]:
+    """(path, lines removed, lines added) for each file the run changed."""
+    changed = []
+    for path in sorted(after.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(after)
+        old = (before / rel).read_text().splitlines() if (before / rel).exists() else []
+        new = path.read_text(errors="replace").splitlines()
+        if old != new:
+            diff = list(difflib.unified_diff(old, new, lineterm="", n=0))
+            removed = sum(1 for d in diff if d.startswith("-") and not d.startswith("---"))
+            added = sum(1 for d in diff if d.startswith("+") and not d.startswith("+++"))
+            changed.append((str(rel), removed, added))
+    return changed
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from brainhands.logs import configure_logging
+
+    configure_logging(level="warning")
+    target = Path(args.dir).resolve()
+    workspace = _prepare_demo_dir(target)
+    return asyncio.run(_run_demo(args, target, workspace))
+
+
+async def _run_demo(args, target: Path, workspace: Path) -> int:
+    import anthropic
+    from rich.console import Console
+
+    from brain import AnthropicModel, Brain, BrainConfig, open_store
+    from brain.timeline import render_timeline
+    from brainhands.demo_model import DEMO_TASK, start_demo_model
+    from brainhands.stack import StackError, start_local_stack
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print("[bold]brainhands demo[/] — the model is [bold yellow]scripted[/] (offline, no API key); "
+              "the brain, gateway, hands and workers are real processes.")
+    err.print(f"project copy: {workspace}")
+    model_server = start_demo_model(think_time=args.think_time)
+    key = "scripted-demo-key"
+    stack = None
+    store = None
+    try:
+        try:
+            stack = await start_local_stack(
+                workspace,
+                hands=("fs", "llm"),
+                extra_env={"ANTHROPIC_BASE_URL": model_server.base_url, "ANTHROPIC_API_KEY": key},
+                log_dir=target / "logs",
+            )
+        except StackError as exc:
+            raise CliError(f"the local stack did not start: {exc}") from None
+        err.print(f"gateway {stack.gateway} · hands {', '.join(f'{k} {v}' for k, v in stack.addresses.items() if k != 'gateway')}")
+        store = await open_store(str(target / "sessions.db"))
+        client = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
+        model = AnthropicModel(os.environ.get("BRAINHANDS_MODEL") or "claude-opus-5-5", client=client)
+        view, on_event = _event_sink(args.json, err)
+        brain = Brain(target=stack.gateway, model=model, store=store,
+                      config=BrainConfig(max_parallel=8, call_timeout=60), on_event=on_event)
+        with view:
+            result = await brain.run(DEMO_TASK)
+            if hasattr(view, "final"):
+                view.final(result)
+        await brain.close()
+        info = await store.get_session(result.session_id)
+        events = await store.events(result.session_id)
+        timeline = target / "timeline.html"
+        timeline.write_text(render_timeline(info, events))
+    finally:
+        if store is not None:
+            await store.close()
+        if stack is not None:
+            stack.stop()
+        model_server.stop()
+
+    print(result.text)
+    changes = _changes(DEMO_WORKSPACE, workspace)
+    err.print()
+    err.print(f"[bold]changed {len(changes)} files[/] in {workspace}:")
+    for path, removed, added in changes:
+        err.print(f"  {path}  [red]-{removed}[/] [green]+{added}[/]")
+    err.print(f"timeline: {timeline}   (open it in a browser: every worker is a bar on a time axis)")
+    err.print(f"session {result.session_id}: brainhands sessions show {result.session_id} --sessions {target / 'sessions.db'}")
+    err.print()
+    err.print("The model was scripted. To do the same with Claude:")
+    err.print("  export ANTHROPIC_API_KEY=sk-ant-...")
+    err.print(f'  brainhands run "{DEMO_TASK}" --workspace {workspace}')
+    return 0 if result.ok else 1
+
+
+def _event_sink(as_json: bool, err):
+    """A context manager for the display and the brain's on_event callback."""
+    if as_json:
+        import json
+
+        def print_json(event) -> None:
+            print(json.dumps(event.as_dict(), default=str), flush=True)
+
+        return contextlib.nullcontext(), print_json
+    from brain.live import LiveView
+
+    view = LiveView(err)
+    return view, view.on_event
+
+
+# -- up -----------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    from brainhands.logs import configure_logging
+
+    configure_logging(level="warning")
+    extra: dict = {}
+    if args.config:
+        try:
+            extra = yaml.safe_load(Path(args.config).read_text()) or {}
+        except OSError as exc:
+            raise CliError(f"cannot read {args.config}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"{args.config} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(extra, dict):
+            raise CliError(f"{args.config}: expected a mapping of gateway config keys")
+    return asyncio.run(_run_up(args, extra))
+
+
+async def _run_up(args, extra: dict) -> int:
+    from brainhands.stack import StackError, start_brain_service, start_local_stack
+
+    workspace = Path(args.workspace).resolve()
+    if not workspace.is_dir():
+        raise CliError(f"--workspace {workspace} is not a directory")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        stack = await start_local_stack(workspace, gateway_config=extra)
+    except StackError as exc:
+        raise CliError(f"the local stack did not start: {exc}") from None
+    try:
+        await start_brain_service(stack, sessions=args.sessions or os.environ.get("BRAINHANDS_SESSIONS"))
+        print(f"brainhands is up ({time.monotonic() - started:.1f}s); Ctrl-C stops everything", file=sys.stderr)
+        width = max(len(n) for n in stack.addresses)
+        for name, address in stack.addresses.items():
+            print(f"  {name:<{width}}  {address}")
+        print(f"\nexport BRAINHANDS_GATEWAY={stack.gateway}   # then: brainhands hands list · brainhands run \"...\"",
+              file=sys.stderr)
+        print(f"logs: {stack.workdir}", file=sys.stderr)
+        sys.stdout.flush()
+        dead = asyncio.ensure_future(_first_exit(stack))
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({dead, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if dead.done() and not stop.is_set():
+            service = dead.result()
+            raise CliError(f"the {service.name} service exited with {service.proc.returncode}:\n{service.tail()}")
+        dead.cancel()
+        waiter.cancel()
+        print("stopping…", file=sys.stderr)
+    finally:
+        stack.stop()
+    return 0
+
+
+async def _first_exit(stack):
+    while True:
+        for service in stack.services:
+            if service.proc.poll() is not None:
+                return service
+        await asyncio.sleep(0.2)
