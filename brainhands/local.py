@@ -119,7 +119,7 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         err.print(f"gateway {stack.gateway} · hands {', '.join(f'{k} {v}' for k, v in stack.addresses.items() if k != 'gateway')}")
         store = await open_store(str(target / "sessions.db"))
         client = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
-        model = AnthropicModel(os.environ.get("BRAINHANDS_MODEL") or "claude-opus-5-5", client=client)
+        model = AnthropicModel(client=client)
         view, on_event = _event_sink(args.json, err)
         brain = Brain(target=stack.gateway, model=model, store=store,
                       config=BrainConfig(max_parallel=8, call_timeout=60), on_event=on_event)
@@ -205,7 +205,14 @@ async def _run_up(args, extra: dict) -> int:
     except StackError as exc:
         raise CliError(f"the local stack did not start: {exc}") from None
     try:
-        await start_brain_service(stack, sessions=args.sessions or os.environ.get("BRAINHANDS_SESSIONS"))
+        if os.environ.get("ANTHROPIC_API_KEY") or (os.environ.get("BRAINHANDS_MODEL") or "").startswith("scripted:"):
+            try:
+                await start_brain_service(stack, sessions=args.sessions or os.environ.get("BRAINHANDS_SESSIONS"))
+            except StackError as exc:
+                raise CliError(f"the brain service did not start: {exc}") from None
+        else:
+            print("no ANTHROPIC_API_KEY: the brain service is not started (set the key to add it); "
+                  "the gateway and hands are up", file=sys.stderr)
         print(f"brainhands is up ({time.monotonic() - started:.1f}s); Ctrl-C stops everything", file=sys.stderr)
         width = max(len(n) for n in stack.addresses)
         for name, address in stack.addresses.items():
