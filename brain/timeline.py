@@ -227,16 +227,27 @@ def _session_rows(s: _Session, depth: int) -> list[_Row]:
         final = turn.synthesis or (turn.index == last and not turn.attempts and s.status != "running")
         rows.append(_turn_row(s, turn, final, depth))
         slowest = None
+        done = [a for a in turn.attempts if a.outcome in ("ok", "error", "rpc-error")]
+        if len(done) >= 3:
+            slowest = max(done, key=lambda a: a.end - a.start)
         ran = [a for a in turn.attempts if a.outcome != "not-run"]
-        if len(ran) >= 3:
-            slowest = max(ran, key=lambda a: a.end - a.start).call_id
-        for packed in _pack(turn.attempts):
+        for packed in _pack(ran):
             names = sorted({a.name for a in packed})
             if len(packed) == 1:
                 label = f'<b>{_e(names[0])}</b><code>{_e(packed[0].call_id)}</code>'
             else:
-                label = f'<b>{_e(", ".join(names))}</b><code>{len(packed)} calls, one after another</code>'
-            rows.append(_Row("calls", label, [_call_bar(s, a, a.call_id == slowest) for a in packed], depth))
+                label = f'<b>{_e(", ".join(names))}</b><code>{len(packed)} calls</code>'
+            rows.append(_Row("calls", label, [_call_bar(s, a, a is slowest) for a in packed], depth))
+        skipped = [a for a in turn.attempts if a.outcome == "not-run"]
+        if skipped:
+            # Refused in one go before dispatch, so they share one instant: one row, one note for all of them.
+            bars = [_call_bar(s, a, False) for a in skipped]
+            reasons = sorted({str((a.finished or {}).get("reason") or "a limit") for a in skipped})
+            bars[0].note = f"{len(skipped)} not run · over {', '.join(reasons)}"
+            for bar in bars[1:]:
+                bar.note = ""
+            label = f'<b>not run</b><code>{len(skipped)} call{"s" if len(skipped) != 1 else ""}</code>'
+            rows.append(_Row("calls", label, bars, depth))
     return rows
 
 
@@ -247,7 +258,7 @@ def _turn_row(s: _Session, turn: _Turn, final: bool, depth: int) -> _Row:
     calls = turn.call_count if not turn.synthesis else 0
     if final:
         title = "Synthesis"
-        sub = f"after the {turn.limit} limit" if turn.limit else "final answer"
+        sub = f"after {turn.limit}" if turn.limit else "final answer"
     else:
         title, sub = f"Turn {turn.index + 1}", "model"
     note = f"{_dur(turn.end - turn.start)} · {stop}" + (f" · {calls} call{'s' if calls != 1 else ''}" if calls else "")
@@ -388,17 +399,17 @@ def _bar_html(row: int, b: _Bar, t0: float, span: float) -> str:
         **b.attrs,
     }
     attr_html = "".join(f' {k}="{_e(v)}"' for k, v in attrs.items())
-    # The note sits after the bar, or before it when the bar ends near the right edge; the hover card
-    # opens towards the side with room.
+    side = " r" if left > 55 else ""  # the hover card opens towards the side with room
+    bar = (f'<div class="bar {b.kind} s-{b.status}"{attr_html} style="left:{left:.3f}%;width:{width:.3f}%">'
+           f'<div class="tip{side}">{b.tip}</div></div>')
+    if not b.note:
+        return bar
+    # The note sits after the bar, or before it when the bar ends near the right edge.
     if left + width > 82:
         note = f'<span class="note before" style="right:{100 - left:.3f}%">{_e(b.note)}</span>'
     else:
         note = f'<span class="note" style="left:{left + width:.3f}%">{_e(b.note)}</span>'
-    side = " r" if left > 55 else ""
-    return (
-        f'<div class="bar {b.kind} s-{b.status}"{attr_html} style="left:{left:.3f}%;width:{width:.3f}%">'
-        f'<div class="tip{side}">{b.tip}</div></div>{note}'
-    )
+    return bar + note
 
 
 def _header(s: _Session, subs: list[_Session]) -> str:

@@ -188,7 +188,7 @@ def test_calls_that_do_not_overlap_share_a_row_so_rows_show_the_parallelism():
     assert len(bars) == 6
     assert len({b.attrs["data-row"] for b in bars}) == 3
     shared = [e for e in els if e.attrs.get("data-kind") == "calls-row"]
-    assert len(shared) == 3 and all("2 calls, one after another" in r.text for r in shared)
+    assert len(shared) == 3 and all("2 calls" in r.text for r in shared)
 
 
 def test_each_outcome_has_its_own_status_and_colour_and_errors_are_counted():
@@ -201,7 +201,8 @@ def test_each_outcome_has_its_own_status_and_colour_and_errors_are_counted():
     log.finished(0.6, "iserr", output="file not found", is_error=True)
     log.finished(0.7, "deadline", output="hand worker did not finish", is_error=True, status="DEADLINE_EXCEEDED")
     log.finished(0.8, "cancel", output="cancelled", is_error=True, status="CANCELLED")
-    log.finished(0.3, "skipped", output="not run: over max_tool_calls", is_error=True, status="NOT_RUN")
+    log.add("tool_call_finished", 0.3, call_id="skipped", name="worker", output="not run: over max_tool_calls",
+            is_error=True, status="NOT_RUN", reason="max_tool_calls", duration=0.0)
     els = log.model(1.0, text="partial").end(1.0).render()
     status = {b.attrs["data-call-id"]: (b.attrs["data-status"], b.attrs["data-code"]) for b in find(els, data_kind="tool-call")}
     assert status == {
@@ -211,6 +212,10 @@ def test_each_outcome_has_its_own_status_and_colour_and_errors_are_counted():
         "cancel": ("cancelled", "CANCELLED"),
         "skipped": ("not-run", "NOT_RUN"),
     }
+    # Calls refused before dispatch get a row of their own instead of hiding under a call that ran.
+    rows = {b.attrs["data-call-id"]: b.attrs["data-row"] for b in find(els, data_kind="tool-call")}
+    assert rows.pop("skipped") not in rows.values()
+    assert any(e.text == "1 not run · over max_tool_calls" for e in els if "note" in e.attrs.get("class", ""))
     # Every outcome class is drawn differently and explained by the legend.
     page = render_timeline(log.info(), log.events)
     for outcome, words in CALL_OUTCOMES.items():
@@ -264,7 +269,7 @@ def test_a_synthesis_after_a_limit_is_the_last_row_and_the_header_says_cut_short
     els = log.end(1.5, result="What I found so far.", cut_short=True, reason="max_tool_calls").render()
     rows = [e for e in els if e.attrs.get("data-kind", "").endswith("-row")]
     assert rows[-1].attrs["data-kind"] == "synthesis-row"
-    assert "Synthesis" in rows[-1].text and "after the max_tool_calls limit" in rows[-1].text
+    assert "Synthesis" in rows[-1].text and "after max_tool_calls" in rows[-1].text
     assert facts(els)["cut short"] == "yes · max_tool_calls"
 
 
