@@ -138,13 +138,16 @@ async def start_server(
         server,
     )
     address = f"{host}:{port}"
-    bound = (
-        server.add_secure_port(address, credentials)
-        if credentials is not None
-        else server.add_insecure_port(address)
-    )
+    try:
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpcio raises "Failed to bind" where older releases returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not listen on {address}: is the port in use?")
+        raise OSError(f"could not listen on {address}: is the port in use, or the address not this machine's?")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 
 import structlog
@@ -52,6 +54,9 @@ def load_hands(spec: str) -> list[Hand]:
     ATTR the module's HANDS (list or factory) is used, else every Hand at module level.
     """
     module_name, _, attr = spec.partition(":")
+    # Like `python -m` and uvicorn: a module next to where the command runs is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

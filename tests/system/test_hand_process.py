@@ -89,3 +89,25 @@ async def test_serving_a_module_without_hands_is_one_clear_line():
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert err.decode().strip() == "brainhands: cannot import hand module 'no.such.module': No module named 'no'"
+
+
+async def test_a_port_in_use_is_one_clear_line_and_modules_load_from_the_current_directory(tmp_path):
+    import socket
+
+    (tmp_path / "my_hands.py").write_text(
+        "from hands import hand\n\n@hand(description='Say hi.')\nasync def hi() -> str:\n    return 'hi'\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            "brainhands", "serve", "hand", "my_hands", "--port", str(port),
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines()[-1] == (
+        f"brainhands: could not listen on 127.0.0.1:{port}: is the port in use, or the address not this machine's?"
+    )
+    assert "Traceback" not in err.decode()
