@@ -100,7 +100,8 @@ class _Session:
 
 def _fold(info: SessionInfo, events: list[Event]) -> _Session:
     events = sorted(events, key=lambda e: e.seq)
-    start = events[0].ts if events else info.created_at
+    # min/max, not first/last: after a wake on another machine, seq order and clock order may disagree a little.
+    start = min([e.ts for e in events], default=info.created_at)
     end = max([e.ts for e in events], default=info.updated_at)
     status, model, outcome = info.status, "", {}
     turns: list[_Turn] = []
@@ -459,23 +460,35 @@ def _legend() -> str:
 def _axis(span: float) -> str:
     ticks = _ticks(span)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else span
-    labels = "".join(f'<span style="left:{_pct(t, span)}">{_e(_tick(t, step))}</span>' for t in ticks)
+    labels = "".join(f'<span style="left:{_pct(t, span)}">{_e(_tick(t, step, span))}</span>' for t in ticks)
     return f'<div class="row axis" data-kind="axis"><div class="lab"></div><div class="track">{labels}</div></div>'
+
+
+#: tick steps for sessions of minutes or more: whole minutes and their usual fractions, not 50 s
+_CLOCK_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
 def _ticks(span: float, target: int = 8) -> list[float]:
     raw = span / target
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    if span >= 120:
+        step = next((s for s in _CLOCK_STEPS if s >= raw), 86400 * math.ceil(raw / 86400))
+    else:
+        magnitude = 10 ** math.floor(math.log10(raw))
+        step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     return [i * step for i in range(int(span / step + 1e-9) + 1)]
 
 
-def _tick(t: float, step: float) -> str:
-    if step < 1:
+def _tick(t: float, step: float, span: float) -> str:
+    if span < 2 or step < 0.1:
         return f"{t * 1000:.0f} ms"
-    if step < 60:
+    if step < 1:
+        return f"{t:.1f} s"
+    if span < 120:
         return f"{t:.0f} s"
-    return f"{int(t // 60)} m {int(t % 60):02d} s"
+    minutes, seconds = divmod(round(t), 60)
+    if not minutes:
+        return f"{seconds} s"
+    return f"{minutes} m {seconds:02d} s" if seconds else f"{minutes} m"
 
 
 def _pct(t: float, span: float) -> str:
@@ -498,6 +511,7 @@ def _excerpt(text: str, limit: int) -> str:
 
 
 def _dur(seconds: float) -> str:
+    seconds = max(0.0, seconds)
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:

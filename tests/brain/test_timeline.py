@@ -345,3 +345,16 @@ async def test_load_timeline_reads_the_session_and_its_sub_agents_from_a_store(t
         assert "still running" in bar.text
     finally:
         await store.close()
+
+
+def axis_labels(log: Log) -> list[str]:
+    page = render_timeline(log.info(), log.events)
+    axis = re.search(r'data-kind="axis">(.*?)</div></div>', page).group(1)
+    return re.findall(r">([^<]+)</span>", axis)
+
+
+def test_the_time_axis_is_labelled_in_units_that_fit_the_session_length():
+    assert axis_labels(Log().model(0.7, text="hi").end(0.7)) == [f"{ms} ms" for ms in range(0, 701, 100)]
+    assert axis_labels(fan_out()) == [f"{s / 2:.1f} s" for s in range(8)]  # 3.6 s: every half second
+    assert axis_labels(Log().model(400, text="hi").end(400)) == ["0 s"] + [f"{m} m" for m in range(1, 7)]  # 6 m 40 s: every minute
+    assert axis_labels(Log().model(150, text="hi").end(150))[:4] == ["0 s", "30 s", "1 m", "1 m 30 s"]
