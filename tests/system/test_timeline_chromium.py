@@ -36,7 +36,9 @@ document.body.dataset.viewport = String(window.innerWidth);
 </script>"""
 
 
-def chromium_or_skip() -> str:
+@pytest.fixture
+def chromium_binary() -> str:
+    """Debian's chromium; a skip with the reason when it is absent, a failure under CI."""
     path = shutil.which("chromium")
     if path is None:
         if os.environ.get("CI") == "true":
@@ -102,9 +104,9 @@ async def twelve_worker_session(hand_service, tmp_path):
 
 
 async def test_the_timeline_of_a_twelve_worker_session_renders_twelve_parallel_bars_in_chromium(
-    twelve_worker_session, tmp_path
+    chromium_binary, twelve_worker_session, tmp_path
 ):
-    binary = chromium_or_skip()
+    binary = chromium_binary
     store, session_id = twelve_worker_session
     page = await load_timeline(store, session_id)
 
