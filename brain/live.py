@@ -1,0 +1,464 @@
+"""What a person watches while a session runs: a live rich tree of turns and tool calls, or one plain line per event."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+from rich.tree import Tree
+
+from brain import events as ev
+from brain.sessions import TERMINAL_STATUS, Event
+
+#: what each call state looks like: (mark, style)
+_MARKS = {
+    "queued": ("·", "dim"),
+    "running": ("…", "cyan"),
+    "ok": ("✓", "green"),
+    "error": ("✗", "red"),
+    "not run": ("–", "dim"),
+    "unfinished": ("⊘", "yellow"),
+}
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow"}
+
+
+# --- the fold: events -> what to show ------------------------------------------------------------
+
+
+@dataclass
+class CallView:
+    call_id: str
+    name: str
+    input: Any
+    started_at: float | None = None
+    attempts: int = 0
+    finished: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> str:
+        if self.finished is not None:
+            if self.finished.get("status") == ev.NOT_RUN:
+                return "not run"
+            return "error" if self.finished.get("is_error") else "ok"
+        return "running" if self.started_at is not None else "queued"
+
+    def elapsed(self, now: float) -> float | None:
+        if self.finished is not None:
+            return float(self.finished.get("duration") or 0.0)
+        return None if self.started_at is None else max(0.0, now - self.started_at)
+
+    def error_line(self) -> str:
+        output = (self.finished or {}).get("output") or ""
+        return next((line.strip() for line in output.splitlines() if line.strip()), "")
+
+
+@dataclass
+class TurnView:
+    number: int
+    asked_at: float  # when the brain sent the request (the previous event's time)
+    answered_at: float
+    stop_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    text: str
+    synthesis: bool
+    calls: list[CallView] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.answered_at - self.asked_at)
+
+
+@dataclass
+class SessionView:
+    """A session folded from its events for display (the loop's own fold, events.SessionState, is for driving)."""
+
+    session_id: str = ""
+    task: str = ""
+    model: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    last_at: float | None = None
+    turns: list[TurnView] = field(default_factory=list)
+    calls: dict[str, CallView] = field(default_factory=dict)
+    limit: dict[str, Any] | None = None
+    status: str = "running"
+    outcome: dict[str, Any] = field(default_factory=dict)
+    ended_at: float | None = None
+
+    @classmethod
+    def from_events(cls, events: list[Event]) -> SessionView:
+        view = cls()
+        for event in events:
+            view.apply(event)
+        return view
+
+    def apply(self, event: Event) -> None:
+        d = event.data
+        previous, self.last_at = self.last_at, event.ts
+        self.session_id = self.session_id or event.session_id
+        if event.type == ev.SESSION_STARTED:
+            self.task, self.model, self.config = d.get("task", ""), d.get("model", ""), d.get("config", {})
+            self.started_at = event.ts
+        elif event.type == ev.MODEL_RESPONSE:
+            usage = d.get("usage") or {}
+            content = d.get("content") or []
+            synthesis = self.limit is not None
+            turn = TurnView(
+                number=len(self.turns) + 1,
+                asked_at=previous if previous is not None else event.ts,
+                answered_at=event.ts,
+                stop_reason=d.get("stop_reason"),
+                tokens_in=sum(int(usage.get(k) or 0) for k in ev.USAGE_KEYS if k != "output_tokens"),
+                tokens_out=int(usage.get("output_tokens") or 0),
+                text="".join(b.get("text", "") for b in content if b.get("type") == "text"),
+                synthesis=synthesis,
+            )
+            if d.get("stop_reason") == "tool_use" and not synthesis:
+                for block in content:
+                    if block.get("type") == "tool_use":
+                        call = CallView(block["id"], block["name"], block.get("input", {}))
+                        turn.calls.append(call)
+                        self.calls[call.call_id] = call
+            self.turns.append(turn)
+        elif event.type == ev.TOOL_CALL_STARTED:
+            call = self.calls.get(d.get("call_id"))
+            if call is not None:
+                call.started_at, call.attempts, call.finished = event.ts, call.attempts + 1, None
+        elif event.type == ev.TOOL_CALL_FINISHED:
+            call = self.calls.get(d.get("call_id"))
+            if call is not None:
+                call.finished = d
+        elif event.type == ev.LIMIT_REACHED:
+            self.limit = d
+        elif event.type in TERMINAL_STATUS:
+            self.status, self.outcome, self.ended_at = TERMINAL_STATUS[event.type], d, event.ts
+
+    # --- derived ------------------------------------------------------------------------------
+
+    @property
+    def thinking(self) -> bool:
+        """The model has the next move: the session runs and no call of the last turn is left."""
+        if self.status != "running" or self.started_at is None:
+            return False
+        last = self.turns[-1] if self.turns else None
+        return last is None or all(c.finished is not None for c in last.calls)
+
+    def elapsed(self, now: float) -> float:
+        if self.started_at is None:
+            return 0.0
+        return max(0.0, (self.ended_at if self.ended_at is not None else now) - self.started_at)
+
+    def tokens(self) -> int:
+        model = sum(t.tokens_in + t.tokens_out for t in self.turns)
+        hands = 0
+        for c in self.calls.values():
+            usage = (c.finished or {}).get("usage") or {}
+            hands += int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+        return model + hands
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(_MARKS, 0)
+        for call in self.calls.values():
+            out[call.state] += 1
+        return out
+
+
+# --- small text helpers --------------------------------------------------------------------------
+
+
+def summarize_input(name: str, value: Any, width: int = 48) -> str:
+    """A short, one-line hint of what a call is about: the worker's task, the path, the command."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if isinstance(value, dict):
+        for key in ("task", "command", "path", "pattern", "code", "query", "url"):
+            if isinstance(value.get(key), str) and value[key].strip():
+                text = value[key]
+                if key == "pattern" and isinstance(value.get("path"), str) and value["path"] not in ("", "."):
+                    text = f"{text}  in {value['path']}"
+                break
+        else:
+            text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def human_count(n: int) -> str:
+    if n < 1000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k".replace(".0k", "k")
+    return f"{n / 1_000_000:.1f}M".replace(".0M", "M")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _header(view: SessionView, now: float, status: str) -> Text:
+    header = Text()
+    header.append("session ", style="bold")
+    header.append(view.session_id[:12] or "starting…", style="bold")
+    header.append("  ")
+    header.append(status, style=_STATUS_STYLE.get(status, ""))
+    header.append(f"  {human_duration(view.elapsed(now))}", style="dim")
+    task = " ".join(view.task.split())
+    if task:
+        header.append("\n")
+        header.append(task[:200] + ("…" if len(task) > 200 else ""), style="italic")
+    return header
+
+
+def _turn_label(turn: TurnView) -> Text:
+    label = Text(no_wrap=True, overflow="ellipsis")
+    label.append(f"turn {turn.number}", style="bold magenta" if turn.synthesis else "bold")
+    if turn.synthesis:
+        label.append(" (final synthesis)", style="magenta")
+    label.append(f" · {turn.stop_reason or '?'}")
+    label.append(f" · {human_count(turn.tokens_in)}→{human_count(turn.tokens_out)} tokens", style="dim")
+    label.append(f" · {human_duration(turn.duration)}", style="dim")
+    return label
+
+
+def _collapsed_calls(turn: TurnView) -> Text:
+    """'fs_read ✓3 ✗1, llm_worker ✓2': a turn's calls in one line."""
+    by_name: dict[str, dict[str, int]] = {}
+    for call in turn.calls:
+        by_name.setdefault(call.name, {}).setdefault(call.state, 0)
+        by_name[call.name][call.state] += 1
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for i, (name, states) in enumerate(by_name.items()):
+        if i:
+            out.append(", ")
+        out.append(name)
+        for state, n in states.items():
+            mark, style = _MARKS[state]
+            out.append(f" {mark}{n if n > 1 else ''}", style=style)
+    return out
+
+
+def _call_label(call: CallView, now: float, name_width: int, width: int, live: bool) -> RenderableType:
+    state = call.state
+    if state == "running" and not live:
+        state = "unfinished"
+    mark, style = _MARKS[state]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(call.name.ljust(name_width), style="bold")
+    elapsed = human_duration(call.elapsed(now)) if state != "unfinished" else "?"
+    text.append(f" {elapsed:>6}  ", style=style if state in ("error", "unfinished") else "")
+    room = max(10, width - name_width - 12)
+    failed = state in ("error", "not run", "unfinished")
+    text.append(summarize_input(call.name, call.input, min(28 if failed else 48, room)), style="dim")
+    if call.attempts > 1:
+        text.append(f" (attempt {call.attempts})", style="yellow")
+    if state == "error":
+        text.append(f"  {call.error_line()}", style="red")
+    elif state == "not run":
+        text.append(f"  not run: {(call.finished or {}).get('reason', '')}", style="dim")
+    elif state == "unfinished":
+        text.append("  started, no result", style="yellow")
+    if state == "running":
+        return Spinner("dots", text=text, style="cyan")
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"{mark} ", style=style)
+    return line.append_text(text)
+
+
+def _totals(view: SessionView, now: float) -> Text:
+    counts = view.counts()
+    started = sum(counts[s] for s in ("running", "ok", "error", "unfinished"))
+    out = Text(style="dim")
+    out.append(f"{started} call{'s' if started != 1 else ''}")
+    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "error", "not run") if counts[s]]
+    if parts:
+        out.append(f" ({', '.join(parts)})")
+    budget = int(view.config.get("token_budget") or 0)
+    used = view.tokens()
+    out.append(f" · {human_count(used)} tokens")
+    if budget:
+        out.append(f" of {human_count(budget)} ({100 * used / budget:.0f}%)")
+    max_turns = view.config.get("max_turns")
+    turns = sum(1 for t in view.turns if not t.synthesis)
+    out.append(f" · turn {turns}" + (f"/{max_turns}" if max_turns else ""))
+    if view.limit:
+        out.append(f" · limit reached: {view.limit.get('reason')}", style="yellow")
+    return out
+
+
+def render_tree(view: SessionView, *, now: float, height: int = 40, width: int = 100, live: bool = True,
+                expand_all: bool = False, status: str | None = None) -> RenderableType:
+    """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls."""
+    tree = Tree(_header(view, now, status or view.status), guide_style="dim")
+    last_with_calls = max((t.number for t in view.turns if t.calls), default=0)
+    budget = max(4, height - 6 - len(view.turns))  # call lines that fit on the screen
+    for turn in view.turns:
+        node = tree.add(_turn_label(turn))
+        if not turn.calls:
+            continue
+        if not expand_all and turn.number != last_with_calls:
+            node.add(_collapsed_calls(turn))
+            continue
+        calls = turn.calls
+        if not expand_all and len(calls) > budget:
+            # Keep what changes in view: running first, then errors, then the rest in call order.
+            order = {"running": 0, "error": 1, "queued": 2}
+            calls = sorted(calls, key=lambda c: order.get(c.state, 3))[: budget - 1]
+        name_width = min(24, max(len(c.name) for c in turn.calls))
+        for call in calls:
+            node.add(_call_label(call, now, name_width, width - 8, live))
+        hidden = len(turn.calls) - len(calls)
+        if hidden:
+            rest = [c for c in turn.calls if c not in calls]
+            done = sum(1 for c in rest if c.state == "ok")
+            node.add(Text(f"… {hidden} more ({done} ok, {hidden - done} other)", style="dim"))
+    if view.thinking and live:
+        tree.add(Spinner("dots", text=Text(
+            f"turn {len(view.turns) + 1} · model thinking… {human_duration(now - (view.last_at or now))}",
+            style="bold"), style="magenta"))
+    return Group(tree, _totals(view, now))
+
+
+def render_summary(view: SessionView, *, now: float, status: str | None = None) -> RenderableType:
+    """The compact record left on the terminal when a session ends: one line per turn, then the totals."""
+    status = status or view.status
+    mark = {"finished": "✓", "failed": "✗", "cancelled": "⊘"}.get(status, "⊘")
+    head = Text()
+    head.append(f"{mark} {status}", style=f"bold {_STATUS_STYLE.get(status, '')}")
+    head.append(f" in {human_duration(view.elapsed(now))} · session {view.session_id}", style="dim")
+    if view.outcome.get("cut_short"):
+        head.append(f" · cut short ({view.outcome.get('reason')})", style="yellow")
+    lines: list[RenderableType] = [head]
+    for turn in view.turns:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"  turn {turn.number:<2} ", style="bold")
+        line.append(f"{(turn.stop_reason or '?'):<9} ", style="magenta" if turn.synthesis else "")
+        line.append(f"{human_duration(turn.duration):>6}  ", style="dim")
+        line.append_text(_collapsed_calls(turn))
+        lines.append(line)
+    totals = _totals(view, now)
+    totals.pad_left(2)
+    lines.append(totals)
+    if status in ("failed", "cancelled") and view.outcome.get("reason"):
+        lines.append(Text(f"  {view.outcome['reason']}", style=_STATUS_STYLE[status]))
+    return Group(*lines)
+
+
+def plain_line(view: SessionView, event: Event) -> str | None:
+    """One line a person can read in a log file, for an event already applied to view."""
+    d = event.data
+    if event.type == ev.SESSION_STARTED:
+        return f"session {event.session_id} started: {' '.join(view.task.split())[:120]}"
+    if event.type == ev.MODEL_RESPONSE:
+        turn = view.turns[-1]
+        calls = f", {len(turn.calls)} tool call{'s' if len(turn.calls) != 1 else ''}" if turn.calls else ""
+        return (f"turn {turn.number}: {turn.stop_reason}{calls} · {human_count(turn.tokens_in)}→"
+                f"{human_count(turn.tokens_out)} tokens · {human_duration(turn.duration)}")
+    if event.type == ev.TOOL_CALL_STARTED:
+        call = view.calls.get(d.get("call_id"))
+        hint = summarize_input(call.name, call.input) if call else ""
+        again = f" (attempt {d.get('attempt')})" if (d.get("attempt") or 1) > 1 else ""
+        return f"  {d.get('name')} started{again}: {hint}"
+    if event.type == ev.TOOL_CALL_FINISHED:
+        call = view.calls.get(d.get("call_id"))
+        state = call.state if call else ("error" if d.get("is_error") else "ok")
+        note = f": {call.error_line()[:160]}" if call and state == "error" else ""
+        if state == "not run":
+            note = f": {d.get('reason')}"
+        return f"  {d.get('name')} {state} {human_duration(float(d.get('duration') or 0))}{note}"
+    if event.type == ev.LIMIT_REACHED:
+        return f"limit reached ({d.get('reason')}): asking the model for a final synthesis"
+    if event.type in TERMINAL_STATUS:
+        counts = view.counts()
+        return (f"session {view.status} in {human_duration(view.elapsed(event.ts))}: {len(view.turns)} turns, "
+                f"{counts['ok'] + counts['error']} calls ({counts['error']} failed), {human_count(view.tokens())} tokens"
+                + (f"; {d.get('reason')}" if view.status != "finished" and d.get("reason") else ""))
+    return None
+
+
+# --- the view ------------------------------------------------------------------------------------
+
+
+class LiveView:
+    """Shows a session as it runs. Use as a context manager; pass .on_event as the brain's on_event.
+
+    On a terminal (console.is_terminal) it is a live tree refreshed ~8 times a second, replaced at the
+    end by a compact summary; elsewhere (a pipe, a log file) it prints one plain line per event.
+    on_event may be called from the event loop while rich's refresh thread renders: a lock keeps the
+    fold and the render apart.
+    """
+
+    def __init__(self, console: Console, *, refresh_per_second: float = 8, clock: Callable[[], float] = time.time,
+                 live: bool | None = None):
+        self.console = console
+        self.clock = clock
+        self.view = SessionView()
+        self.live = console.is_terminal if live is None else live
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self._refresh = refresh_per_second
+        self._done = False
+
+    def __enter__(self) -> LiveView:
+        if self.live:
+            self._live = Live(console=self.console, get_renderable=self.renderable, refresh_per_second=self._refresh,
+                              transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.final(None, status="interrupted" if self.view.status == "running" else None)
+
+    def on_event(self, event: Event) -> None:
+        with self._lock:
+            self.view.apply(event)
+            line = None if self.live else plain_line(self.view, event)
+        if line is not None:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def renderable(self) -> RenderableType:
+        with self._lock:
+            return render_tree(self.view, now=self.clock(), height=self.console.height, width=self.console.width)
+
+    def final(self, result: Any = None, *, status: str | None = None) -> None:
+        """Stop the live tree and leave the compact summary (once); result is the RunResult, if there is one."""
+        if self._done:
+            return
+        self._done = True
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if not self.live:
+            if status == "interrupted":
+                self.console.print(f"session {self.view.session_id or '(not started)'} interrupted", highlight=False)
+            return
+        if result is not None:
+            status = status or getattr(result, "status", None)
+        with self._lock:
+            if self.view.started_at is None:
+                return
+            self.console.print(render_summary(self.view, now=self.clock(), status=status))
