@@ -68,8 +68,14 @@ class Dispatcher:
             tools.append({"name": spec.name, "description": spec.description, "input_schema": schema})
         return tools
 
-    async def call(self, session_id: str, call_id: str, name: str, input: Any) -> CallOutcome:
+    async def call(
+        self, session_id: str, call_id: str, name: str, input: Any, *, budget: tuple[int, int] | None = None
+    ) -> CallOutcome:
+        """One Execute. budget: (tokens, tool calls) of the session this call may spend, for a worker that orchestrates."""
         started = time.perf_counter()
+        metadata = {md.DEPTH: str(self._depth)}
+        if budget is not None:
+            metadata[md.BUDGET_TOKENS], metadata[md.BUDGET_CALLS] = str(budget[0]), str(budget[1])
         try:
             response = await self._client.execute(
                 name,
@@ -77,7 +83,7 @@ class Dispatcher:
                 call_id=call_id,
                 session_id=session_id,
                 timeout=self._call_timeout,
-                metadata={md.DEPTH: str(self._depth)},
+                metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -87,6 +93,8 @@ class Dispatcher:
                 ) from None
             return CallOutcome(explain(name, exc, self._call_timeout), True, exc.code().name, time.perf_counter() - started)
         usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
+        if response.usage.tool_calls:  # a worker agent's own calls count against this session's max_tool_calls
+            usage["tool_calls"] = response.usage.tool_calls
         return CallOutcome(response.output, response.is_error, "OK", time.perf_counter() - started, usage)
 
 

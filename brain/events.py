@@ -133,7 +133,13 @@ class SessionState:
         return sum(1 for t in self.turns if not t.synthesis)
 
     def calls_run(self, turns: list[Turn] | None = None) -> int:
-        return sum(1 for t in (self.turns if turns is None else turns) for c in t.calls if c.ran)
+        """Tool calls run, counting those a worker agent made for this session (reported in its usage)."""
+        return sum(
+            1 + int(((c.finished or {}).get("usage") or {}).get("tool_calls") or 0)
+            for t in (self.turns if turns is None else turns)
+            for c in t.calls
+            if c.ran
+        )
 
     def brain_usage(self, turns: list[Turn] | None = None) -> dict[str, int]:
         return {k: sum(t.usage[k] for t in (self.turns if turns is None else turns)) for k in USAGE_KEYS}

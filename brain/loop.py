@@ -8,7 +8,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +78,17 @@ class Brain:
         api_key: str | None = None,
         on_event: Callable[[Event], None] | None = None,
         owner: str | None = None,
+        depth: int = 0,
+        tools: Sequence[str] | None = None,
     ):
+        """depth: the x-brainhands-depth of this brain's calls (a worker agent's brain runs one deeper than
+        its caller); tools: the hand names this brain may use (None: every hand Describe lists)."""
         self.model = model
         self.store = store
         self.config = config
         self.on_event = on_event
+        self.depth = depth
+        self.allowed_tools = None if tools is None else frozenset(tools)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._own_client = not isinstance(target, HandClient)
         self.client = HandClient(target, api_key=api_key) if isinstance(target, str) else target
@@ -90,13 +96,15 @@ class Brain:
         self._cancels: dict[str, str] = {}  # session id -> reason, for sessions cancel() asked to stop
 
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
-        return Dispatcher(self.client, call_timeout=config.call_timeout)
+        return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth)
 
     async def run(self, task: str, *, parent_id: str | None = None) -> RunResult:
         """Start a session for the task and drive it to its end."""
         if not task.strip():
             raise ValueError("the task is empty")
         tools = await self._dispatcher(self.config).tools(timeout=self.config.describe_timeout)
+        if self.allowed_tools is not None:
+            tools = [t for t in tools if t["name"] in self.allowed_tools]
         session_id = await self.store.create_session(task, self.config.as_dict(), parent_id)
         if not await self.store.acquire_lease(session_id, self.owner, self.config.lease_ttl):
             raise SessionBusy(f"session {session_id} was taken by another brain as it was created")
@@ -340,13 +348,19 @@ class _Driver:
                 })
         pending = [x for x in turn.calls if x.finished is None]
         slots = asyncio.Semaphore(c.max_parallel)
+        # What each call may spend of what is left, so that worker agents (which cap their own budget by it
+        # and report what they spent) cannot together take the session past its limits: an even share of
+        # the tokens left, and of the tool calls left once these calls themselves are counted.
+        n = max(1, len(pending))
+        others = s.calls_run() - sum(1 for x in pending if x.ran)
+        budget = (max(0, c.token_budget - s.tokens_used()) // n, max(0, c.max_tool_calls - others - len(pending)) // n)
 
         async def one(call) -> None:
             async with slots:
                 await self.record(ev.TOOL_CALL_STARTED, {
                     "call_id": call.call_id, "name": call.name, "input": call.input, "attempt": call.starts + 1,
                 })
-                outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input)
+                outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input, budget=budget)
                 await self.record(ev.TOOL_CALL_FINISHED, {"call_id": call.call_id, "name": call.name, **outcome.as_dict()})
 
         try:

@@ -18,6 +18,10 @@ objective (what to find or produce, and why it matters to the task), the output 
 back (short, structured, with the facts and references you need to synthesize), the tools or \
 sources to use, and its boundaries (what is out of scope, what not to change, how much effort \
 to spend). Give two workers different pieces, never the same one.
+- Share findings through memory. When the memory tools (memory_put, memory_get, memory_search) are \
+available and workers need each other's findings, tell the first to save what it learns with \
+memory_put under keys you name, and the later ones to read them with memory_get or memory_search, \
+instead of copying long results from one brief into the next.
 - Tools are exact. Call them with inputs that match their schema. A tool result marked as an \
 error says what went wrong: retry with a fix, work around it, or go on without it; do not repeat \
 a failing call unchanged.

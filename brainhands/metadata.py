@@ -7,9 +7,15 @@ SESSION_ID = "x-brainhands-session-id"
 CALL_ID = "x-brainhands-call-id"
 DEPTH = "x-brainhands-depth"
 TRACEPARENT = "traceparent"
+#: What is left of the calling session's budget for this call (a worker that orchestrates caps its own by it).
+BUDGET_TOKENS = "x-brainhands-budget-tokens"
+BUDGET_CALLS = "x-brainhands-budget-calls"
+#: The authenticated tenant, set by the gateway on each call it forwards. Never propagated as it came in:
+#: a caller could write any tenant there, so the gateway drops an incoming one and sets its own.
+TENANT = "x-brainhands-tenant"
 
 #: Keys a gateway passes on to a backend as they came in.
-PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT)
+PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS)
 
 
 def as_dict(metadata) -> dict[str, str]:

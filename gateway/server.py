@@ -148,7 +148,12 @@ class FrontService:
     async def _forward(self, route: HandRoute, raw: bytes, context: grpc.aio.ServicerContext):
         config = self._config
         table = self._table
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k in _PROPAGATED)
+        # The tenant the access interceptor authenticated, in a key the caller cannot set: an incoming
+        # x-brainhands-tenant is not in _PROPAGATED, so it is dropped here and replaced by the real one.
+        metadata = (
+            *((k, v) for k, v in context.invocation_metadata() if k in _PROPAGATED),
+            (md.TENANT, current_tenant.get()),
+        )
         tried: list[Backend] = []
         last = ""
         for attempt in range(1, config.max_attempts + 1):

@@ -28,6 +28,7 @@ class Usage:
 
     input_tokens: int = 0
     output_tokens: int = 0
+    tool_calls: int = 0  # calls this hand made to other hands for the caller (a worker that orchestrates)
 
 
 @dataclass(frozen=True)

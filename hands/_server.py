@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from brainhands import metadata as md
 from brainhands.serving import RunningServer, start_server
@@ -28,6 +29,27 @@ class HandServiceConfig:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     max_concurrency: int = 64
     default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+
+
+class _Malformed:
+    """Stands in for request bytes that are not the message, so the handler can answer INVALID_ARGUMENT.
+
+    grpc turns a deserializer's exception into UNKNOWN with the exception's repr; a malformed
+    request is the caller's fault and the contract says INVALID_ARGUMENT.
+    """
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _parse_or_malformed(parse):
+    def deserialize(raw: bytes):
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return deserialize
 
 
 class HandServicer(hands_pb2_grpc.HandServiceServicer):
@@ -54,9 +76,13 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
 
     async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
-        name = request.name
+        name = "" if isinstance(request, _Malformed) else request.name
         response = None
         try:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the request is not a hands.v1.ExecuteRequest (invalid bytes or UTF-8)"
+                )
             if not name:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hand name is empty")
             if not NAME_RE.match(name):
@@ -135,13 +161,34 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         return _to_response(the_hand.name, result)
 
 
+def handler(servicer: HandServicer) -> grpc.GenericRpcHandler:
+    """HandService's method handlers, as generated, but with requests that fail to parse passed on as _Malformed."""
+    return grpc.method_handlers_generic_handler(
+        hands_pb2.DESCRIPTOR.services_by_name["HandService"].full_name,
+        {
+            "Execute": grpc.unary_unary_rpc_method_handler(
+                servicer.Execute,
+                request_deserializer=_parse_or_malformed(hands_pb2.ExecuteRequest.FromString),
+                response_serializer=hands_pb2.ExecuteResponse.SerializeToString,
+            ),
+            "Describe": grpc.unary_unary_rpc_method_handler(
+                servicer.Describe,
+                request_deserializer=_parse_or_malformed(hands_pb2.DescribeRequest.FromString),
+                response_serializer=hands_pb2.DescribeResponse.SerializeToString,
+            ),
+        },
+    )
+
+
 def _to_response(name: str, result) -> hands_pb2.ExecuteResponse:
     if isinstance(result, HandResult):
         return hands_pb2.ExecuteResponse(
             output=result.output,
             is_error=result.is_error,
             usage=hands_pb2.Usage(
-                input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens
+                input_tokens=result.usage.input_tokens,
+                output_tokens=result.usage.output_tokens,
+                tool_calls=result.usage.tool_calls,
             ),
         )
     if isinstance(result, str):
@@ -161,7 +208,7 @@ async def start(
     servicer = HandServicer(hands, config)
 
     def register(server: grpc.aio.Server):
-        hands_pb2_grpc.add_HandServiceServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((handler(servicer),))
         return [hands_pb2.DESCRIPTOR.services_by_name["HandService"].full_name]
 
     # Leave room above the input limit so an oversized input reaches us and gets INVALID_ARGUMENT.
