@@ -7,7 +7,7 @@ import importlib
 import sys
 
 #: Modules that add commands: each has register(commands, serve_commands).
-COMMAND_MODULES = ("hands.cli", "gateway.cli", "brain.cli", "brain.service_cli", "brainhands.local")
+COMMAND_MODULES = ("hands.cli", "hands.mcp.cli", "gateway.cli", "brain.cli", "brain.service_cli", "brainhands.local")
 
 
 class CliError(Exception):
