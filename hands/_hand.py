@@ -83,9 +83,14 @@ class Hand:
                 args = json.loads(raw)
             except ValueError as exc:
                 raise HandError(f"input is not valid JSON ({exc}); send a JSON object matching the schema") from None
+            except RecursionError:  # a few KB of [[[[... would otherwise escape as an internal error
+                raise HandError("input is nested too deeply to parse; send a flatter JSON object") from None
         if not isinstance(args, dict):
             raise HandError(f"input must be a JSON object, got {type(args).__name__}")
-        errors = sorted(self._validator.iter_errors(args), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(self._validator.iter_errors(args), key=lambda e: list(e.absolute_path))
+        except RecursionError:
+            raise HandError("input is nested too deeply to validate; send a flatter JSON object") from None
         if errors:
             err = errors[0]
             where = "/".join(str(p) for p in err.absolute_path) or "input"
@@ -172,7 +177,7 @@ def hand(
 
     def decorate(f: Callable[..., Awaitable[Any]]) -> Hand:
         hand_name = name or f.__name__
-        if not NAME_RE.match(hand_name):
+        if not NAME_RE.fullmatch(hand_name):  # not match: its $ also matches before a trailing newline
             raise ValueError(f"hand name {hand_name!r} must match {NAME_RE.pattern}")
         if not inspect.iscoroutinefunction(f):
             raise TypeError(f"hand {hand_name}: must be an async def function")

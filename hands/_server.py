@@ -85,7 +85,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
                 )
             if not name:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hand name is empty")
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):  # not match: "echo\n" would pass
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"hand name {name[:80]!r} must match {NAME_RE.pattern}",
