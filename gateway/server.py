@@ -24,6 +24,7 @@ from gateway.registry import Registry
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
+from hands._hand import NAME_RE
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway")
@@ -140,6 +141,8 @@ class FrontService:
     def _no_route(self, name: str) -> _Refusal:
         if not name:
             return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "hand name is empty")
+        if not NAME_RE.fullmatch(name):  # a malformed name is the caller's mistake, not a hand we lack
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"hand name {name[:80]!r} must match {NAME_RE.pattern}")
         if self._table.known_but_down(name):
             return _Refusal(_UNAVAILABLE, f"no healthy replica of {name} right now; try again shortly")
         known = ", ".join(self._table.hand_names()[:50]) or "(none)"
