@@ -1,52 +1,122 @@
-"""Commands for the brain: run a task, list and wake sessions."""
+"""Commands for the brain: run a task (on a gateway, or a local stack it starts), and list, show, wake and cancel sessions."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
+import shlex
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from brainhands.cli import CliError
 
+NO_KEY = "ANTHROPIC_API_KEY is not set: export it, or try `brainhands demo` which needs no key"
+
+CANCEL_HELP = """\
+How a session is cancelled depends on who drives it:
+  - with --brain ADDR (or $BRAINHANDS_BRAIN), the BrainService there cancels it: a session it drives
+    stops at once (its calls in flight are cancelled) and its log ends with session_cancelled;
+  - without a brain service, a session no brain drives any more (its brain stopped or crashed, and its
+    lease has expired) is marked cancelled in the log;
+  - a session another process drives right now (its lease is live) is left alone: cancel it through
+    that brain's service, or press Ctrl-C where `brainhands run` shows it (it can be woken later);
+  - a session that has already ended is not changed.
+"""
+
 
 def register(commands, serve_commands) -> None:
-    run = commands.add_parser("run", help="run a task with the orchestrator brain and print the result")
+    run = commands.add_parser(
+        "run", help="run a task with the orchestrator brain and print the result",
+        description="Run a task. Without --gateway (and without $BRAINHANDS_GATEWAY) a local stack is started for the "
+                    "run: a gateway and the built-in hands (fs on the workspace, sandbox, llm) as child processes on "
+                    "loopback, stopped when the run ends. The result goes to stdout, everything else to stderr. "
+                    "Ctrl-C stops the run and leaves the session resumable with `brainhands sessions wake`.",
+    )
     run.add_argument("task", help="what to do, in words")
-    run.add_argument("--gateway", help="gateway or hand service address (default $BRAINHANDS_GATEWAY)")
+    _hands_flags(run)
+    run.add_argument("--worker-model", metavar="ID",
+                     help="model of the llm_worker hand on the local stack (default $BRAINHANDS_WORKER_MODEL)")
     run.add_argument("--max-parallel", type=int, default=8, help="tool calls in flight at once (default 8)")
     run.add_argument("--max-turns", type=int, default=20, help="model turns before a forced synthesis (default 20)")
     run.add_argument("--max-tool-calls", type=int, default=100, help="tool calls in the session (default 100)")
     run.add_argument("--token-budget", type=int, default=2_000_000, help="model + hand tokens (default 2000000)")
     run.add_argument("--call-timeout", type=float, default=300.0, help="seconds each tool call may take (default 300)")
     run.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a crashed brain holds the session (default 30)")
-    _common(run)
+    _model_flag(run)
+    _sessions_flag(run)
+    _json_flag(run)
     run.set_defaults(func=_run)
 
-    sessions = commands.add_parser("sessions", help="list or wake brain sessions")
+    sessions = commands.add_parser("sessions", help="list, show, wake or cancel brain sessions")
     sc = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
     sessions.set_defaults(func=lambda args: sessions.print_help() or 2)
+
     lst = sc.add_parser("list", help="list recent sessions, newest first")
-    lst.add_argument("--sessions", help="session store: a SQLite path or URL (default $BRAINHANDS_SESSIONS)")
+    _sessions_flag(lst)
     lst.add_argument("--status", choices=["running", "finished", "failed", "cancelled"])
     lst.add_argument("--limit", type=int, default=20)
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=_list)
-    wake = sc.add_parser("wake", help="continue a session from its log (after a crash or a stop)")
+
+    show = sc.add_parser("show", help="show a session: task, status, turns with their tool calls, result")
+    show.add_argument("session_id")
+    show.add_argument("--html", metavar="FILE", help="write the session's timeline (one self-contained HTML page) to FILE")
+    _sessions_flag(show)
+    show.add_argument("--json", action="store_true", help="print the session's events as JSON lines")
+    show.set_defaults(func=_show)
+
+    wake = sc.add_parser(
+        "wake", help="continue a session from its log (after Ctrl-C, a crash or a stop)",
+        description="Continue a session where its log ends: finished tool calls are not run again, calls that were "
+                    "started and not finished are re-issued. Like `run`, it starts a local stack unless a gateway is given.",
+    )
     wake.add_argument("session_id")
-    wake.add_argument("--gateway", help="gateway or hand service address (default $BRAINHANDS_GATEWAY)")
+    _hands_flags(wake)
     wake.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                       help="if another brain holds the session, wait up to this long for its lease to expire")
-    _common(wake)
+    _model_flag(wake, "model id (default: the one the session started with)")
+    _sessions_flag(wake)
+    _json_flag(wake)
     wake.set_defaults(func=_wake)
 
+    cancel = sc.add_parser("cancel", help="stop a session (see --help for who can stop what)",
+                           description=CANCEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cancel.add_argument("session_id")
+    cancel.add_argument("--brain", metavar="ADDR", help="the brain service driving the session (default $BRAINHANDS_BRAIN)")
+    cancel.add_argument("--reason", default="", help="why, recorded in the log")
+    _sessions_flag(cancel)
+    cancel.set_defaults(func=_cancel)
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model id, or scripted:FILE.json for a scripted model (default $BRAINHANDS_MODEL)")
-    p.add_argument("--sessions", help="session store: a SQLite path or URL (default $BRAINHANDS_SESSIONS)")
+
+def _hands_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", metavar="ADDR",
+                   help="gateway (or hand service) address (default $BRAINHANDS_GATEWAY; neither: start a local stack)")
+    p.add_argument("--workspace", metavar="DIR", help="the local stack's fs root (default: the current directory)")
+
+
+def _model_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--model", metavar="ID",
+                   help=help or "Claude model id, or scripted:FILE.json for a scripted model (default $BRAINHANDS_MODEL)")
+
+
+def _sessions_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sessions", metavar="URL",
+                   help="session store: a SQLite path, sqlite:///PATH or postgresql://... (default $BRAINHANDS_SESSIONS,"
+                        " else ~/.local/state/brainhands/sessions.db)")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print events and the result as JSON lines on stdout")
+
+
+# --- pieces shared by run and wake -----------------------------------------------------------------
 
 
 def _model(model_id: str | None):
@@ -60,33 +130,201 @@ def _model(model_id: str | None):
         except ValueError as exc:
             raise CliError(str(exc)) from None
     if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
-        raise CliError("no Anthropic API key: set ANTHROPIC_API_KEY, or use --model scripted:FILE.json")
+        raise CliError(NO_KEY)
     return AnthropicModel(model_id)
 
 
-def _gateway(args) -> str:
-    gateway = args.gateway or os.environ.get("BRAINHANDS_GATEWAY")
-    if not gateway:
-        raise CliError("no gateway: pass --gateway ADDR or set BRAINHANDS_GATEWAY (start one with `brainhands up`)")
+def _gateway(args) -> str | None:
+    """The gateway to use, or None to start a local stack; flags that only a local stack can honour are checked."""
+    gateway = args.gateway or os.environ.get("BRAINHANDS_GATEWAY") or None
+    if gateway:
+        source = "--gateway" if args.gateway else "BRAINHANDS_GATEWAY"
+        if args.workspace:
+            raise CliError(f"--workspace is for the local stack, but {source} names a gateway whose fs hand has its own root;"
+                           " drop one of them")
+        if getattr(args, "worker_model", None):
+            raise CliError(f"--worker-model is for the local stack, but {source} names a gateway: set"
+                           " BRAINHANDS_WORKER_MODEL in its llm hand's environment instead")
     return gateway
+
+
+def _workspace(args) -> Path:
+    workspace = Path(args.workspace or ".").resolve()
+    if not workspace.is_dir():
+        raise CliError(f"--workspace {args.workspace}: not a directory")
+    return workspace
+
+
+def _unreachable(gateway: str, exc: Exception) -> CliError:
+    text = str(exc)
+    why = "connection refused" if "Connection refused" in text else (re.search(r"\((\w+):", text) or [None, "no answer"])[1]
+    return CliError(f"cannot reach the gateway at {gateway} ({why}): is the gateway running there? Start one with"
+                    " `brainhands up`, or leave out --gateway and BRAINHANDS_GATEWAY to run on a local stack")
 
 
 async def _open(url: str | None):
     from brain import open_store
+    from brain.service_cli import _redacted
+    from brain.sessions import default_sessions_path
 
+    url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
     try:
-        return await open_store(url or os.environ.get("BRAINHANDS_SESSIONS"))
-    except (ValueError, OSError) as exc:
-        raise CliError(f"cannot open the session store: {exc}") from None
+        return await open_store(url)
+    except ValueError as exc:
+        raise CliError(f"bad --sessions: {exc}") from None
+    except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
+        where = _redacted(url or default_sessions_path())
+        raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def _printer(as_json: bool):
-    stream = sys.stdout if as_json else sys.stderr
+def _store_name(store) -> str:
+    return str(getattr(store, "path", None) or "the session store")
 
-    def on_event(event) -> None:
-        print(json.dumps(event.as_dict(), ensure_ascii=False), file=stream, flush=True)
 
-    return on_event
+async def _session_or_fail(store, session_id: str):
+    info = await store.get_session(session_id)
+    if info is None:
+        raise CliError(f"no session {session_id} in {_store_name(store)}; see `brainhands sessions list`")
+    return info
+
+
+@contextlib.asynccontextmanager
+async def _hands(args, err) -> AsyncIterator[str]:
+    """The gateway address: the one given, or a local stack's, started here and stopped on the way out."""
+    gateway = _gateway(args)
+    if gateway:
+        yield gateway
+        return
+    from brainhands.stack import StackError, start_local_stack
+
+    workspace = _workspace(args)
+    env = {k: os.environ[k] for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "BRAINHANDS_WORKER_MODEL") if os.environ.get(k)}
+    if getattr(args, "worker_model", None):
+        env["BRAINHANDS_WORKER_MODEL"] = args.worker_model
+    log_dir = _stack_log_dir()
+    try:
+        stack = await start_local_stack(workspace, extra_env=env, log_dir=log_dir)
+    except StackError as exc:
+        raise CliError(f"the local stack did not start: {exc}") from None
+    try:
+        hands = " ".join(f"{name} {addr}" for name, addr in stack.addresses.items() if name != "gateway")
+        err.print(f"local stack: gateway {stack.gateway} · {hands} · workspace {workspace} · logs {log_dir}",
+                  markup=False, highlight=False, soft_wrap=True)
+        yield stack.gateway
+    finally:
+        # Synchronous on purpose: nothing (not a second Ctrl-C) may interrupt the stop half-way.
+        stack.stop()
+
+
+def _stack_log_dir(keep: int = 10) -> Path:
+    """A fresh folder for this run's service logs under the state directory; only the newest `keep` are kept."""
+    from brain.sessions import default_sessions_path
+
+    root = Path(default_sessions_path()).parent / "logs"
+    with contextlib.suppress(OSError):
+        old = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("run-")), key=lambda p: p.name)
+        for stale in old[: max(0, len(old) - keep + 1)]:
+            for f in stale.iterdir():
+                f.unlink()
+            stale.rmdir()
+    path = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _display(as_json: bool):
+    """(console on stderr, a context manager for the display, the brain's on_event)."""
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if as_json:
+        def print_json(event) -> None:
+            print(json.dumps(event.as_dict(), ensure_ascii=False, default=str), flush=True)
+
+        return err, contextlib.nullcontext(), print_json
+    from brain.live import LiveView
+
+    view = LiveView(err)
+    return err, view, view.on_event
+
+
+def _resume_hint(args, session_id: str) -> str:
+    words = ["brainhands", "sessions", "wake", session_id]
+    for flag in ("sessions", "gateway", "workspace"):
+        value = getattr(args, flag, None)
+        if value:
+            if flag in ("workspace",) or (flag == "sessions" and "://" not in value):
+                value = str(Path(value).resolve())
+            words += [f"--{flag}", value]
+    return shlex.join(words)
+
+
+async def _drive(args, start: Callable[..., Awaitable], known_session: str | None = None) -> int:
+    """Run a session to its end with the display, a gateway (or local stack) and a store; Ctrl-C stops it resumably.
+
+    start(brain) returns the RunResult. SIGINT/SIGTERM cancel the work: the brain treats a cancellation it did not
+    ask for as a shutdown, so the session stays running in its log (lease released) and `sessions wake` continues it.
+    """
+    from brain import Brain, HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound
+
+    err, view, on_event = _display(args.json)
+    seen = {"session_id": known_session}
+
+    def record(event) -> None:
+        seen["session_id"] = seen["session_id"] or event.session_id
+        on_event(event)
+
+    async def body():
+        store = await _open(args.sessions)
+        try:
+            if known_session is not None:
+                await _session_or_fail(store, known_session)
+            async with _hands(args, err) as gateway:
+                brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
+                              api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record)
+                try:
+                    with view:
+                        try:
+                            result = await start(brain)
+                        except HandsUnreachable as exc:
+                            raise _unreachable(gateway, exc) from None
+                        except (HandsUnauthenticated, LeaseLost, SessionBusy, SessionNotFound) as exc:
+                            raise CliError(str(exc)) from None
+                        if hasattr(view, "final"):
+                            view.final(result)
+                    return result
+                finally:
+                    await brain.close()
+        finally:
+            await store.close()
+
+    work = asyncio.ensure_future(body())
+    loop = asyncio.get_running_loop()
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not caught:
+            caught.append(signum)
+            work.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        sid = seen["session_id"]
+        name = "interrupted" if caught[0] == signal.SIGINT else "stopped (SIGTERM)"
+        if sid:
+            print(f"brainhands: {name}; resume with: {_resume_hint(args, sid)}", file=sys.stderr, flush=True)
+        else:
+            print(f"brainhands: {name} before the session started; nothing to resume", file=sys.stderr, flush=True)
+        return 128 + caught[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return _finish(result, args.json)
 
 
 def _finish(result, as_json: bool) -> int:
@@ -105,77 +343,75 @@ def _finish(result, as_json: bool) -> int:
     return 0
 
 
-def _brain_errors():
-    from brain import HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound
+def _quiet_logs() -> None:
+    """Warnings and errors only: the live view (or the JSON events) is what a person reads."""
+    from brainhands.logs import configure_logging
 
-    return (HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound)
+    configure_logging(level="warning")
+
+
+# --- run and wake ------------------------------------------------------------------------------------
 
 
 def _run(args) -> int:
-    from brain import Brain, BrainConfig
+    from brain import BrainConfig
 
+    if not args.task.strip():
+        raise CliError("the task is empty: say what to do, e.g. brainhands run \"Summarize README.md\"")
     try:
-        config = BrainConfig(
+        args.config_obj = BrainConfig(
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    gateway = _gateway(args)
-    model = _model(args.model)
-
-    async def go():
-        store = await _open(args.sessions)
-        brain = Brain(target=gateway, model=model, store=store, config=config,
-                      api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=_printer(args.json))
-        try:
-            return await brain.run(args.task)
-        finally:
-            await brain.close()
-            await store.close()
-
-    try:
-        result = asyncio.run(go())
-    except _brain_errors() as exc:
-        raise CliError(str(exc)) from None
-    return _finish(result, args.json)
+    # Everything a person can get wrong is checked before anything starts.
+    args.model_obj = _model(args.model)
+    if not _gateway(args):
+        _workspace(args)
+    _quiet_logs()
+    return asyncio.run(_drive(args, lambda brain: brain.run(args.task)))
 
 
 def _wake(args) -> int:
-    from brain import Brain, SessionBusy
+    from brain import BrainConfig, RunResult, SessionBusy
+    from brain.events import SessionState
 
     gateway = _gateway(args)
+    if not gateway:
+        _workspace(args)
 
-    async def go():
+    async def look():
         store = await _open(args.sessions)
         try:
-            info = await store.get_session(args.session_id)
-            if info is None:
-                raise CliError(f"no session {args.session_id} in {getattr(store, 'path', 'the store')}; see `brainhands sessions list`")
-            started = next(iter(await store.events(args.session_id)), None)
-            recorded = started.data.get("model") if started else None
-            model = _model(args.model or recorded)
-            brain = Brain(target=gateway, model=model, store=store,
-                          api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=_printer(args.json))
-            deadline = time.monotonic() + args.wait
-            try:
-                while True:
-                    try:
-                        return await brain.wake(args.session_id)
-                    except SessionBusy:
-                        if time.monotonic() >= deadline:
-                            raise
-                        await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-            finally:
-                await brain.close()
+            await _session_or_fail(store, args.session_id)
+            return await store.events(args.session_id)
         finally:
             await store.close()
 
-    try:
-        result = asyncio.run(go())
-    except _brain_errors() as exc:
-        raise CliError(str(exc)) from None
-    return _finish(result, args.json)
+    events = asyncio.run(look())
+    state = SessionState.from_events(args.session_id, events)
+    if state.status != "running":  # nothing to continue: say how it ended, start nothing
+        print(f"brainhands: session {args.session_id} has already ended ({state.status})", file=sys.stderr)
+        return _finish(RunResult.from_state(state), args.json)
+    args.model_obj = _model(args.model or state.model or None)
+    args.config_obj = BrainConfig()  # wake() runs the session under the limits its log recorded
+
+    async def wake(brain):
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                return await brain.wake(args.session_id)
+            except SessionBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+    _quiet_logs()
+    return asyncio.run(_drive(args, wake, known_session=args.session_id))
+
+
+# --- list, show, cancel --------------------------------------------------------------------------------
 
 
 def _list(args) -> int:
@@ -198,4 +434,124 @@ def _list(args) -> int:
         print(f"{s.id}  {when}  {s.status:<9}  {task[:60]}{'…' if len(task) > 60 else ''}")
     if not sessions:
         print("(no sessions)", file=sys.stderr)
+    return 0
+
+
+def _show(args) -> int:
+    async def go():
+        store = await _open(args.sessions)
+        try:
+            info = await _session_or_fail(store, args.session_id)
+            events = await store.events(args.session_id)
+            page = None
+            if args.html:
+                from brain.timeline import load_timeline
+
+                page = await load_timeline(store, args.session_id)
+            return info, events, page
+        finally:
+            await store.close()
+
+    info, events, page = asyncio.run(go())
+    if page is not None:
+        path = Path(args.html)
+        try:
+            path.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.html}: {exc.strerror}") from None
+        print(path.resolve())
+        return 0
+    if args.json:
+        for event in events:
+            print(json.dumps(event.as_dict(), ensure_ascii=False, default=str))
+        return 0
+    _print_session(info, events)
+    return 0
+
+
+def _print_session(info, events) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    from brain.live import SessionView, human_duration, render_tree
+
+    view = SessionView.from_events(events)
+    out = Console(highlight=False, soft_wrap=False)
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+    facts = Text(f"id {info.id} · started {started}", style="dim")
+    if view.ended_at is not None:
+        facts.append(f" · took {human_duration(view.elapsed(view.ended_at))}")
+    elif info.status == "running":
+        held = info.lease_owner and (info.lease_expires_at or 0) > time.time()
+        facts.append(f" · driven by {info.lease_owner}" if held else " · no brain drives it: `brainhands sessions wake` continues it")
+    if view.model:
+        facts.append(f" · model {view.model}")
+    out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
+                          status=info.status))
+    out.print(facts)
+    if view.status == "finished":
+        out.print(Text("result" + (f" (cut short: {view.outcome.get('reason')})" if view.outcome.get("cut_short") else "") + ":",
+                       style="bold"))
+        out.print(view.outcome.get("result", ""), markup=False, highlight=False)
+    elif view.status in ("failed", "cancelled"):
+        out.print(Text(f"{view.status}: {view.outcome.get('reason', '')}", style="bold"))
+
+
+def _cancel(args) -> int:
+    brain = args.brain or os.environ.get("BRAINHANDS_BRAIN")
+    if brain:
+        return asyncio.run(_cancel_through_service(brain, args.session_id, args.reason))
+    return asyncio.run(_cancel_in_store(args))
+
+
+async def _cancel_through_service(address: str, session_id: str, reason: str) -> int:
+    import grpc
+
+    from brain.v1 import brain_pb2, brain_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = brain_pb2_grpc.BrainServiceStub(channel)
+        try:
+            reply = await stub.Cancel(brain_pb2.CancelRequest(session_id=session_id, reason=reason), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(f"cannot reach the brain service at {address}: is `brainhands serve brain` running there?") from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"the brain service at {address} has no session {session_id}") from None
+            raise CliError(f"the brain service at {address} did not cancel {session_id}: {exc.details()}") from None
+    status = brain_pb2.SessionStatus.Name(reply.session.status).removeprefix("SESSION_STATUS_").lower()
+    print(f"session {session_id}: {status}")
+    return 0
+
+
+async def _cancel_in_store(args) -> int:
+    from brain import events as ev
+    from brain.events import SessionState
+
+    sid = args.session_id
+    store = await _open(args.sessions)
+    try:
+        info = await _session_or_fail(store, sid)
+        if info.status != "running":
+            print(f"session {sid} is not running ({info.status}); nothing to cancel")
+            return 0
+        owner = f"brainhands-cancel:{os.getpid()}"
+        if not await store.acquire_lease(sid, owner, 30.0):
+            info = await store.get_session(sid)
+            left = max(0.0, (info.lease_expires_at or 0) - time.time())
+            raise CliError(
+                f"session {sid} is being driven by {info.lease_owner} (lease for another {left:.0f}s): cancel it through"
+                " that brain's service with --brain ADDR, or press Ctrl-C where `brainhands run` shows it", exit_code=1)
+        try:
+            state = SessionState.from_events(sid, await store.events(sid))
+            if state.status == "running":
+                reason = args.reason or "cancelled with `brainhands sessions cancel` (no brain was driving it)"
+                await store.append(sid, state.seq + 1, ev.SESSION_CANCELLED, {"reason": reason, "totals": state.totals()})
+        finally:
+            with contextlib.suppress(Exception):
+                await store.release_lease(sid, owner)
+    finally:
+        await store.close()
+    print(f"session {sid}: cancelled")
     return 0

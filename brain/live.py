@@ -56,8 +56,12 @@ class CallView:
         return None if self.started_at is None else max(0.0, now - self.started_at)
 
     def error_line(self) -> str:
-        output = (self.finished or {}).get("output") or ""
-        return next((line.strip() for line in output.splitlines() if line.strip()), "")
+        lines = [line.strip() for line in ((self.finished or {}).get("output") or "").splitlines() if line.strip()]
+        if not lines:
+            return ""
+        # The sandbox ends its output with a bracketed note ("[exit status 3]"): more telling than the first line.
+        last = lines[-1]
+        return last if last.startswith("[") and last.endswith("]") else lines[0]
 
 
 @dataclass
