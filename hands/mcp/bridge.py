@@ -125,6 +125,7 @@ class McpBridge:
         self._ready = asyncio.Event()  # set while connected
         self._drop = asyncio.Event()  # set to end the current connection
         self._closing = False
+        self._generation = 0  # which connection attempt is current; a stale one cannot drop a newer connection
         self._task: asyncio.Task | None = None
 
     # -- connection -------------------------------------------------------------------------------------
@@ -156,10 +157,9 @@ class McpBridge:
                 pass
 
     @contextlib.asynccontextmanager
-    async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
+    async def _transport(self, generation: int) -> AsyncIterator[tuple[Any, Any]]:
         def ended() -> None:
-            if not self._closing:
-                self._drop.set()
+            self._lost(generation)
 
         if self.config.url:
             async with create_mcp_http_client(headers=dict(self.config.headers)) as http:
@@ -176,28 +176,30 @@ class McpBridge:
         delay = self.config.backoff_base
         while not self._closing:
             began = time.monotonic()
+            self._generation += 1
+            was_connected = False
             try:
-                async with Client(self._transport(), cache=None, client_info=_CLIENT_INFO) as client:
+                async with Client(self._transport(self._generation), cache=None, client_info=_CLIENT_INFO) as client:
                     tools = await _list_tools(client)
                     self._connected(client, tools)
+                    was_connected = True
                     await self._drop.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the SDK raises transport errors wrapped in exception groups
                 self.last_error = _reason(exc)
-                if not self._closing:
+                if not self._closing and not was_connected:
                     log.warning("MCP connection failed", server=self.config.target, error=self.last_error, retry_in_s=delay)
             finally:
-                was_connected = self._client is not None
                 self._client = None
                 self._ready.clear()
             self._drop.clear()
             if self._closing:
                 return
             if was_connected:
-                log.warning("MCP server went away; reconnecting", server=self.config.target, retry_in_s=delay)
                 if time.monotonic() - began > self.config.backoff_max:
                     delay = self.config.backoff_base  # it was up a good while: a fresh failure, not a crash loop
+                log.warning("MCP server went away; reconnecting", server=self.config.target, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.backoff_max)
 
@@ -214,7 +216,7 @@ class McpBridge:
         self._ready.set()
         log.info("MCP server connected", server=self.config.target, tools=len(tools), connection=self.connects)
 
-    async def _connection(self) -> Client:
+    async def _connection(self) -> tuple[Client, int]:
         if self._client is None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready.wait()), self.config.connect_timeout)
@@ -224,29 +226,32 @@ class McpBridge:
                     "the bridge keeps reconnecting, try again later"
                 ) from None
         assert self._client is not None
-        return self._client
+        return self._client, self._generation
 
-    def _lost(self, client: Client) -> None:
-        if self._client is client:
+    def _lost(self, generation: int) -> None:
+        """The connection of that generation is gone: no call may use it, and the supervisor reconnects."""
+        if generation == self._generation and not self._closing:
+            self._client = None
+            self._ready.clear()
             self._drop.set()
 
     # -- calls --------------------------------------------------------------------------------------------
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> HandResult:
         """tools/call: text content joined into the output, isError as is_error."""
-        client = await self._connection()
+        client, generation = await self._connection()
         try:
             result = await client.call_tool(tool, arguments)
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                self._lost(client)
+                self._lost(generation)
                 raise HandError(
                     f"the MCP server {self.config.name} died during the call ({exc}); "
                     "the bridge reconnects for the next call"
                 ) from None
             raise HandError(f"the MCP server {self.config.name} refused the call to {tool}: {exc}") from None
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            self._lost(client)
+            self._lost(generation)
             raise HandError(
                 f"the connection to the MCP server {self.config.name} failed during the call ({_reason(exc)}); "
                 "the bridge reconnects for the next call"
