@@ -1,0 +1,256 @@
+"""The agent hand: a worker that orchestrates, running the brain loop itself within a budget carved out of its caller's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+
+from brainhands import metadata as md
+from hands import Context, Hand, HandClient, HandResult, Usage, hand
+from hands.builtin.llm import INPUT_SCHEMA as LLM_INPUT_SCHEMA
+from hands.builtin.llm import _env_int, user_message
+
+log = structlog.get_logger("hands.agent")
+
+#: Below this many tokens a worker agent cannot get through one model turn and a synthesis: refuse instead.
+MIN_TOKEN_BUDGET = 2_000
+
+INPUT_SCHEMA: dict[str, Any] = {
+    **LLM_INPUT_SCHEMA,
+    "properties": {
+        **LLM_INPUT_SCHEMA["properties"],
+        "tools": {
+            "type": "array",
+            "items": {"type": "string"},
+            "uniqueItems": True,
+            "description": "Names of the hands the agent and its workers may call; every hand the gateway offers if omitted.",
+        },
+    },
+}
+
+DESCRIPTION = (
+    "Delegate a broad subtask to a worker that orchestrates: it plans the subtask, runs its own workers "
+    "and tools in parallel, and returns one synthesized answer. Use it only for a piece of work too big "
+    "for one llm_worker call (e.g. auditing a whole module); brief it like a worker: the objective (task), "
+    "the facts it needs (context), the answer's shape (output_format) and the hands it may use (tools). "
+    "Its tokens and tool calls come out of this session's budget."
+)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent hand needs, read once at start-up; a request can only lower the limits."""
+
+    gateway: str | None = None  # where the agent's brain calls hands (its tools); required
+    gateway_api_key: str | None = field(default=None, repr=False)  # the agent's own key for the gateway
+    sessions: str | None = None  # the session store its sessions are written to (None: the default SQLite file)
+    model: str = "claude-sonnet-5-5"
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    max_depth: int = 3  # deepest nesting allowed; the root brain's direct calls are depth 0
+    max_turns: int = 12
+    max_parallel: int = 4
+    max_tool_calls: int = 40  # per agent session, before the caller's budget caps it further
+    token_budget: int = 400_000
+    call_timeout: float = 300.0  # seconds each of its tool calls may take (and never past its own deadline)
+
+    def __post_init__(self) -> None:
+        for key, minimum in (("max_depth", 0), ("max_turns", 1), ("max_parallel", 1), ("max_tool_calls", 1),
+                             ("token_budget", MIN_TOKEN_BUDGET)):  # fmt: skip
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"agent config: {key} must be an integer >= {minimum}, not {value!r}")
+        if not self.call_timeout > 0:
+            raise ValueError(f"agent config: call_timeout must be positive, not {self.call_timeout!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
+        env = os.environ if environ is None else environ
+        return cls(
+            gateway=env.get("BRAINHANDS_GATEWAY") or None,
+            gateway_api_key=env.get("BRAINHANDS_API_KEY") or None,
+            sessions=env.get("BRAINHANDS_SESSIONS") or None,
+            model=env.get("BRAINHANDS_AGENT_MODEL") or env.get("BRAINHANDS_MODEL") or cls.model,
+            api_key=env.get("ANTHROPIC_API_KEY") or None,
+            base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            max_depth=_env_int(env, "BRAINHANDS_MAX_DEPTH", cls.max_depth, 0),
+            max_turns=_env_int(env, "BRAINHANDS_AGENT_MAX_TURNS", cls.max_turns, 1),
+            max_tool_calls=_env_int(env, "BRAINHANDS_AGENT_MAX_TOOL_CALLS", cls.max_tool_calls, 1),
+            token_budget=_env_int(env, "BRAINHANDS_AGENT_TOKEN_BUDGET", cls.token_budget, MIN_TOKEN_BUDGET),
+        )
+
+
+def _header_int(metadata: Mapping[str, str], key: str) -> int | None:
+    raw = metadata.get(key)
+    try:
+        return max(0, int(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class Agent:
+    """What the agent hand keeps across calls: the gateway channel, the model client, the session store."""
+
+    def __init__(self, config: AgentConfig, model=None, store=None):
+        self.config = config
+        self._model = model
+        self._store = store
+        self._own_store = store is None
+        self._gateway: HandClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def _resources(self):
+        # Made on first use, inside the serving loop: channels and pools belong to the loop that made them.
+        async with self._lock:
+            if self._gateway is None:
+                self._gateway = HandClient(self.config.gateway, api_key=self.config.gateway_api_key)
+            if self._model is None:
+                import anthropic
+
+                from brain import AnthropicModel
+
+                client = anthropic.AsyncAnthropic(api_key=self.config.api_key, base_url=self.config.base_url)
+                self._model = AnthropicModel(self.config.model, client=client)
+            if self._store is None:
+                from brain import open_store
+
+                self._store = await open_store(self.config.sessions)
+        return self._gateway, self._model, self._store
+
+    async def close(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.close()
+        if self._own_store and self._store is not None:
+            await self._store.close()
+
+    def limits(self, ctx: Context):
+        """The agent's BrainConfig: its own limits, capped by what the caller passed down; or why it cannot run."""
+        from brain import BrainConfig
+
+        c = self.config
+        tokens, calls = c.token_budget, c.max_tool_calls
+        passed_tokens = _header_int(ctx.metadata, md.BUDGET_TOKENS)
+        passed_calls = _header_int(ctx.metadata, md.BUDGET_CALLS)
+        if passed_tokens is not None:
+            tokens = min(tokens, passed_tokens)
+        if passed_calls is not None:
+            calls = min(calls, passed_calls)
+        if calls < 1:
+            return "refused: the calling session has no tool calls left to give a worker agent; do this part without one"
+        if tokens < MIN_TOKEN_BUDGET:
+            return (f"refused: the calling session has {tokens} tokens left to give a worker agent, below the "
+                    f"{MIN_TOKEN_BUDGET} it needs; do this part without one")  # fmt: skip
+        remaining = ctx.time_remaining()
+        timeout = c.call_timeout if remaining is None else max(0.001, min(c.call_timeout, remaining))
+        return BrainConfig(max_turns=c.max_turns, max_parallel=c.max_parallel, max_tool_calls=calls,
+                           token_budget=tokens, call_timeout=timeout)  # fmt: skip
+
+    async def run(self, task: str, context: str, output_format: str, tools: Sequence[str] | None, ctx: Context) -> HandResult:
+        from brain import Brain, HandsUnauthenticated, HandsUnreachable
+
+        c = self.config
+        if ctx.depth > c.max_depth:
+            return HandResult(
+                f"refused: this worker agent would run at depth {ctx.depth}, past the maximum of {c.max_depth} "
+                "nested workers; do this part without another worker agent",
+                is_error=True,
+            )
+        if not c.gateway:
+            return HandResult("the agent hand has no gateway to call its tools (set BRAINHANDS_GATEWAY)", is_error=True)
+        limits = self.limits(ctx)
+        if isinstance(limits, str):
+            return HandResult(limits, is_error=True)
+        gateway, model, store = await self._resources()
+        if tools:
+            missing = await self._missing(gateway, tools)
+            if missing:
+                return HandResult(missing, is_error=True)
+        # One deeper than the call that reached us, and linked to the caller's session so the tree is one.
+        brain = Brain(target=gateway, model=model, store=store, config=limits, depth=ctx.depth + 1, tools=tools or None)
+        try:
+            result = await brain.run(user_message(task, context, output_format), parent_id=ctx.session_id or None)
+        except (HandsUnauthenticated, HandsUnreachable) as exc:
+            return HandResult(f"the worker agent could not start: {exc}", is_error=True)
+        finally:
+            await brain.close()
+        totals = result.usage or {}
+        output_tokens = int((totals.get("model_usage") or {}).get("output_tokens", 0)) + int(
+            (totals.get("hand_usage") or {}).get("output_tokens", 0)
+        )
+        total = int(totals.get("total_tokens", 0))
+        # input + output == the agent session's whole budgeted total, so the caller's budget counts all of it.
+        usage = Usage(input_tokens=total - output_tokens, output_tokens=output_tokens, tool_calls=int(totals.get("tool_calls", 0)))
+        ctx.logger.info("worker agent finished", agent_session=result.session_id, status=result.status,
+                        cut_short=result.cut_short, tokens=total, tool_calls=usage.tool_calls)  # fmt: skip
+        if not result.ok:
+            return HandResult(f"the worker agent's session {result.session_id} {result.status}: {result.text}", True, usage)
+        text = result.text
+        if result.cut_short:
+            text += f"\n\n[cut short: the worker agent reached its {result.reason}; this is what it had]"
+        return HandResult(text, usage=usage)
+
+    async def _missing(self, gateway: HandClient, tools: Sequence[str]) -> str | None:
+        try:
+            offered = {spec.name for spec in await gateway.describe(timeout=10.0)}
+        except grpc.aio.AioRpcError as exc:
+            return f"the worker agent cannot list its tools at the gateway: {exc.code().name}: {exc.details()}"
+        missing = [name for name in tools if name not in offered]
+        if missing:
+            return f"tools not available to the worker agent: {', '.join(missing)} (the gateway offers: {', '.join(sorted(offered))})"
+        return None
+
+
+def make_agent_hands(config: AgentConfig, *, model=None, store=None) -> list[Hand]:
+    """The agent hand over one config; tests may pass the model and session store it uses."""
+    agent = Agent(config, model, store)
+
+    @hand(name="agent", description=DESCRIPTION, input_schema=INPUT_SCHEMA)
+    async def agent_hand(
+        task: str, context: str = "", output_format: str = "", tools: list[str] | None = None, *, ctx: Context
+    ) -> HandResult:
+        return await agent.run(task, context, output_format, tools, ctx)
+
+    return [agent_hand]
+
+
+def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
+    """The agent hand configured from this process's environment."""
+    config = AgentConfig.from_env()
+    if not config.gateway:
+        log.warning("BRAINHANDS_GATEWAY is not set: agent calls will fail until the service restarts with one")
+    log.info("agent hand configured", model=config.model, gateway=config.gateway, max_depth=config.max_depth,
+             sessions=config.sessions or "default")  # fmt: skip
+    return make_agent_hands(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from brainhands.logs import configure_logging
+    from hands import serve
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hands.builtin.agent",
+        description="Serve the agent hand. Environment: BRAINHANDS_GATEWAY, BRAINHANDS_API_KEY, BRAINHANDS_SESSIONS, "
+        "ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, BRAINHANDS_AGENT_MODEL, BRAINHANDS_MAX_DEPTH.",
+    )
+    parser.add_argument("--port", type=int, default=50075, help="port to listen on (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        hands = HANDS()
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    serve(hands, port=args.port, host=args.host, register=args.register)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

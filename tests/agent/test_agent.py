@@ -1,0 +1,219 @@
+"""The agent hand: workers that orchestrate, nested through a real gateway, inside the root session's budget."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pytest
+
+from brain import Brain, BrainConfig, ScriptedModel, open_store
+from brain.timeline import load_timeline
+from brainhands import metadata as md
+from brainhands.stack import free_port
+from gateway.config import parse_config
+from gateway.server import start_gateway
+from hands import Context, hand
+from hands.builtin.agent import AgentConfig, make_agent_hands
+
+
+@dataclass
+class Seen:
+    depths: list[int] = field(default_factory=list)
+
+
+def scripted(plans: dict[str, list[dict]]) -> ScriptedModel:
+    """One model for every level: the plan is picked by the marker word in the session's task."""
+
+    def answer(request):
+        task = request["messages"][0]["content"][0]["text"]
+        label = next(word for word in plans if re.search(rf"\b{word}\b", task))
+        if request["tool_choice"] == {"type": "none"}:
+            return {"text": f"{label}: synthesis at the limit"}
+        plan = plans[label]
+        turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+        return plan[min(turn, len(plan) - 1)]
+
+    return ScriptedModel([answer] * 200)
+
+
+@pytest.fixture
+async def tree(tmp_path, hand_service):
+    """`run(plans, **limits)`: a root Brain calling, through an open gateway, the agent hand and an echo hand."""
+    seen = Seen()
+
+    @hand(description="Echo the text back.")
+    async def echo(text: str, ctx: Context) -> str:
+        seen.depths.append(ctx.depth)
+        return f"echo: {text}"
+
+    sessions = str(tmp_path / "sessions.db")
+    gateway_port = free_port()
+    started = []
+
+    async def run(plans, *, max_depth=1, **limits):
+        model = scripted(plans)
+        config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", sessions=sessions, max_depth=max_depth, call_timeout=20)
+        backend = await hand_service([*make_agent_hands(config, model=model), echo])
+        gw = await start_gateway(parse_config({
+            "listen": f"127.0.0.1:{gateway_port}", "routes": [{"hands": ["*"], "backends": [backend.address]}],
+        }))  # fmt: skip
+        started.append(gw)
+        store = await open_store(sessions)
+        brain = Brain(target=gw.address, model=model, store=store, config=BrainConfig(call_timeout=30, **limits))
+        try:
+            result = await brain.run("ROOT: audit the project")
+            return result, store
+        finally:
+            await brain.close()
+
+    run.seen = seen
+    yield run
+    for gw in started:
+        await gw.server.stop(0)
+        await gw.close()
+
+
+async def session_tree(store, root_id):
+    """Every session under root_id (root included), each with its events, in creation order."""
+    out, frontier = [], [root_id]
+    everything = await store.list_sessions(limit=1000)
+    while frontier:
+        sid = frontier.pop(0)
+        info = await store.get_session(sid)
+        out.append((info, await store.events(sid)))
+        frontier += [s.id for s in sorted(everything, key=lambda s: s.created_at) if s.parent_id == sid]
+    return out
+
+
+def own_calls(events) -> int:
+    return sum(1 for e in events if e.type == "tool_call_started")
+
+
+def own_tokens(events) -> int:
+    """The session's own model tokens, without what its hands reported."""
+    return sum(sum(e.data["usage"].values()) for e in events if e.type == "model_response")
+
+
+def finished(events, name):
+    return [e.data for e in events if e.type == "tool_call_finished" and e.data["name"] == name]
+
+
+async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_depth_and_is_one_tree(tree):
+    plans = {
+        "ROOT": [{"tool_calls": [["agent", {"task": "LEVEL1: audit the auth module"}]]}, {"text": "root: done"}],
+        "LEVEL1": [
+            {"tool_calls": [["agent", {"task": "LEVEL2: read the token code"}], ["echo", {"text": "one"}]]},
+            {"text": "level1: done"},
+        ],
+        # The deepest worker asks for a third level (refused), then keeps calling tools until its budget stops it.
+        "LEVEL2": [
+            {"tool_calls": [["agent", {"task": "LEVEL3: too deep"}], ["echo", {"text": "two"}]]},
+            {"tool_calls": [["echo", {"text": "more"}], ["echo", {"text": "more"}]], "repeat": True},
+        ],
+        "LEVEL3": [{"text": "never runs"}],
+    }
+    result, store = await tree(plans, max_depth=1, max_tool_calls=12, token_budget=300_000)
+    assert result.ok and result.text == "root: done"
+
+    [(root, root_events), (child, child_events), (grand, grand_events)] = await session_tree(store, result.session_id)
+    assert (child.parent_id, grand.parent_id) == (root.id, child.id)
+
+    # Refused at depth max+1, with an error the model can act on.
+    [refused] = finished(grand_events, "agent")
+    assert refused["is_error"] and "past the maximum of 1 nested workers" in refused["output"]
+    assert sorted(set(tree.seen.depths)) == [1, 2]  # echo called by the depth-1 and depth-2 agents' brains
+
+    # Budgets carved out of the caller's: 12 - 1 (the agent call itself) for the child; the child's two calls
+    # share what is left after both: (11 - 2) // 2 each.
+    assert child_events[0].data["config"]["max_tool_calls"] == 11
+    assert grand_events[0].data["config"]["max_tool_calls"] == 4
+    assert grand.status == "finished" and "synthesis at the limit" in grand_events[-1].data["result"]
+    assert own_calls(grand_events) == 4
+
+    # The root's totals include everything below it, and stay inside its budget.
+    calls = [own_calls(events) for _, events in ((root, root_events), (child, child_events), (grand, grand_events))]
+    assert result.usage["tool_calls"] == sum(calls) == 1 + 2 + 4
+    assert result.usage["tool_calls"] <= 12
+    tokens = own_tokens(root_events) + own_tokens(child_events) + own_tokens(grand_events)
+    assert result.usage["total_tokens"] == tokens <= 300_000
+    [agent_call] = finished(root_events, "agent")
+    assert agent_call["usage"]["tool_calls"] == 6
+    assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == tokens - own_tokens(root_events)
+
+    # Drawn as one tree: the root's timeline shows the child session's calls.
+    html = await load_timeline(store, root.id)
+    assert f'data-session="{child.id}"' in html
+    assert html.count(f'data-session="{child.id}"') >= own_calls(child_events)
+    await store.close()
+
+
+async def test_a_worker_agent_that_never_stops_is_held_to_the_callers_remaining_calls(tree):
+    plans = {
+        "ROOT": [
+            {"tool_calls": [["agent", {"task": "LOOP: keep checking"}]]},
+            {"tool_calls": [["echo", {"text": "root wants more"}]]},
+            {"text": "root: done"},
+        ],
+        "LOOP": [{"tool_calls": [["echo", {"text": "again"}]], "repeat": True}],
+    }
+    result, store = await tree(plans, max_tool_calls=5)
+    [(root, root_events), (loop, loop_events)] = await session_tree(store, result.session_id)
+    assert loop_events[0].data["config"]["max_tool_calls"] == 4
+    assert len(tree.seen.depths) == 4  # the echo hand really ran 4 times for the agent, and never for the root
+    # The agent's 4 calls plus the call to it use up the root's 5: the root's own echo is not run.
+    [not_run] = finished(root_events, "echo")
+    assert not_run["status"] == "NOT_RUN" and not_run["reason"] == "max_tool_calls"
+    assert result.usage["tool_calls"] == 5
+    assert result.cut_short and result.reason == "max_tool_calls"
+    await store.close()
+
+
+async def test_an_agent_gets_only_the_callers_remaining_tokens(tree):
+    plans = {
+        "ROOT": [{"tool_calls": [["agent", {"task": "LOOP: keep checking"}]]}, {"text": "root: done"}],
+        "LOOP": [{"tool_calls": [["echo", {"text": "again"}]], "repeat": True}],
+    }
+    result, store = await tree(plans, token_budget=8_000)
+    [(root, root_events), (loop, loop_events)] = await session_tree(store, result.session_id)
+    share = loop_events[0].data["config"]["token_budget"]
+    assert share == 8_000 - own_tokens(root_events[:2])  # what was left after the root's first turn
+    loop_end = loop_events[-1].data
+    assert loop_end["cut_short"] and loop_end["reason"] == "token_budget"
+    [agent_call] = finished(root_events, "agent")
+    assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == loop_end["totals"]["total_tokens"]
+    assert result.usage["total_tokens"] == own_tokens(root_events) + loop_end["totals"]["total_tokens"]
+    await store.close()
+
+
+async def test_no_calls_left_means_no_worker_agent(tree):
+    plans = {
+        "ROOT": [
+            {"tool_calls": [["agent", {"task": "LEVEL1: look"}]]},
+            {"text": "root: done"},
+        ],
+        "LEVEL1": [{"text": "never runs"}],
+    }
+    result, store = await tree(plans, max_tool_calls=1)
+    [(root, root_events)] = await session_tree(store, result.session_id)
+    [call] = finished(root_events, "agent")
+    assert call["is_error"] and "no tool calls left" in call["output"]
+    await store.close()
+
+
+async def test_the_budget_and_depth_headers_come_from_the_dispatcher(hand_service, hand_client, tmp_path):
+    @hand(description="Report the budget headers.")
+    async def headers(ctx: Context) -> str:
+        return f"{ctx.depth} {ctx.metadata.get(md.BUDGET_TOKENS)} {ctx.metadata.get(md.BUDGET_CALLS)}"
+
+    running = await hand_service([headers])
+    model = ScriptedModel([{"tool_calls": [["headers", {}], ["headers", {}]]}, {"text": "ok"}])
+    store = await open_store(str(tmp_path / "s.db"))
+    brain = Brain(target=running.address, model=model, store=store, config=BrainConfig(max_tool_calls=10, token_budget=50_000), depth=2)
+    result = await brain.run("look")
+    await brain.close()
+    events = await store.events(result.session_id)
+    used = own_tokens(events[:2])
+    outputs = {e.data["output"] for e in events if e.type == "tool_call_finished"}
+    assert outputs == {f"2 {(50_000 - used) // 2} {(10 - 2) // 2}"}
+    await store.close()
