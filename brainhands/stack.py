@@ -24,6 +24,7 @@ BUILTIN_HANDS = {
     "fs": ("hands.builtin.fs", ["fs_*"]),
     "sandbox": ("hands.builtin.sandbox", ["sandbox_*"]),
     "llm": ("hands.builtin.llm", ["llm_*"]),
+    "memory": ("hands.builtin.memory", ["memory_*"]),
 }
 
 
@@ -125,7 +126,7 @@ async def wait_serving(address: str, timeout: float, proc: subprocess.Popen | No
 async def start_local_stack(
     workspace: str | os.PathLike,
     *,
-    hands: tuple[str, ...] = ("fs", "sandbox", "llm"),
+    hands: tuple[str, ...] = ("fs", "sandbox", "llm", "memory"),
     gateway_config: dict | None = None,
     extra_env: dict[str, str] | None = None,
     log_dir: str | os.PathLike | None = None,
