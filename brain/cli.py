@@ -259,7 +259,7 @@ def _resume_hint(args, session_id: str) -> str:
     return shlex.join(words)
 
 
-async def _drive(args, start: Callable[..., Awaitable], known_session: str | None = None) -> int:
+async def _drive(args, start: Callable[..., Awaitable], known_session: str | None = None, history=()) -> int:
     """Run a session to its end with the display, a gateway (or local stack) and a store; Ctrl-C stops it resumably.
 
     start(brain) returns the RunResult. SIGINT/SIGTERM cancel the work: the brain treats a cancellation it did not
@@ -268,6 +268,8 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
     from brain import Brain, HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound
 
     err, view, on_event = _display(args.json)
+    if history and hasattr(view, "replay"):
+        view.replay(list(history))
     seen = {"session_id": known_session}
 
     def record(event) -> None:
@@ -408,7 +410,7 @@ def _wake(args) -> int:
                 await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
 
     _quiet_logs()
-    return asyncio.run(_drive(args, wake, known_session=args.session_id))
+    return asyncio.run(_drive(args, wake, known_session=args.session_id, history=events))
 
 
 # --- list, show, cancel --------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def summarize_input(name: str, value: Any, width: int = 48) -> str:
         except ValueError:
             pass
     if isinstance(value, dict):
-        for key in ("task", "command", "path", "pattern", "code", "query", "url"):
+        for key in ("task", "command", "pattern", "path", "code", "query", "url"):
             if isinstance(value.get(key), str) and value[key].strip():
                 text = value[key]
                 if key == "pattern" and isinstance(value.get("path"), str) and value["path"] not in ("", "."):
@@ -436,6 +436,12 @@ class LiveView:
 
     def __exit__(self, *exc) -> None:
         self.final(None, status="interrupted" if self.view.status == "running" else None)
+
+    def replay(self, events: list[Event]) -> None:
+        """Take in what happened before this view started (a woken session's log) without printing it."""
+        with self._lock:
+            for event in events:
+                self.view.apply(event)
 
     def on_event(self, event: Event) -> None:
         with self._lock:
