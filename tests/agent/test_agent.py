@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +71,7 @@ async def tree(tmp_path, hand_service):
             await brain.close()
 
     run.seen = seen
+    run.sessions = sessions
     yield run
     for gw in started:
         await gw.server.stop(0)
@@ -146,6 +150,20 @@ async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_d
     assert f'data-session="{child.id}"' in html
     assert html.count(f'data-session="{child.id}"') >= own_calls(child_events)
     await store.close()
+    # And so does `brainhands sessions show --html`.
+    page = tree.sessions + ".html"
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brainhands", "sessions", "show", root.id, "--sessions", tree.sessions, "--html", page,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(shown.communicate(), 60)
+    finally:
+        if shown.returncode is None:
+            shown.kill()
+            await shown.wait()
+    assert shown.returncode == 0, stderr.decode()
+    assert f'data-session="{child.id}"' in Path(page).read_text()
 
 
 async def test_a_worker_agent_that_never_stops_is_held_to_the_callers_remaining_calls(tree):
