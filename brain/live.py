@@ -191,7 +191,7 @@ def summarize_input(name: str, value: Any, width: int = 48) -> str:
             if isinstance(value.get(key), str) and value[key].strip():
                 text = value[key]
                 if key == "pattern" and isinstance(value.get("path"), str) and value["path"] not in ("", "."):
-                    text = f"{text}  in {value['path']}"
+                    text = f"{text} in {value['path']}"
                 break
         else:
             text = json.dumps(value, ensure_ascii=False)

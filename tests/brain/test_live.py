@@ -232,7 +232,7 @@ def test_calls_cut_by_a_limit_show_as_not_run_and_a_session_with_unfinished_call
 def test_the_input_summary_picks_what_a_person_recognises():
     assert summarize_input("llm_worker", {"task": "Write   the\nchangelog for 2.0", "context": "x" * 500}) == "Write the changelog for 2.0"
     assert summarize_input("fs_read", '{"path": "docs/a.md"}') == "docs/a.md"
-    assert summarize_input("fs_grep", {"pattern": "TODO", "path": "src"}) == "TODO  in src"
+    assert summarize_input("fs_grep", {"pattern": "TODO", "path": "src"}) == "TODO in src"
     assert summarize_input("sandbox_python", {"code": "print(1)\nprint(2)"}) == "print(1) print(2)"
     long = summarize_input("llm_worker", {"task": "word " * 40}, width=20)
     assert len(long) == 20 and long.endswith("…")
