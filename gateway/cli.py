@@ -39,6 +39,15 @@ def _serve_gateway(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         running = await start_gateway(config)
+        if config.mcp:
+            from gateway.mcp_front import start_mcp_front
+
+            try:
+                front = await start_mcp_front(config, running.port, running.access.tenants)
+            except BaseException:
+                await running.drain(0)
+                raise
+            running.on_drain.append(front.close)  # MCP requests finish while the gRPC front still serves them
         await run_until_signalled(running)
 
     try:

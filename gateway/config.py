@@ -65,6 +65,7 @@ class GatewayConfig:
     quota_store: str = "memory"  # or redis://host:port/db, shared by replicas
     quota_lease: float = 30.0  # how long a dead gateway's concurrency slots stay taken
     fail_open: bool = False  # admit calls when the quota store is down
+    mcp: str | None = None  # host:port of the MCP front (streamable HTTP, gateway/mcp_front.py); None: no MCP front
 
     @property
     def listen_host(self) -> str:
@@ -142,7 +143,7 @@ def _route(raw: Any, key: str) -> Route:
 _KEYS = {
     "listen", "metrics", "max_message_bytes", "health_check_interval", "health_check_timeout",
     "eject_after_failures", "eject_backoff", "default_lease_ttl", "max_lease_ttl", "max_attempts",
-    "describe_timeout", "routes", "tls", "tenants", "quota_store", "quota_lease", "fail_open",
+    "describe_timeout", "routes", "tls", "tenants", "quota_store", "quota_lease", "fail_open", "mcp",
 }  # fmt: skip
 
 
@@ -205,7 +206,12 @@ def parse_config(raw: Any) -> GatewayConfig:
         if not isinstance(raw["fail_open"], bool):
             raise ConfigError(f"fail_open: must be true or false, got {raw['fail_open']!r}")
         kw["fail_open"] = raw["fail_open"]
+    if raw.get("mcp") not in (None, False):
+        kw["mcp"] = _address(raw["mcp"], "mcp")
     config = GatewayConfig(**kw)
+    if config.mcp is not None and config.tls.cert is not None:
+        # The MCP front reaches the gRPC front on loopback with the caller's key, over plaintext for now.
+        raise ConfigError("mcp: the MCP front needs a plaintext gRPC front; remove tls.cert or the mcp key")
     if config.default_lease_ttl > config.max_lease_ttl:
         raise ConfigError(f"default_lease_ttl: must be at most max_lease_ttl ({config.max_lease_ttl:g}s)")
     return config
