@@ -170,8 +170,8 @@ async def _open(url: str | None):
     url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
     try:
         return await open_store(url)
-    except ValueError as exc:
-        raise CliError(f"bad --sessions: {exc}") from None
+    except ValueError as exc:  # the stores' own messages name the URL and what to do
+        raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         where = _redacted(url or default_sessions_path())
         raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

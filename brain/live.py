@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -27,7 +28,8 @@ _MARKS = {
     "not run": ("–", "dim"),
     "unfinished": ("⊘", "yellow"),
 }
-_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow"}
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow",
+                 "stopped": "yellow"}
 
 
 # --- the fold: events -> what to show ------------------------------------------------------------
@@ -434,8 +436,12 @@ class LiveView:
             self._live.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.final(None, status="interrupted" if self.view.status == "running" else None)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = None
+        if self.view.status == "running":
+            interrupted = exc_type is None or issubclass(exc_type, KeyboardInterrupt | asyncio.CancelledError)
+            status = "interrupted" if interrupted else "stopped"
+        self.final(None, status=status)
 
     def replay(self, events: list[Event]) -> None:
         """Take in what happened before this view started (a woken session's log) without printing it."""
@@ -463,8 +469,8 @@ class LiveView:
             self._live.stop()
             self._live = None
         if not self.live:
-            if status == "interrupted":
-                self.console.print(f"session {self.view.session_id or '(not started)'} interrupted", highlight=False)
+            if status in ("interrupted", "stopped") and self.view.started_at is not None:
+                self.console.print(f"session {self.view.session_id} {status}", highlight=False)
             return
         if result is not None:
             status = status or getattr(result, "status", None)
