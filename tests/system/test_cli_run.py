@@ -20,7 +20,7 @@ from brain.sessions import open_store
 
 pytestmark = pytest.mark.system
 
-STACK_LINE = re.compile(r"^local stack: gateway (\S+) · fs (\S+) sandbox (\S+) llm (\S+) · workspace (.+?) · logs (.+)$")
+STACK_LINE = re.compile(r"^local stack: gateway (?P<gateway>\S+) · (?P<hands>.+?) · workspace (?P<workspace>.+?) · logs (?P<logs>.+)$")
 
 
 @pytest.fixture
@@ -109,7 +109,9 @@ def refused(address: str) -> bool:
 
 def stack_addresses(stderr: str) -> list[str]:
     match = next(m for m in map(STACK_LINE.match, stderr.splitlines()) if m)
-    return list(match.groups()[:4])
+    hands = dict(re.findall(r"(\w+) (127\.0\.0\.1:\d+)", match["hands"]))
+    assert {"fs", "sandbox", "llm"} <= hands.keys(), match["hands"]
+    return [match["gateway"], *hands.values()]
 
 
 def assert_one_line(err: str) -> str:
@@ -149,8 +151,9 @@ async def test_run_without_a_gateway_starts_a_local_stack_runs_the_task_and_stop
     assert processes_with_env("BRAINHANDS_WORKSPACE", str(workspace)) == []
     assert all(refused(a) for a in stack_addresses(err))
     # Its logs are where the line said.
-    logs = Path(STACK_LINE.match(err.splitlines()[0]).group(6))
-    assert {"fs.log", "sandbox.log", "llm.log", "gateway.log"} <= {p.name for p in logs.iterdir()}
+    line = STACK_LINE.match(err.splitlines()[0])
+    assert line["workspace"] == str(workspace)
+    assert {"fs.log", "sandbox.log", "llm.log", "gateway.log"} <= {p.name for p in Path(line["logs"]).iterdir()}
 
     store = await open_store(str(db))
     try:
