@@ -196,7 +196,8 @@ def summarize_input(name: str, value: Any, width: int = 48) -> str:
                     text = f"{text} in {value['path']}"
                 break
         else:
-            text = json.dumps(value, ensure_ascii=False)
+            only = next(iter(value.values())) if len(value) == 1 else None
+            text = only if isinstance(only, str) else json.dumps(value, ensure_ascii=False)
     else:
         text = json.dumps(value, ensure_ascii=False)
     text = " ".join(text.split())

@@ -234,5 +234,7 @@ def test_the_input_summary_picks_what_a_person_recognises():
     assert summarize_input("fs_read", '{"path": "docs/a.md"}') == "docs/a.md"
     assert summarize_input("fs_grep", {"pattern": "TODO", "path": "src"}) == "TODO in src"
     assert summarize_input("sandbox_python", {"code": "print(1)\nprint(2)"}) == "print(1) print(2)"
+    assert summarize_input("reverse", {"text": "olleh"}) == "olleh"
+    assert summarize_input("custom", {"a": 1, "b": [2]}) == '{"a": 1, "b": [2]}'
     long = summarize_input("llm_worker", {"task": "word " * 40}, width=20)
     assert len(long) == 20 and long.endswith("…")
