@@ -134,8 +134,15 @@ class PostgresSessionStore:
         return session_id
 
     async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event:
-        payload = json.dumps(data, ensure_ascii=False)
-        status = TERMINAL_STATUS.get(type)
+        return (await self.append_many(session_id, seq, [(type, data)]))[0]
+
+    async def append_many(self, session_id: str, seq: int, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+        """Append events with seqs seq, seq + 1, ... in one transaction (one commit): all of them or none."""
+        seqs = list(range(seq, seq + len(items)))
+        types = [type for type, _ in items]
+        payloads = [json.dumps(data, ensure_ascii=False) for _, data in items]
+        statuses = [TERMINAL_STATUS[type] for type in types if type in TERMINAL_STATUS]
+        status = statuses[-1] if statuses else None
         async with self._pool.acquire() as conn, conn.transaction():
             # The row lock makes the seq check and the insert one step: a second writer waits here,
             # then sees the new last_seq and is refused. The (session_id, seq) key backs it up.
@@ -145,20 +152,25 @@ class PostgresSessionStore:
             if seq != last + 1:
                 raise SeqConflict(f"session {session_id}: seq {seq} is not next (last is {last})")
             try:
-                accepted_at = await conn.fetchval(
+                rows = await conn.fetch(
                     "INSERT INTO brain_events (session_id, seq, type, data, ts)"
-                    " VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING ts",
-                    session_id, seq, type, payload,
+                    " SELECT $1, u.seq, u.type, u.data, clock_timestamp()"
+                    " FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(seq, type, data) RETURNING seq, ts",
+                    session_id, seqs, types, payloads,
                 )
             except asyncpg.UniqueViolationError:
                 raise SeqConflict(f"session {session_id}: seq {seq} is taken") from None
+            accepted_at = {r["seq"]: r["ts"] for r in rows}
             await conn.execute(
                 "UPDATE brain_sessions SET last_seq = $2, updated_at = $3, status = coalesce($4, status) WHERE id = $1",
-                session_id, seq, accepted_at, status,
+                session_id, seqs[-1], accepted_at[seqs[-1]], status,
             )
-        # The commit returned, so the event is durable (synchronous_commit is on unless an operator
+        # The commit returned, so the events are durable (synchronous_commit is on unless an operator
         # turned it off for this database).
-        return Event(session_id=session_id, seq=seq, type=type, data=data, ts=accepted_at.timestamp())
+        return [
+            Event(session_id=session_id, seq=s, type=type, data=data, ts=accepted_at[s].timestamp())
+            for s, (type, data) in zip(seqs, items, strict=True)
+        ]
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
         # One statement: the session row tells "unknown session" apart from "no events yet".

@@ -94,9 +94,15 @@ class SqliteSessionStore:
         return session_id
 
     async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event:
-        payload = json.dumps(data, ensure_ascii=False)
+        return (await self.append_many(session_id, seq, [(type, data)]))[0]
+
+    async def append_many(self, session_id: str, seq: int, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+        """Append events with seqs seq, seq + 1, ... in one transaction (one fsync): all of them or none."""
+        rows = [(session_id, seq + i, type, json.dumps(data, ensure_ascii=False)) for i, (type, data) in enumerate(items)]
         now = time.time()
-        status = TERMINAL_STATUS.get(type)
+        statuses = [TERMINAL_STATUS[type] for type, _ in items if type in TERMINAL_STATUS]
+        status = statuses[-1] if statuses else None
+        last = seq + len(items) - 1
 
         def go():
             conn = self._conn
@@ -110,15 +116,15 @@ class SqliteSessionStore:
                 if seq != row[0] + 1:
                     raise SeqConflict(f"session {session_id}: seq {seq} is not next (last is {row[0]})")
                 try:
-                    conn.execute(
+                    conn.executemany(
                         "INSERT INTO events (session_id, seq, type, data, ts) VALUES (?, ?, ?, ?, ?)",
-                        (session_id, seq, type, payload, now),
+                        [(*r, now) for r in rows],
                     )
                 except sqlite3.IntegrityError:
                     raise SeqConflict(f"session {session_id}: seq {seq} is taken") from None
                 conn.execute(
                     "UPDATE sessions SET last_seq = ?, updated_at = ?, status = COALESCE(?, status) WHERE id = ?",
-                    (seq, now, status, session_id),
+                    (last, now, status, session_id),
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -126,7 +132,7 @@ class SqliteSessionStore:
                 raise
 
         await self._run(go)
-        return Event(session_id=session_id, seq=seq, type=type, data=data, ts=now)
+        return [Event(session_id=session_id, seq=seq + i, type=type, data=data, ts=now) for i, (type, data) in enumerate(items)]
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
         def go():
