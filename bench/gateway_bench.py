@@ -1,0 +1,253 @@
+"""Benchmarks 1 and 6: an echo hand direct, through the gateway, through nginx, and with quotas; CPU, memory, profile."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections import Counter
+
+from bench.loadgen import Load, grpc_frame, run_h2load
+from bench.procs import Proc, Procs, nginx_binary
+from bench.report import Section, Table
+from hands import HandClient
+
+API_KEY = "bench-key"
+# Checked on every call, never denying in a benchmark: a token bucket and a concurrency cap.
+QUOTAS = [{"hands": "*", "rate": "1000000/s", "burst": 1000000}, {"hands": "*", "concurrency": 100000}]
+
+
+async def _check_echo(address: str, api_key: str | None) -> None:
+    """One real call through the path: h2load counts HTTP 200, which gRPC also sends for errors."""
+    client = HandClient(address, api_key=api_key)
+    try:
+        response = await client.execute("echo", {"text": "ok"}, timeout=10)
+    finally:
+        await client.close()
+    if response.output != "ok" or response.is_error:
+        raise RuntimeError(f"echo through {address} answered {response.output!r}")
+
+
+def _measure(path: str, target: Proc, proxy: Proc | None, hand: Proc, *, concurrency: int, seconds: float,
+             api_key: str | None, procs: Procs) -> dict:
+    frame = grpc_frame("echo", {"text": "x" * 64})
+    proxy_cpu0 = proxy.cpu_seconds() if proxy else 0.0
+    hand_cpu0 = hand.cpu_seconds()
+    load: Load = run_h2load(target.address, frame, concurrency=concurrency, seconds=seconds, api_key=api_key,
+                            workdir=procs.workdir)
+    calls = max(1, load.calls)
+    return {
+        "path": path,
+        "concurrency": concurrency,
+        "calls": load.calls,
+        "failed": load.failed,
+        "calls_per_s": load.calls_per_s,
+        "p50_us": load.p50_us,
+        "p99_us": load.p99_us,
+        "generator_cpu": load.generator_cpu,
+        "proxy_cpu_us_per_call": ((proxy.cpu_seconds() - proxy_cpu0) * 1e6 / calls) if proxy else 0.0,
+        "hand_cpu_us_per_call": (hand.cpu_seconds() - hand_cpu0) * 1e6 / calls,
+    }
+
+
+def profile(gateway: Proc, address: str, seconds: float, procs: Procs, api_key: str | None = None) -> dict:
+    """py-spy samples the gateway process while h2load drives it at concurrency 64; top frames by share."""
+    out = procs.workdir / "gateway.pyspy.txt"
+    binary = shutil.which("py-spy")
+    if binary is None:
+        return {"error": "py-spy is not installed (pip install -e '.[bench]')"}
+    spy = subprocess.Popen(
+        [binary, "record", "--pid", str(gateway.pid), "--duration", str(int(seconds) + 1),
+         "--rate", "250", "--native", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        run_h2load(address, grpc_frame("echo", {"text": "x" * 64}), concurrency=64, seconds=seconds, warmup=0.2,
+                   api_key=api_key, workdir=procs.workdir)
+    finally:
+        try:
+            _, err = spy.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            err = "timed out"
+    if not out.exists():
+        return {"error": (err or "py-spy wrote nothing").strip()[-300:]}
+    return summarize_stacks(out.read_text())
+
+
+def summarize_stacks(raw: str, top: int = 25) -> dict:
+    """From py-spy's collapsed stacks: the share of samples where each function is on the stack, and at the top."""
+    inclusive: Counter = Counter()
+    own: Counter = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";") if "(" in f]
+        for f in set(frames):
+            inclusive[f] += n
+        if frames:
+            own[frames[-1]] += n
+    if not total:
+        return {}
+    return {
+        "samples": total,
+        "inclusive": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top * 3) if _interesting(f)][:top],
+        "self": [(f, round(100 * n / total, 1)) for f, n in own.most_common(top)],
+    }
+
+
+def _frame(frame: str) -> str:
+    func, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{func} ({where})"
+
+
+def _interesting(frame: str) -> bool:
+    # The event loop's own frames are on every stack: they say nothing about the per-call path.
+    return not any(s in frame for s in ("asyncio/", "runpy", "<module>", "(brainhands/__main__", "run_until", "_run_once", "run_forever", "run_until_complete"))
+
+
+def run(mode: str, redis_url: str | None, baseline: str | None = None) -> list[Section]:
+    seconds = {"smoke": 1.0, "quick": 3.0, "full": 10.0}[mode]
+    levels = {"smoke": [1], "quick": [1, 8, 64], "full": [1, 4, 16, 64, 256]}[mode]
+    rows: list[dict] = []
+    memory: dict = {}
+    prof: dict = {}
+    with Procs() as procs:
+        hand = procs.hand()
+        gateway = procs.gateway("gateway", [hand.address])
+        paths: list[tuple[str, Proc, Proc | None, str | None]] = [("direct", hand, None, None), ("gateway", gateway, gateway, None)]
+        if nginx_binary():
+            nginx = procs.nginx(hand.address)
+            paths.append(("nginx", nginx, nginx, None))
+        floor = procs.floor_proxy(hand.address)
+        paths.append(("grpc.aio floor", floor, floor, None))
+        quota_gw = procs.gateway("gateway-quota-memory", [hand.address], quota_store="memory", quotas=QUOTAS, api_key=API_KEY)
+        paths.append(("gateway+quotas(memory)", quota_gw, quota_gw, API_KEY))
+        if redis_url:
+            redis_gw = procs.gateway("gateway-quota-redis", [hand.address], quota_store=redis_url, quotas=QUOTAS, api_key=API_KEY)
+            paths.append(("gateway+quotas(redis)", redis_gw, redis_gw, API_KEY))
+        if baseline:
+            # The same stack built from an older revision, measured in the same run: before/after figures.
+            tree = procs.checkout(baseline)
+            old_hand = procs.hand("hand-baseline", root=tree)
+            old_gw = procs.gateway("gateway-baseline", [old_hand.address], root=tree)
+            paths.append((f"direct@{baseline}", old_hand, None, None))
+            paths.append((f"gateway@{baseline}", old_gw, old_gw, None))
+        for _, target, _, key in paths:
+            asyncio.run(_check_echo(target.address, key))
+        memory["gateway_rest"] = gateway.memory()[0]
+        memory["hand_rest"] = hand.memory()[0]
+        for concurrency in levels:
+            for path, target, proxy, key in paths:
+                path_hand = old_hand if baseline and path.endswith(f"@{baseline}") else hand
+                if path == "gateway" and concurrency == levels[-1]:
+                    gateway.reset_peak()
+                    hand.reset_peak()
+                rows.append(_measure(path, target, proxy, path_hand, concurrency=concurrency, seconds=seconds,
+                                     api_key=key, procs=procs))
+                if path == "gateway" and concurrency == levels[-1]:
+                    memory["gateway_peak_c64"] = gateway.memory()[1]
+                    memory["hand_peak_c64"] = hand.memory()[1]
+        prof = profile(gateway, gateway.address, {"smoke": 1.0, "quick": 3.0, "full": 8.0}[mode], procs)
+    return [_overhead_section(rows, levels, prof, baseline), _memory_section(memory)]
+
+
+def _overhead_section(rows: list[dict], levels: list[int], prof: dict, baseline: str | None) -> Section:
+    by = {(r["path"], r["concurrency"]): r for r in rows}
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    s = Section("gateway", "1. Gateway overhead (echo hand)")
+    table = []
+    for r in rows:
+        direct = by[(f"direct@{baseline}" if baseline and r["path"] == f"gateway@{baseline}" else "direct", r["concurrency"])]
+        table.append([
+            r["path"], r["concurrency"], r["calls"], r["failed"], r["calls_per_s"], r["calls_per_s"] / direct["calls_per_s"],
+            r["p50_us"], r["p99_us"], r["p50_us"] - direct["p50_us"], r["proxy_cpu_us_per_call"],
+            r["hand_cpu_us_per_call"], r["generator_cpu"],
+        ])
+    s.tables.append(Table(
+        "Per path and concurrency (one HTTP/2 connection, h2load)",
+        ["path", "concurrency", "calls", "failed", "calls/s", "x direct", "p50 µs", "p99 µs", "added p50 µs",
+         "proxy CPU µs/call", "hand CPU µs/call", "h2load CPU (cores)"],
+        table,
+    ))
+    c_low, c_high = levels[0], levels[-1]
+    d1, d64 = by[("direct", c_low)], by[("direct", c_high)]
+    g1, g64 = by[("gateway", c_low)], by[("gateway", c_high)]
+    added_gw = g1["p50_us"] - d1["p50_us"]
+    throughput = g64["calls_per_s"] / d64["calls_per_s"]
+    targets = []
+    if ("nginx", c_low) in by:
+        n1 = by[("nginx", c_low)]
+        added_ng = n1["p50_us"] - d1["p50_us"]
+        ratio = added_gw / added_ng if added_ng > 0 else float("inf")
+        targets.append(["added p50 at concurrency 1, gateway / nginx", "≤ 2.0", ratio, "met" if ratio <= 2 else f"missed by {ratio / 2:.1f}x"])
+        s.summary = (
+            f"At concurrency 1 the gateway adds {added_gw:.0f} µs to a call's p50 against nginx's {added_ng:.0f} µs "
+            f"({ratio:.1f}x nginx, target ≤ 2x); at concurrency {c_high} it carries {throughput:.2f} of the direct calls/s "
+            f"(target ≥ 0.8)."
+        )
+    else:
+        s.summary = f"The gateway adds {added_gw:.0f} µs to p50 at concurrency 1 and carries {throughput:.2f} of direct calls/s at 64 (nginx absent)."
+    targets.append([f"calls/s at concurrency {c_high}, gateway / direct", "≥ 0.8", throughput, "met" if throughput >= 0.8 else f"missed by {0.8 - throughput:.2f}"])
+    for path in paths:
+        if path.startswith("gateway+"):
+            q = by[(path, c_high)]
+            targets.append([f"calls/s at concurrency {c_high}, {path} / direct", "(none)", q["calls_per_s"] / d64["calls_per_s"], ""])
+    s.tables.append(Table("Targets", ["measure", "target", "measured", "verdict"], targets))
+    if baseline:
+        ab = []
+        for c in levels:
+            new, old = by[("gateway", c)], by[(f"gateway@{baseline}", c)]
+            dn, do = by[("direct", c)], by[(f"direct@{baseline}", c)]
+            ab.append([c, old["proxy_cpu_us_per_call"], new["proxy_cpu_us_per_call"],
+                       new["proxy_cpu_us_per_call"] / old["proxy_cpu_us_per_call"],
+                       do["hand_cpu_us_per_call"], dn["hand_cpu_us_per_call"],
+                       old["calls_per_s"] / do["calls_per_s"], new["calls_per_s"] / dn["calls_per_s"]])
+        s.tables.append(Table(
+            f"Before ({baseline}) and after, measured side by side in this run",
+            ["concurrency", "gateway CPU µs/call before", "after", "after/before", "hand CPU µs/call before", "after",
+             "gateway/direct calls/s before", "after"],
+            ab,
+        ))
+    gen = max(r["generator_cpu"] for r in rows)
+    s.notes.append(
+        f"The load generator is not the bottleneck: h2load used at most {gen:.2f} of a core in any run, and the "
+        f"same generator drove the direct path to {d64['calls_per_s']:,.0f} calls/s, more than any proxied path. "
+        "On 2 cores the generator, the proxy and the hand share the CPUs, so calls/s ratios at concurrency 64 "
+        "mostly compare CPU spent per call: the 'proxy CPU µs/call' column is the most machine-independent figure."
+    )
+    if prof.get("inclusive"):
+        lines = ["Gateway profile under concurrency-64 load (py-spy, " f"{prof['samples']} samples): share of samples with the function on the stack:", "", "| function | % |", "|---|---|"]
+        lines += [f"| `{f}` | {p} |" for f, p in prof["inclusive"]]
+        lines += ["", "Top of stack (where the time is spent itself):", "", "| function | % |", "|---|---|"]
+        lines += [f"| `{f}` | {p} |" for f, p in prof["self"]]
+        s.notes.append("\n".join(lines))
+    elif prof.get("error"):
+        s.notes.append(f"Profile not taken: {prof['error']}")
+    s.data = {
+        "rows": rows,
+        "latency": {p: {str(r["concurrency"]): {"p50_us": r["p50_us"], "p99_us": r["p99_us"]} for r in rows if r["path"] == p} for p in paths},
+        "profile": prof,
+    }
+    return s
+
+
+def _memory_section(memory: dict) -> Section:
+    s = Section("memory", "6. Memory")
+    mib = 1 / (1024 * 1024)
+    rows = []
+    if "gateway_rest" in memory:
+        rows.append(["gateway", memory["gateway_rest"] * mib, memory.get("gateway_peak_c64", 0) * mib])
+        rows.append(["echo hand service", memory["hand_rest"] * mib, memory.get("hand_peak_c64", 0) * mib])
+    s.tables.append(Table("Resident memory (MiB): at rest after one call, and peak during the concurrency-64 run",
+                          ["process", "at rest", "peak under load (c=64)"], rows))
+    s.data = memory
+    return s
