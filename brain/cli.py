@@ -207,8 +207,8 @@ async def _hands(args, err) -> AsyncIterator[str]:
     except StackError as exc:
         raise CliError(f"the local stack did not start: {exc}") from None
     try:
-        hands = " ".join(f"{name} {addr}" for name, addr in stack.addresses.items() if name != "gateway")
-        err.print(f"local stack: gateway {stack.gateway} · {hands} · workspace {workspace} · logs {log_dir}",
+        hands = ", ".join(name for name in stack.addresses if name != "gateway")
+        err.print(f"local stack: gateway {stack.gateway} ({hands}) · workspace {workspace} · logs {log_dir}",
                   markup=False, highlight=False, soft_wrap=True)
         yield stack.gateway
     finally:

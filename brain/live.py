@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
+from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -360,13 +361,19 @@ def render_summary(view: SessionView, *, now: float, status: str | None = None) 
     if view.outcome.get("cut_short"):
         head.append(f" · cut short ({view.outcome.get('reason')})", style="yellow")
     lines: list[RenderableType] = [head]
+    turns = Table.grid(padding=(0, 2))
+    turns.add_column(no_wrap=True)
+    turns.add_column(no_wrap=True)
+    turns.add_column(no_wrap=True, justify="right")
+    turns.add_column()  # the calls wrap under themselves on a narrow terminal
     for turn in view.turns:
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(f"  turn {turn.number:<2} ", style="bold")
-        line.append(f"{(turn.stop_reason or '?'):<9} ", style="magenta" if turn.synthesis else "")
-        line.append(f"{human_duration(turn.duration):>6}  ", style="dim")
-        line.append_text(_collapsed_calls(turn))
-        lines.append(line)
+        calls = _collapsed_calls(turn)
+        calls.no_wrap, calls.overflow = False, "fold"
+        turns.add_row(Text(f"  turn {turn.number}", style="bold"),
+                      Text(turn.stop_reason or "?", style="magenta" if turn.synthesis else ""),
+                      Text(human_duration(turn.duration), style="dim"), calls)
+    if view.turns:
+        lines.append(turns)
     totals = _totals(view, now)
     totals.pad_left(2)
     lines.append(totals)

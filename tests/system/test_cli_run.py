@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from brain.sessions import open_store
 
 pytestmark = pytest.mark.system
 
-STACK_LINE = re.compile(r"^local stack: gateway (?P<gateway>\S+) · (?P<hands>.+?) · workspace (?P<workspace>.+?) · logs (?P<logs>.+)$")
+STACK_LINE = re.compile(r"^local stack: gateway (?P<gateway>\S+) \((?P<hands>[\w, ]+)\) · workspace (?P<workspace>.+?) · logs (?P<logs>.+)$")
 
 
 @pytest.fixture
@@ -108,10 +109,13 @@ def refused(address: str) -> bool:
 
 
 def stack_addresses(stderr: str) -> list[str]:
+    """The gateway's address from the stack line, the hands' from the gateway config in its log folder."""
     match = next(m for m in map(STACK_LINE.match, stderr.splitlines()) if m)
-    hands = dict(re.findall(r"(\w+) (127\.0\.0\.1:\d+)", match["hands"]))
-    assert {"fs", "sandbox", "llm"} <= hands.keys(), match["hands"]
-    return [match["gateway"], *hands.values()]
+    assert {"fs", "sandbox", "llm"} <= set(match["hands"].split(", ")), match["hands"]
+    config = yaml.safe_load((Path(match["logs"]) / "gateway.yaml").read_text())
+    backends = [b for route in config["routes"] for b in route["backends"]]
+    assert len(backends) == len(match["hands"].split(", "))
+    return [match["gateway"], *backends]
 
 
 def assert_one_line(err: str) -> str:
