@@ -253,12 +253,18 @@ def _turn_label(turn: TurnView) -> Text:
     return label
 
 
-def _collapsed_calls(turn: TurnView) -> Text:
+def _state(call: CallView, live: bool) -> str:
+    """A call still running in a view that no longer follows the session did not finish: say so."""
+    return "unfinished" if call.state == "running" and not live else call.state
+
+
+def _collapsed_calls(turn: TurnView, live: bool = True) -> Text:
     """'fs_read ✓3 ✗1, llm_worker ✓2': a turn's calls in one line."""
     by_name: dict[str, dict[str, int]] = {}
     for call in turn.calls:
-        by_name.setdefault(call.name, {}).setdefault(call.state, 0)
-        by_name[call.name][call.state] += 1
+        state = _state(call, live)
+        by_name.setdefault(call.name, {}).setdefault(state, 0)
+        by_name[call.name][state] += 1
     out = Text(no_wrap=True, overflow="ellipsis")
     for i, (name, states) in enumerate(by_name.items()):
         if i:
@@ -297,12 +303,15 @@ def _call_label(call: CallView, now: float, name_width: int, width: int, live: b
     return line.append_text(text)
 
 
-def _totals(view: SessionView, now: float) -> Text:
+def _totals(view: SessionView, now: float, live: bool = True) -> Text:
     counts = view.counts()
+    if not live:
+        counts["unfinished"] += counts["running"]
+        counts["running"] = 0
     started = sum(counts[s] for s in ("running", "ok", "error", "unfinished"))
     out = Text(style="dim")
     out.append(f"{started} call{'s' if started != 1 else ''}")
-    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "error", "not run") if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "error", "not run", "unfinished") if counts[s]]
     if parts:
         out.append(f" ({', '.join(parts)})")
     budget = int(view.config.get("token_budget") or 0)
@@ -329,7 +338,7 @@ def render_tree(view: SessionView, *, now: float, height: int = 40, width: int =
         if not turn.calls:
             continue
         if not expand_all and turn.number != last_with_calls:
-            node.add(_collapsed_calls(turn))
+            node.add(_collapsed_calls(turn, live))
             continue
         calls = turn.calls
         if not expand_all and len(calls) > budget:
@@ -348,7 +357,7 @@ def render_tree(view: SessionView, *, now: float, height: int = 40, width: int =
         tree.add(Spinner("dots", text=Text(
             f"turn {len(view.turns) + 1} · model thinking… {human_duration(now - (view.last_at or now))}",
             style="bold"), style="magenta"))
-    return Group(tree, _totals(view, now))
+    return Group(tree, _totals(view, now, live))
 
 
 def render_summary(view: SessionView, *, now: float, status: str | None = None) -> RenderableType:
@@ -367,14 +376,14 @@ def render_summary(view: SessionView, *, now: float, status: str | None = None) 
     turns.add_column(no_wrap=True, justify="right")
     turns.add_column()  # the calls wrap under themselves on a narrow terminal
     for turn in view.turns:
-        calls = _collapsed_calls(turn)
+        calls = _collapsed_calls(turn, live=False)
         calls.no_wrap, calls.overflow = False, "fold"
         turns.add_row(Text(f"  turn {turn.number}", style="bold"),
                       Text(turn.stop_reason or "?", style="magenta" if turn.synthesis else ""),
                       Text(human_duration(turn.duration), style="dim"), calls)
     if view.turns:
         lines.append(turns)
-    totals = _totals(view, now)
+    totals = _totals(view, now, live=False)
     totals.pad_left(2)
     lines.append(totals)
     if status in ("failed", "cancelled") and view.outcome.get("reason"):

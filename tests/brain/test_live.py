@@ -176,6 +176,7 @@ def test_leaving_the_view_while_the_session_runs_says_it_was_interrupted():
         pass
     text = console.export_text()
     assert "⊘ interrupted" in text and "turn 1" in text
+    assert "llm_worker ⊘" in text and "(1 error, 1 unfinished)" in text
 
 
 def test_off_a_terminal_each_event_is_one_plain_line():
