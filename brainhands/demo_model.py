@@ -103,19 +103,29 @@ def orchestrator_reply(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _summary(body: Mapping[str, Any]) -> str:
-    lines = ["Replaced datetime.utcnow() with datetime.now(timezone.utc) across the project:", ""]
-    reports = [(text, err) for text, err in _tool_outputs(body)]
-    changed = 0
-    for text, is_error in reports:
+    """The synthesis: what each worker changed, grouped by file, from their reports."""
+    per_file: dict[str, list[str]] = {}
+    failures = []
+    for text, is_error in _tool_outputs(body):
         if is_error:
-            lines.append(f"- a worker failed: {text.splitlines()[0] if text else 'no details'}")
+            failures.append(text.splitlines()[0] if text else "no details")
             continue
         for line in text.splitlines():
-            if line.strip():
-                lines.append(f"- {line.strip()}")
-                changed += 1
-    lines += ["", f"{changed} changes in {sum(1 for _, e in reports if not e)} files. "
-              "Each file's datetime import now includes timezone; run the project's tests to confirm."]
+            path, sep, change = line.partition(": ")
+            if sep and "FAILED" not in change:
+                per_file.setdefault(path, []).append(change)
+            elif "FAILED" in change:
+                failures.append(line)
+    lines = ["Replaced datetime.utcnow() with datetime.now(timezone.utc) across the project:", ""]
+    for path, changes in sorted(per_file.items()):
+        calls = sum(1 for c in changes if not c.startswith("from datetime import"))
+        imports = len(changes) - calls
+        what = f"{calls} call{'s' if calls != 1 else ''} replaced"
+        lines.append(f"- {path}: {what}" + (", timezone imported" if imports else ""))
+    lines += [f"- not done: {f}" for f in failures]
+    total = sum(len(c) for c in per_file.values())
+    lines += ["", f"{total} edits in {len(per_file)} files, one worker per file. "
+              "Run the project's tests to confirm nothing else depended on naive datetimes."]
     return "\n".join(lines)
 
 

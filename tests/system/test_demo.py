@@ -1,0 +1,80 @@
+"""brainhands demo as a user runs it: one command, no key, no network — and nothing left running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _processes_with(env_entry: bytes) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if env_entry in f.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_nothing_running(tmp_path):
+    target = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BRAINHANDS_"))}
+    env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"  # anything that tried the real API would fail here
+    proc = subprocess.run(
+        ["brainhands", "demo", "--dir", str(target), "--think-time", "0.05"],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scripted" in proc.stderr and "export ANTHROPIC_API_KEY" in proc.stderr
+
+    workspace = target / "workspace"
+    original = ROOT / "examples" / "demo-workspace"
+    users = sorted(p.relative_to(original) for p in original.rglob("*.py") if "utcnow" in p.read_text())
+    assert len(users) == 5
+    for rel in users:
+        text = (workspace / rel).read_text()
+        assert "utcnow" not in text, rel
+        assert "datetime.now(timezone.utc)" in text, rel
+        assert any(line.startswith("from datetime import") and "timezone" in line for line in text.splitlines()), rel
+    untouched = original / "ledger" / "money.py"
+    assert (workspace / "ledger" / "money.py").read_text() == untouched.read_text()
+    for line in proc.stdout.splitlines():
+        if line.startswith("- ledger/"):
+            assert "replaced" in line
+    assert sum(1 for line in proc.stdout.splitlines() if line.startswith("- ledger/")) == 5
+
+    # The edited project still imports and its own test passes.
+    check = subprocess.run(
+        [sys.executable, "-c", "import ledger.accounts, ledger.audit, ledger.export, ledger.scheduler, "
+         "ledger.sessions as s; assert not s.open_session('a').expired(); print('ok')"],
+        capture_output=True, text=True, cwd=workspace, timeout=60,
+    )
+    assert check.stdout.strip() == "ok", check.stderr
+
+    timeline = (target / "timeline.html").read_text()
+    assert timeline.count('data-hand="llm_worker"') == 5
+    assert (target / "sessions.db").exists()
+
+    assert _processes_with(f"BRAINHANDS_WORKSPACE={workspace}".encode()) == []
+
+
+def test_demo_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = subprocess.run(["brainhands", "demo", "--dir", str(mine)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"brainhands: {mine} exists and is not a previous demo; choose another place with --dir"
+    assert (mine / "notes.txt").read_text() == "keep me"
