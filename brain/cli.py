@@ -450,11 +450,12 @@ def _show(args) -> int:
                 from brain.timeline import load_timeline
 
                 page = await load_timeline(store, args.session_id)
-            return info, events, page
+            children = [s for s in await store.list_sessions(limit=1000) if s.parent_id == args.session_id]
+            return info, events, page, children
         finally:
             await store.close()
 
-    info, events, page = asyncio.run(go())
+    info, events, page, children = asyncio.run(go())
     if page is not None:
         path = Path(args.html)
         try:
@@ -467,11 +468,11 @@ def _show(args) -> int:
         for event in events:
             print(json.dumps(event.as_dict(), ensure_ascii=False, default=str))
         return 0
-    _print_session(info, events)
+    _print_session(info, events, children)
     return 0
 
 
-def _print_session(info, events) -> None:
+def _print_session(info, events, children=()) -> None:
     from rich.console import Console
     from rich.text import Text
 
@@ -488,6 +489,8 @@ def _print_session(info, events) -> None:
         facts.append(f" · driven by {info.lease_owner}" if held else " · no brain drives it: `brainhands sessions wake` continues it")
     if view.model:
         facts.append(f" · model {view.model}")
+    if info.parent_id:
+        facts.append(f" · sub-session of {info.parent_id}")
     out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                           status=info.status))
     out.print(facts)
@@ -497,6 +500,10 @@ def _print_session(info, events) -> None:
         out.print(view.outcome.get("result", ""), markup=False, highlight=False)
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {view.outcome.get('reason', '')}", style="bold"))
+    if children:
+        out.print(Text(f"sub-sessions ({len(children)}), each shown with `brainhands sessions show ID`:", style="bold"))
+        for child in sorted(children, key=lambda c: c.created_at):
+            out.print(f"  {child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
 
 
 def _cancel(args) -> int:

@@ -250,12 +250,18 @@ async def _stale_session(db: Path, *, lease_owner: str | None, ttl: float) -> st
 async def test_sessions_show_cancel_and_the_timeline_of_a_stopped_session(spawn, tmp_path):
     db = tmp_path / "s.db"
     sid = await _stale_session(db, lease_owner="host:1234:dead", ttl=0.001)  # its brain is gone, its lease expired
+    store = await open_store(str(db))
+    try:
+        child = await store.create_session("Count the files in src/", {}, parent_id=sid)
+    finally:
+        await store.close()
 
     code, out, err = await brainhands(spawn, "sessions", "show", sid, "--sessions", str(db))
     assert code == 0, err
     assert "running" in out.splitlines()[0] and "Count the files" in out
     assert "fs_list" in out and "started, no result" in out
     assert "brainhands sessions wake" in out  # no brain drives it: say how to continue
+    assert re.search(rf"^  {child}  running +Count the files in src/$", out, re.M), out
 
     page = tmp_path / "timeline.html"
     code, out, err = await brainhands(spawn, "sessions", "show", sid, "--sessions", str(db), "--html", str(page))
