@@ -21,12 +21,14 @@ NO_KEY = "ANTHROPIC_API_KEY is not set: export it, or try `brainhands demo` whic
 
 CANCEL_HELP = """\
 How a session is cancelled depends on who drives it:
-  - with --brain ADDR (or $BRAINHANDS_BRAIN), the BrainService there cancels it: a session it drives
-    stops at once (its calls in flight are cancelled) and its log ends with session_cancelled;
-  - without a brain service, a session no brain drives any more (its brain stopped or crashed, and its
-    lease has expired) is marked cancelled in the log;
-  - a session another process drives right now (its lease is live) is left alone: cancel it through
-    that brain's service, or press Ctrl-C where `brainhands run` shows it (it can be woken later);
+  - with --brain ADDR (or $BRAINHANDS_BRAIN), the BrainService there cancels
+    it: a session it drives stops at once (its calls in flight are cancelled)
+    and its log ends with session_cancelled;
+  - without a brain service, a session no brain drives any more (its brain
+    stopped or crashed and its lease expired) is marked cancelled in the log;
+  - a session another process drives right now (its lease is live) is left
+    alone: cancel it through that brain's service, or press Ctrl-C where
+    `brainhands run` shows it (it can be woken later);
   - a session that has already ended is not changed.
 """
 
@@ -43,12 +45,12 @@ def register(commands, serve_commands) -> None:
     _hands_flags(run)
     run.add_argument("--worker-model", metavar="ID",
                      help="model of the llm_worker hand on the local stack (default $BRAINHANDS_WORKER_MODEL)")
-    run.add_argument("--max-parallel", type=int, default=8, help="tool calls in flight at once (default 8)")
-    run.add_argument("--max-turns", type=int, default=20, help="model turns before a forced synthesis (default 20)")
-    run.add_argument("--max-tool-calls", type=int, default=100, help="tool calls in the session (default 100)")
-    run.add_argument("--token-budget", type=int, default=2_000_000, help="model + hand tokens (default 2000000)")
-    run.add_argument("--call-timeout", type=float, default=300.0, help="seconds each tool call may take (default 300)")
-    run.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a crashed brain holds the session (default 30)")
+    run.add_argument("--max-parallel", type=int, metavar="N", default=8, help="tool calls in flight at once (default 8)")
+    run.add_argument("--max-turns", type=int, metavar="N", default=20, help="model turns before a forced synthesis (default 20)")
+    run.add_argument("--max-tool-calls", type=int, metavar="N", default=100, help="tool calls in the session (default 100)")
+    run.add_argument("--token-budget", type=int, metavar="N", default=2_000_000, help="model + hand tokens (default 2000000)")
+    run.add_argument("--call-timeout", type=float, metavar="SECONDS", default=300.0, help="seconds each tool call may take (default 300)")
+    run.add_argument("--lease-ttl", type=float, metavar="SECONDS", default=30.0, help="seconds a crashed brain holds the session (default 30)")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
