@@ -75,29 +75,56 @@ def profile(gateway: Proc, address: str, seconds: float, procs: Procs, api_key: 
     return summarize_stacks(out.read_text())
 
 
-def summarize_stacks(raw: str, top: int = 25) -> dict:
-    """From py-spy's collapsed stacks: the share of samples where each function is on the stack, and at the top."""
+def summarize_stacks(raw: str, top: int = 12) -> dict:
+    """From py-spy's collapsed stacks: busy samples by who owns them, and the top functions."""
     inclusive: Counter = Counter()
     own: Counter = Counter()
-    total = 0
+    owners: Counter = Counter()
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [_frame(f) for f in stack.split(";") if "(" in f]
+        if not frames:
+            continue
+        total += n
+        if frames[-1].startswith(("epoll_wait", "EpollSelector.select", "select_epoll")):
+            idle += n  # waiting for work, not work
+            continue
         for f in set(frames):
             inclusive[f] += n
-        if frames:
-            own[frames[-1]] += n
-    if not total:
+        own[frames[-1]] += n
+        owners[_owner(frames)] += n
+    busy = total - idle
+    if not busy:
         return {}
     return {
         "samples": total,
-        "inclusive": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top * 3) if _interesting(f)][:top],
-        "self": [(f, round(100 * n / total, 1)) for f, n in own.most_common(top)],
+        "idle_pct": round(100 * idle / total, 1),
+        "owners": [(o, round(100 * n / busy, 1)) for o, n in owners.most_common()],
+        "inclusive": [(f, round(100 * n / busy, 1)) for f, n in inclusive.most_common(top * 4) if _interesting(f)][:top],
+        "self": [(f, round(100 * n / busy, 1)) for f, n in own.most_common(top)],
     }
+
+
+_OWNERS = (
+    ("the log line (structlog, brainhands/logs.py)", ("structlog/", "logging/", "brainhands/logs.py")),
+    ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("the gateway's own Python (routing, auth, interceptors)", ("(gateway/", "(brainhands/", "(hands/")),
+    ("grpc (core in C, cygrpc, grpc.aio)", ("cygrpc", "(grpc/", "libgrpc")),
+    ("asyncio event loop", ("asyncio/", "_asynciomodule", "selectors.py")),
+)
+
+
+def _owner(frames: list[str]) -> str:
+    """Who a busy sample belongs to: the nearest known caller, from the top of the stack down."""
+    for frame in reversed(frames):
+        for owner, marks in _OWNERS:
+            if any(m in frame for m in marks):
+                return owner
+    return "other (interpreter, libc)"
 
 
 def _frame(frame: str) -> str:
@@ -106,12 +133,15 @@ def _frame(frame: str) -> str:
     for marker in ("site-packages/", "/work/main/", "lib/python3"):
         if marker in where:
             where = where.split(marker, 1)[1]
+    if func.startswith("0x"):  # a native frame without a symbol: name its library only
+        return f"[native] ({where.rsplit('/', 1)[-1].split('.cpython')[0]})"
     return f"{func} ({where})"
 
 
 def _interesting(frame: str) -> bool:
-    # The event loop's own frames are on every stack: they say nothing about the per-call path.
-    return not any(s in frame for s in ("asyncio/", "runpy", "<module>", "(brainhands/__main__", "run_until", "_run_once", "run_forever", "run_until_complete"))
+    # Frames on every stack (the entry point, the loop itself, thread start-up) say nothing about the call path.
+    return not any(s in frame for s in ("runpy", "<module>", "(brainhands/cli", "(gateway/cli", "run_until", "_run_once",
+                                        "run_forever", "(libc.so", "Thread.", "thread_run", "task_step", "Context.run"))
 
 
 def run(mode: str, redis_url: str | None, baseline: str | None = None) -> list[Section]:
@@ -224,10 +254,14 @@ def _overhead_section(rows: list[dict], levels: list[int], prof: dict, baseline:
         "On 2 cores the generator, the proxy and the hand share the CPUs, so calls/s ratios at concurrency 64 "
         "mostly compare CPU spent per call: the 'proxy CPU µs/call' column is the most machine-independent figure."
     )
-    if prof.get("inclusive"):
-        lines = ["Gateway profile under concurrency-64 load (py-spy, " f"{prof['samples']} samples): share of samples with the function on the stack:", "", "| function | % |", "|---|---|"]
+    if prof.get("owners"):
+        lines = [f"Gateway profile under concurrency-64 load (py-spy with native frames, {prof['samples']} samples, "
+                 f"{prof['idle_pct']}% idle in epoll). Busy samples by owner (the nearest known caller of the sampled "
+                 "frame, so a write() syscall counts for whoever made it):", "", "| owner | % of busy |", "|---|---|"]
+        lines += [f"| {o} | {p} |" for o, p in prof["owners"]]
+        lines += ["", "Functions on the stack in the most busy samples:", "", "| function | % of busy |", "|---|---|"]
         lines += [f"| `{f}` | {p} |" for f, p in prof["inclusive"]]
-        lines += ["", "Top of stack (where the time is spent itself):", "", "| function | % |", "|---|---|"]
+        lines += ["", "Top of stack (where the time is spent itself):", "", "| function | % of busy |", "|---|---|"]
         lines += [f"| `{f}` | {p} |" for f, p in prof["self"]]
         s.notes.append("\n".join(lines))
     elif prof.get("error"):
