@@ -159,25 +159,50 @@ async def start_local_stack(
             proc, log_path = _spawn(name, ["serve", "hand", module, "--port", str(port)], env, log_dir)
             stack.services.append(StackProcess(name, f"127.0.0.1:{port}", proc, log_path))
             routes.append({"hands": globs, "backends": [f"127.0.0.1:{port}"]})
-        await _wait_all(stack.services, timeout)
+        extra = dict(gateway_config or {})
         config = {
             "listen": f"127.0.0.1:{gateway_port}",
             "metrics": f"127.0.0.1:{free_port()}",
             "quota_store": "memory",
-            "routes": routes,
-            **(gateway_config or {}),
+            # The gateway starts with the hands, so it must notice them coming up quickly.
+            "health_check_interval": "500ms",
+            **extra,
+            "routes": [*routes, *extra.get("routes", [])],
         }
         config_path = log_dir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         proc, log_path = _spawn("gateway", ["serve", "gateway", "--config", str(config_path)], env, log_dir)
         gateway = StackProcess("gateway", f"127.0.0.1:{gateway_port}", proc, log_path)
         stack.services.append(gateway)
-        await _wait_all([gateway], timeout)
+        # Everything starts at once (each is a Python start-up); then wait until the gateway routes every hand.
+        await _wait_all(stack.services, timeout)
+        await _wait_routed(gateway, stack.services[:-1], timeout)
         stack.gateway = gateway.address
         return stack
     except BaseException:
         stack.stop(grace=2.0)
         raise
+
+
+async def _wait_routed(gateway: StackProcess, hand_services: list[StackProcess], timeout: float) -> None:
+    """Poll the gateway's Describe until it lists every hand the hand services serve."""
+    from hands import HandClient
+
+    expected: set[str] = set()
+    for service in hand_services:
+        async with HandClient(service.address) as client:
+            expected |= {spec.name for spec in await client.describe(timeout=timeout)}
+    deadline = time.monotonic() + timeout
+    async with HandClient(gateway.address) as client:
+        while True:
+            routed = {spec.name for spec in await client.describe(timeout=timeout)}
+            if expected <= routed:
+                return
+            if time.monotonic() > deadline or gateway.proc.poll() is not None:
+                raise StackError(
+                    f"the gateway does not route {sorted(expected - routed)} (log {gateway.log_path}):\n{gateway.tail()}"
+                )
+            await asyncio.sleep(0.05)
 
 
 async def start_brain_service(stack: LocalStack, *, sessions: str | None = None, timeout: float = 30.0) -> StackProcess:
