@@ -1,0 +1,1 @@
+"""The reliability and security suite's runner: run tests/reliability and write bench/results/RELIABILITY.md."""
