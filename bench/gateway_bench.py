@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import statistics
 import subprocess
 from collections import Counter
 
@@ -48,6 +49,16 @@ def _measure(path: str, target: Proc, proxy: Proc | None, hand: Proc, *, concurr
         "proxy_cpu_us_per_call": ((proxy.cpu_seconds() - proxy_cpu0) * 1e6 / calls) if proxy else 0.0,
         "hand_cpu_us_per_call": (hand.cpu_seconds() - hand_cpu0) * 1e6 / calls,
     }
+
+
+def _median_row(measured: list[dict]) -> dict:
+    row = dict(measured[0])
+    for key in ("calls_per_s", "p50_us", "p99_us", "generator_cpu", "proxy_cpu_us_per_call", "hand_cpu_us_per_call"):
+        row[key] = statistics.median(m[key] for m in measured)
+    row["calls"] = sum(m["calls"] for m in measured)
+    row["failed"] = sum(m["failed"] for m in measured)
+    row["runs"] = len(measured)
+    return row
 
 
 def profile(gateway: Proc, address: str, seconds: float, procs: Procs, api_key: str | None = None) -> dict:
@@ -145,7 +156,8 @@ def _interesting(frame: str) -> bool:
 
 
 def run(mode: str, redis_url: str | None, baseline: str | None = None) -> list[Section]:
-    seconds = {"smoke": 1.0, "quick": 3.0, "full": 10.0}[mode]
+    seconds = {"smoke": 1.0, "quick": 2.0, "full": 5.0}[mode]
+    reps = {"smoke": 1, "quick": 3, "full": 5}[mode]
     levels = {"smoke": [1], "quick": [1, 8, 64], "full": [1, 4, 16, 64, 256]}[mode]
     rows: list[dict] = []
     memory: dict = {}
@@ -175,17 +187,22 @@ def run(mode: str, redis_url: str | None, baseline: str | None = None) -> list[S
             asyncio.run(_check_echo(target.address, key))
         memory["gateway_rest"] = gateway.memory()[0]
         memory["hand_rest"] = hand.memory()[0]
-        for concurrency in levels:
-            for path, target, proxy, key in paths:
-                path_hand = old_hand if baseline and path.endswith(f"@{baseline}") else hand
-                if path == "gateway" and concurrency == levels[-1]:
-                    gateway.reset_peak()
-                    hand.reset_peak()
-                rows.append(_measure(path, target, proxy, path_hand, concurrency=concurrency, seconds=seconds,
-                                     api_key=key, procs=procs))
-                if path == "gateway" and concurrency == levels[-1]:
-                    memory["gateway_peak_c64"] = gateway.memory()[1]
-                    memory["hand_peak_c64"] = hand.memory()[1]
+        # Runs of every path interleaved, then the median of each figure: the machine's load moves during a run.
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(reps):
+            for concurrency in levels:
+                for path, target, proxy, key in paths:
+                    path_hand = old_hand if baseline and path.endswith(f"@{baseline}") else hand
+                    peak = path == "gateway" and concurrency == levels[-1]
+                    if peak:
+                        gateway.reset_peak()
+                        hand.reset_peak()
+                    runs.setdefault((path, concurrency), []).append(_measure(
+                        path, target, proxy, path_hand, concurrency=concurrency, seconds=seconds, api_key=key, procs=procs))
+                    if peak:
+                        memory["gateway_peak_c64"] = max(memory.get("gateway_peak_c64", 0), gateway.memory()[1])
+                        memory["hand_peak_c64"] = max(memory.get("hand_peak_c64", 0), hand.memory()[1])
+        rows = [_median_row(measured) for measured in runs.values()]
         prof = profile(gateway, gateway.address, {"smoke": 1.0, "quick": 3.0, "full": 8.0}[mode], procs)
     return [_overhead_section(rows, levels, prof, baseline), _memory_section(memory)]
 
@@ -203,7 +220,7 @@ def _overhead_section(rows: list[dict], levels: list[int], prof: dict, baseline:
             r["hand_cpu_us_per_call"], r["generator_cpu"],
         ])
     s.tables.append(Table(
-        "Per path and concurrency (one HTTP/2 connection, h2load)",
+        f"Per path and concurrency (one HTTP/2 connection, h2load): median of {rows[0].get('runs', 1)} interleaved runs; calls and failed are totals",
         ["path", "concurrency", "calls", "failed", "calls/s", "x direct", "p50 µs", "p99 µs", "added p50 µs",
          "proxy CPU µs/call", "hand CPU µs/call", "h2load CPU (cores)"],
         table,

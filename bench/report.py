@@ -175,11 +175,11 @@ def closing(sections: list[Section], meta: dict) -> list[str]:
         )
     f = by.get("fanout")
     fan = next((row for row in f.data["rows"] if row[0] == 100), None) if f and f.data.get("rows") else None
-    if fan is not None and fan[2] > 1.5:
+    if fan is not None and fan[3] > 1.5:
         r = fan
         out.append(
-            f"- **Fan-out.** {r[0]} parallel calls take {r[2]:.2f}x the ideal through the brain; the same calls from one "
-            f"client straight to the hand take {r[3]:.2f}x, and through the gateway without a brain {r[4]:.2f}x. "
+            f"- **Fan-out.** {r[0]} parallel calls take {r[3]:.2f}x the ideal through the brain; the same calls from one "
+            f"client straight to the hand take {r[4]:.2f}x, and through the gateway without a brain {r[5]:.2f}x. "
             "What is left above the 200 ms is CPU per call spread over three Python gRPC processes (client, gateway, "
             "hand, each a few hundred µs per call) on two shared cores: at K = 1000 it is most of the turn. The brain's "
             "own part was the log writes, now batched. What would move it: the gateway per-call cost above, hand "
