@@ -133,7 +133,8 @@ OPTIMIZATIONS = """\
   process's long-lived objects out of every collection. Gateway CPU per call at concurrency 1/8/64:
   1210/917/811 µs -> 1023/742/786 µs side by side; the GC left the profile's top 12.
 - When this report was run with `--baseline REV`, the tables above marked `@REV` / "brain of REV" measure the
-  older code side by side in the same run.
+  older code side by side in the same run. They compare whole revisions: whatever else changed between REV
+  and this one (other work landed in between) counts too, and the per-commit figures above are the clean ones.
 - Tried and dropped: reading stored events with orjson (wake time). orjson reads integers past 64 bits as
   floats, and the check that keeps the round trip exact costs what orjson saves (json 48 ms, orjson 17 ms +
   check 20-39 ms for 10,000 events).
