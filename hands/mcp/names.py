@@ -33,7 +33,7 @@ def hand_names(prefix: str, tools: Iterable[str]) -> dict[str, str]:
     the others get a hash of their own name as a suffix, so adding a tool never renames
     another.
     """
-    if not PREFIX_RE.match(prefix):
+    if not PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"MCP bridge name {prefix!r} must match {PREFIX_RE.pattern}")
     groups: dict[str, list[str]] = {}
     for tool in sorted(set(tools)):
@@ -47,5 +47,5 @@ def hand_names(prefix: str, tools: Iterable[str]) -> dict[str, str]:
             names[tool] = fitted if f"{prefix}_{tool}" == fitted else _suffixed(fitted, tool)
     if len(set(names.values())) != len(names):  # two sha256 prefixes agreeing: not worth a scheme of its own
         raise ValueError(f"MCP tools {sorted(names)} do not get distinct hand names under {prefix!r}")
-    assert all(NAME_RE.match(n) for n in names.values())
+    assert all(NAME_RE.fullmatch(n) for n in names.values())
     return names

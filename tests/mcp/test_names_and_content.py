@@ -43,12 +43,14 @@ def test_any_tool_names_give_valid_distinct_hand_names(tools):
     names = hand_names("mcp", tools)
     assert set(names) == set(tools)
     assert len(set(names.values())) == len(tools)
-    assert all(NAME_RE.match(n) for n in names.values())
+    assert all(NAME_RE.fullmatch(n) for n in names.values())
 
 
-def test_a_bad_prefix_is_refused():
+@pytest.mark.parametrize("prefix", ["9lives", "files\n"])
+def test_a_bad_prefix_is_refused(prefix):
+    # "files\n": `$` matches before a trailing newline, so only a full match keeps it out of hand names
     with pytest.raises(ValueError, match="must match"):
-        hand_names("9lives", ["x"])
+        hand_names(prefix, ["x"])
 
 
 def test_text_is_joined_and_other_content_summarised():
