@@ -51,6 +51,8 @@ def register(commands, serve_commands) -> None:
     run.add_argument("--token-budget", type=int, metavar="N", default=2_000_000, help="model + hand tokens (default 2000000)")
     run.add_argument("--call-timeout", type=float, metavar="SECONDS", default=300.0, help="seconds each tool call may take (default 300)")
     run.add_argument("--lease-ttl", type=float, metavar="SECONDS", default=30.0, help="seconds a crashed brain holds the session (default 30)")
+    run.add_argument("--store-retry", type=float, metavar="SECONDS", default=30.0,
+                     help="seconds to retry writing the session log while its store is unreachable (default 30)")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
@@ -268,6 +270,7 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
     ask for as a shutdown, so the session stays running in its log (lease released) and `sessions wake` continues it.
     """
     from brain import Brain, HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound
+    from brain.sessions import StoreUnavailable
 
     err, view, on_event = _display(args.json)
     if history and hasattr(view, "replay"):
@@ -294,6 +297,8 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
                             raise _unreachable(gateway, exc) from None
                         except (HandsUnauthenticated, LeaseLost, SessionBusy, SessionNotFound) as exc:
                             raise CliError(str(exc)) from None
+                        except StoreUnavailable as exc:
+                            raise _store_gone(args, seen["session_id"], exc) from None
                         if hasattr(view, "final"):
                             view.final(result)
                     return result
@@ -331,6 +336,14 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
     return _finish(result, args.json)
 
 
+def _store_gone(args, session_id: str | None, exc: Exception) -> CliError:
+    """The store stayed unreachable past --store-retry: the brain stopped, and the log holds all it did."""
+    if session_id is None:
+        return CliError(f"the session store is unreachable ({exc}); nothing was started: run the task again when it is back")
+    return CliError(f"the session store is unreachable ({exc}); session {session_id} stays running in its log,"
+                    f" with every call it started: when the store is back, continue it with: {_resume_hint(args, session_id)}")
+
+
 def _finish(result, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"type": "result", "session_id": result.session_id, "status": result.status,
@@ -366,6 +379,7 @@ def _run(args) -> int:
         args.config_obj = BrainConfig(
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
+            store_retry=args.store_retry,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

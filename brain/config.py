@@ -18,6 +18,7 @@ class BrainConfig:
     max_continuations: int = 1  # times the model may continue after hitting max_tokens in a row
     lease_ttl: float = 30.0  # seconds a brain holds a session without renewing (renewed every ttl/3)
     describe_timeout: float = 10.0
+    store_retry: float = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
 
     def __post_init__(self):
         for f in fields(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -20,7 +21,7 @@ from brain.config import BrainConfig
 from brain.dispatch import Dispatcher, HandsUnauthenticated
 from brain.events import SessionState
 from brain.model import ContextWindowExceeded, Model, ModelError
-from brain.sessions import Event, SeqConflict, SessionNotFound, SessionStore
+from brain.sessions import Event, SeqConflict, SessionNotFound, SessionStore, StoreUnavailable
 from hands import HandClient
 
 log = structlog.get_logger("brain")
@@ -185,8 +186,6 @@ class _Driver:
 
     async def _write_queued(self) -> None:
         """The one writer of this session's log: appends what is queued, in order, batch by batch."""
-        store, sid = self.brain.store, self.state.session_id
-        append_many = getattr(store, "append_many", None)
         while self._queued:
             # A record() cancelled before its write began is dropped, as it was never written.
             batch = [item for item in self._queued if not item[2].done()]
@@ -194,12 +193,7 @@ class _Driver:
             if not batch:
                 continue
             try:
-                if append_many is not None and len(batch) > 1:
-                    events = await append_many(sid, self.state.seq + 1, [(type, data) for type, data, _ in batch])
-                else:
-                    events = []
-                    for type, data, _ in batch:
-                        events.append(await store.append(sid, self.state.seq + 1 + len(events), type, data))
+                events = await self._append([(type, data) for type, data, _ in batch])
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 for _, _, done in batch:
@@ -223,6 +217,43 @@ class _Driver:
                     continue
                 if not done.done():
                     done.set_result(event)
+
+    async def _append(self, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+        """Append a batch after the folded state's last seq, riding out a store outage of up to config.store_retry s.
+
+        A write that failed with the store unreachable may still have committed (the connection can die after the
+        commit): if the retry then finds its seqs taken, the events there are read back, and when they are this very
+        batch the write is taken as done. Past store_retry the StoreUnavailable goes up: the session stays running
+        in its log, for a wake once the store is back.
+        """
+        store, sid, first = self.brain.store, self.state.session_id, self.state.seq + 1
+        append_many = getattr(store, "append_many", None)
+        loop = asyncio.get_running_loop()
+        deadline, delay, maybe_written = None, 0.1, False
+        while True:
+            try:
+                if append_many is not None and len(items) > 1:
+                    return await append_many(sid, first, items)
+                events = []
+                for type, data in items:
+                    events.append(await store.append(sid, first + len(events), type, data))
+                return events
+            except SeqConflict:
+                if not maybe_written:
+                    raise
+                written = (await store.events(sid, after_seq=first - 1))[: len(items)]
+                if [(e.type, e.data) for e in written] != [(t, json.loads(json.dumps(d))) for t, d in items]:
+                    raise
+                return written
+            except StoreUnavailable as exc:
+                now = loop.time()
+                deadline = deadline if deadline is not None else now + self.config.store_retry
+                if now >= deadline:
+                    raise StoreUnavailable(f"{exc} (retried for {self.config.store_retry:g}s)") from exc
+                maybe_written = True
+                self.log.warning("session store unavailable; retrying the append", error=str(exc), retry_in=delay)
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 2.0)
 
     async def _writes_settled(self) -> None:
         """Wait for the writer to finish what it has begun (it runs on even when the records' awaiters are cancelled)."""

@@ -27,6 +27,13 @@ class SeqConflict(SessionStoreError):
     """The seq is taken or not the next one: another writer drives this session."""
 
 
+class StoreUnavailable(SessionStoreError):
+    """The store could not be reached (down, restarting, connection lost): the same call may succeed later.
+
+    For a write, whether it was committed is unknown: the connection may have died after the commit.
+    """
+
+
 @dataclass(frozen=True)
 class Event:
     """One entry of a session's append-only log."""
@@ -130,6 +137,7 @@ __all__ = [
     "SessionNotFound",
     "SessionStore",
     "SessionStoreError",
+    "StoreUnavailable",
     "default_sessions_path",
     "open_store",
 ]

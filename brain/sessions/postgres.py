@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import uuid
@@ -11,7 +12,7 @@ from urllib.parse import urlparse
 
 import asyncpg
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound
+from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, StoreUnavailable
 
 #: Forward migrations, applied in order on open; the database records the last one it ran.
 #: Add a new (version, sql) at the end; never edit one that has shipped.
@@ -126,11 +127,12 @@ class PostgresSessionStore:
 
     async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str:
         session_id = uuid.uuid4().hex
-        await self._pool.execute(
-            "INSERT INTO brain_sessions (id, parent_id, task, config, status, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, 'running', clock_timestamp(), clock_timestamp())",
-            session_id, parent_id, task, json.dumps(config),
-        )
+        async with _reachable():
+            await self._pool.execute(
+                "INSERT INTO brain_sessions (id, parent_id, task, config, status, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, 'running', clock_timestamp(), clock_timestamp())",
+                session_id, parent_id, task, json.dumps(config),
+            )
         return session_id
 
     async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event:
@@ -143,7 +145,7 @@ class PostgresSessionStore:
         payloads = [json.dumps(data, ensure_ascii=False) for _, data in items]
         statuses = [TERMINAL_STATUS[type] for type in types if type in TERMINAL_STATUS]
         status = statuses[-1] if statuses else None
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             # The row lock makes the seq check and the insert one step: a second writer waits here,
             # then sees the new last_seq and is refused. The (session_id, seq) key backs it up.
             last = await conn.fetchval("SELECT last_seq FROM brain_sessions WHERE id = $1 FOR UPDATE", session_id)
@@ -174,12 +176,13 @@ class PostgresSessionStore:
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
         # One statement: the session row tells "unknown session" apart from "no events yet".
-        rows = await self._pool.fetch(
-            "SELECT e.seq, e.type, e.data, " + _EPOCH.format("e.ts") + " AS ts FROM brain_sessions s"
-            " LEFT JOIN brain_events e ON e.session_id = s.id AND e.seq > $2"
-            " WHERE s.id = $1 ORDER BY e.seq",
-            session_id, after_seq,
-        )
+        async with _reachable():
+            rows = await self._pool.fetch(
+                "SELECT e.seq, e.type, e.data, " + _EPOCH.format("e.ts") + " AS ts FROM brain_sessions s"
+                " LEFT JOIN brain_events e ON e.session_id = s.id AND e.seq > $2"
+                " WHERE s.id = $1 ORDER BY e.seq",
+                session_id, after_seq,
+            )
         if not rows:
             raise SessionNotFound(f"no session {session_id!r}")
         return [Event(session_id, r["seq"], r["type"], json.loads(r["data"]), r["ts"]) for r in rows if r["seq"] is not None]
@@ -229,6 +232,28 @@ class PostgresSessionStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+#: What a server going away looks like: refused or reset connections, a connection lost mid-statement (08xxx),
+#: the server shutting down or still recovering (57P01-57P03).
+_GONE = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+@contextlib.asynccontextmanager
+async def _reachable():
+    """Turn "the server went away" into StoreUnavailable, which the brain retries; other errors pass as they are."""
+    try:
+        yield
+    except _GONE as exc:
+        raise StoreUnavailable(f"PostgreSQL unreachable: {_reason(exc)}") from exc
+    except asyncpg.InterfaceError as exc:
+        # A pooled connection the server closed under us; the pool replaces it on the next acquire.
+        if "closed" not in str(exc):
+            raise
+        raise StoreUnavailable(f"PostgreSQL connection lost: {exc}") from exc
 
 
 def _where(url: str) -> str:

@@ -1,0 +1,172 @@
+"""PostgreSQL (the session log) stopped and started again under running brain processes: each session finishes,
+or fails cleanly and is woken; no hand ever runs a call whose start the log does not have."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from brain import open_store
+from tests.reliability.private_postgres import PrivatePostgres
+from tests.system.gateway_stack import ROOT, Stack
+
+pytestmark = pytest.mark.system
+
+TURNS, FAN_OUT, PAUSE = 8, 3, 0.25
+OUTAGE_S = 3.0
+RIDE_OUT, GIVE_UP = 3, 2  # brains that retry for 60 s (ride the outage out), and for 1 s (stop, to be woken)
+
+
+@pytest.fixture
+async def private_postgres():
+    try:
+        pg = await asyncio.to_thread(PrivatePostgres)
+    except RuntimeError as exc:
+        pytest.skip(f"no private PostgreSQL cluster here: {exc}")
+    try:
+        await asyncio.to_thread(pg.start)
+        yield pg
+    finally:
+        await asyncio.to_thread(pg.close)
+
+
+class BrainProc:
+    """`brainhands run` or `sessions wake` as a real process; stdout (JSON events) and stderr go to files."""
+
+    def __init__(self, stack: Stack, name: str, argv: list[str]):
+        self.out, self.err = stack.tmp / f"{name}.out", stack.tmp / f"{name}.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "brainhands", *argv], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err, env=stack._env({}), cwd=ROOT)
+        stack.procs.append(self)  # killed in the stack's teardown
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.startswith("{")]
+
+    def session_id(self) -> str | None:
+        return next((e["session_id"] for e in self.events() if e.get("type") == "session_started"), None)
+
+    def result(self) -> dict | None:
+        return next((e for e in self.events() if e.get("type") == "result"), None)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def script(tmp: Path, tag: str) -> Path:
+    """TURNS turns of FAN_OUT `tally` calls with call ids unique to this session, then an answer."""
+    steps = [
+        {"content": [{"type": "tool_use", "id": f"toolu_{tag}_{t}_{i}", "name": "tally", "input": {"pause": PAUSE}}
+                     for i in range(FAN_OUT)], "stop_reason": "tool_use"}
+        for t in range(TURNS)
+    ]
+    path = tmp / f"script-{tag}.json"
+    path.write_text(json.dumps([*steps, {"text": f"done {tag}"}]))
+    return path
+
+
+async def wait_exit(procs: list[BrainProc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.proc.poll() is None for p in procs):
+        assert time.monotonic() < deadline, f"brains still running after {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def test_postgres_restart_under_running_brains(private_postgres, tmp_path, record):
+    pg = private_postgres
+    stack = Stack(tmp_path)
+    try:
+        await _run(stack, pg, record)
+    finally:
+        await stack.close()
+
+
+async def _run(stack: Stack, pg: PrivatePostgres, record) -> None:
+    hand = await stack.hand("h0")
+    common = ["--gateway", hand.address, "--sessions", pg.url, "--json"]
+    brains = {}
+    for n in range(RIDE_OUT + GIVE_UP):
+        tag = f"b{n}"
+        retry = "60" if n < RIDE_OUT else "1"
+        brains[tag] = BrainProc(stack, tag, ["run", f"Tally for {tag}.", "--model", f"scripted:{script(stack.tmp, tag)}",
+                                             "--store-retry", retry, "--lease-ttl", "2", *common])
+
+    store = await open_store(pg.url)
+    try:
+        async def all_mid_session():
+            for b in brains.values():
+                sid = b.session_id()
+                if sid is None or b.proc.poll() is not None:
+                    return False
+                if sum(e.type == "tool_call_finished" for e in await store.events(sid)) < FAN_OUT:
+                    return False
+            return True
+
+        await stack.wait_for(all_mid_session, "every brain past its first turn", timeout=60)
+    finally:
+        await store.close()
+
+    # The outage: stopped as a crash would stop it, down for OUTAGE_S while the brains keep calling hands.
+    await asyncio.to_thread(pg.stop)
+    await asyncio.sleep(OUTAGE_S)  # the fault's length is the thing under test, not a wait for an event
+    await asyncio.to_thread(pg.start)
+    ledger_at_restart = {call_id for call_id, _ in stack.ledger_entries()}
+
+    store = await open_store(pg.url)
+    try:
+        started = {e.data["call_id"] for b in brains.values() if b.session_id()
+                   for e in await store.events(b.session_id()) if e.type == "tool_call_started"}
+        # A call a hand ran is a call the log knew was started: the start is durable before the call goes out.
+        unlogged_at_restart = ledger_at_restart - started
+        await wait_exit(list(brains.values()), timeout=90)
+
+        outcomes = {tag: (b.proc.returncode, (b.result() or {}).get("status")) for tag, b in brains.items()}
+        failed_cleanly, woken = [], 0
+        for tag, b in brains.items():
+            code, status = outcomes[tag]
+            if code == 0 and status == "finished":
+                continue
+            err = b.err.read_text()
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            assert code != 0 and last.startswith("brainhands: ") and not any(
+                line.startswith("Traceback") for line in err.splitlines()), (tag, code, err[-3000:])
+            assert "sessions wake" in last, last  # the clear line says how to continue
+            failed_cleanly.append(tag)
+            waker = BrainProc(stack, f"wake-{tag}", ["sessions", "wake", b.session_id(), "--wait", "20", *common])
+            await wait_exit([waker], timeout=60)
+            assert waker.proc.returncode == 0, waker.err.read_text()[-3000:]
+            assert waker.result()["status"] == "finished"
+            woken += 1
+
+        ledger = {call_id for call_id, _ in stack.ledger_entries()}
+        lost_events = 0
+        for tag, b in brains.items():
+            events = await store.events(b.session_id())
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert events[-1].type == "session_finished" and events[-1].data["result"] == f"done {tag}"
+            starts = {e.data["call_id"] for e in events if e.type == "tool_call_started"}
+            finishes = {e.data["call_id"] for e in events if e.type == "tool_call_finished"}
+            mine = {c for c in ledger if c.startswith(f"toolu_{tag}_")}
+            lost_events += len(mine - starts) + len(starts - finishes)
+            assert len(finishes) == TURNS * FAN_OUT, (tag, len(finishes))
+            assert all(not e.data.get("is_error") for e in events if e.type == "tool_call_finished"), tag
+    finally:
+        await store.close()
+
+    finished = sum(1 for code, status in outcomes.values() if code == 0 and status == "finished")
+    record("faults", f"PostgreSQL stopped (immediate) for {OUTAGE_S:g} s under {len(brains)} brains",
+           "nothing lost", sessions=len(brains), finished_through=finished, failed_cleanly=len(failed_cleanly),
+           woken_and_finished=woken, hand_calls=len(ledger), lost=lost_events + len(unlogged_at_restart))
+    assert unlogged_at_restart == set(), f"hands ran calls the log does not know were started: {unlogged_at_restart}"
+    assert lost_events == 0
+    # Brains that retry for 60 s ride a 3 s outage out; those that retry for 1 s stop, cleanly, and are woken.
+    assert all(outcomes[f"b{n}"] == (0, "finished") for n in range(RIDE_OUT)), outcomes
+    assert len(failed_cleanly) == GIVE_UP, outcomes
