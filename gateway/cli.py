@@ -38,16 +38,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     configure_logging()
 
     async def run() -> None:
-        running = await start_gateway(config)
-        if config.mcp:
-            from gateway.mcp_front import start_mcp_front
-
-            try:
-                front = await start_mcp_front(config, running.port, running.access.tenants)
-            except BaseException:
-                await running.drain(0)
-                raise
-            running.on_drain.append(front.close)  # MCP requests finish while the gRPC front still serves them
+        running = await start_gateway(config)  # with its MCP front when the config has `mcp:`
         await run_until_signalled(running)
 
     try:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -26,6 +27,9 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
 from hands._hand import NAME_RE
 from hands.v1 import hands_pb2
+
+if TYPE_CHECKING:
+    from gateway.mcp_front import RunningMcpFront
 
 log = structlog.get_logger("gateway")
 
@@ -228,6 +232,7 @@ class GatewayServer(RunningServer):
     metrics: GatewayMetrics | None = None
     metrics_port: int | None = None
     access: Access | None = None
+    mcp: RunningMcpFront | None = None  # the MCP front, when the config has `mcp:`
     _closed: bool = False
 
     async def drain(self, grace: float = 30.0) -> None:
@@ -235,10 +240,17 @@ class GatewayServer(RunningServer):
         await super().drain(grace)
         await self.close()
 
+    async def close_mcp(self) -> None:
+        """Stop the MCP front (once): its in-flight requests finish first, as they need the gRPC front."""
+        front, self.mcp = self.mcp, None
+        if front is not None:
+            await front.close()
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self.close_mcp()
         await self.checker.close()
         await self.registry.close()
         for backend in list(self.table.backends.values()):
@@ -320,6 +332,16 @@ async def start_gateway(
         metrics_port=metrics_port,
         access=access,
     )
+    if config.mcp:
+        from gateway.mcp_front import start_mcp_front  # imported only when used: it pulls in the mcp SDK
+
+        try:
+            gateway.mcp = await start_mcp_front(config, running.port, access.tenants)
+        except BaseException:
+            await gateway.drain(0)
+            raise
+        # Drain hooks run while the gRPC front still serves: MCP requests in flight finish through it.
+        gateway.on_drain.append(gateway.close_mcp)
     log.info(
         "gateway serving",
         address=f"{config.listen_host}:{running.port}",
