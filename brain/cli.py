@@ -466,7 +466,10 @@ def _show(args) -> int:
                 from brain.timeline import load_timeline
 
                 page = await load_timeline(store, args.session_id)
-            children = [s for s in await store.list_sessions(limit=1000) if s.parent_id == args.session_id]
+            from brain.timeline import session_tree
+
+            # The whole tree under the session: each sub-session with its own calls, depth first.
+            children = [(depth, sub, await store.events(sub.id)) for depth, sub in await session_tree(store, args.session_id)]
             return info, events, page, children
         finally:
             await store.close()
@@ -490,6 +493,7 @@ def _show(args) -> int:
 
 def _print_session(info, events, children=()) -> None:
     from rich.console import Console
+    from rich.padding import Padding
     from rich.text import Text
 
     from brain.live import SessionView, human_duration, render_tree
@@ -517,9 +521,15 @@ def _print_session(info, events, children=()) -> None:
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {view.outcome.get('reason', '')}", style="bold"))
     if children:
-        out.print(Text(f"sub-sessions ({len(children)}), each shown with `brainhands sessions show ID`:", style="bold"))
-        for child in sorted(children, key=lambda c: c.created_at):
-            out.print(f"  {child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
+        out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
+    for depth, child, child_events in children:
+        indent = "  " * depth
+        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}  (sub-session of {child.parent_id})",
+                  markup=False, highlight=False)
+        child_view = SessionView.from_events(child_events)
+        tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
+                           live=False, expand_all=True, status=child.status)
+        out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
 
 
 def _cancel(args) -> int:

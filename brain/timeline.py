@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,9 @@ _OUTPUT_EXCERPT = 600
 _TEXT_EXCERPT = 600
 _TASK_EXCERPT = 600
 _RESULT_EXCERPT = 4000
+#: How many levels of nested agents a timeline draws under its session (the agent hand's own max_depth
+#: is 3 by default); a tree deeper than this is cut there rather than drawn without end.
+MAX_TREE_DEPTH = 8
 
 
 # --- the fold: events -> turns and call attempts ----------------------------------------------------
@@ -332,22 +336,24 @@ def render_timeline(
 ) -> str:
     """The session's timeline as one self-contained HTML page (inline CSS, no scripts, no fetches).
 
-    children: sessions whose parent_id is this session (nested agents), drawn as nested lanes on the
-    same time axis under the parent's rows.
+    children: the sessions under this one (nested agents, at any depth: each hangs under its parent_id),
+    drawn as nested lanes on the same time axis, each under its parent's rows, MAX_TREE_DEPTH levels deep.
     """
     main = _fold(session, events)
-    subs = [_fold(info, evs) for info, evs in sorted((children or {}).values(), key=lambda c: c[0].created_at)]
-    t0 = min([main.start, *(c.start for c in subs)])
-    t1 = max([main.end, *(c.end for c in subs)])
+    given = children or {}
+    placed = tree_order(session.id, [info for info, _ in given.values()])
+    subs = [(depth, _fold(info, given[info.id][1])) for depth, info in placed]
+    t0 = min([main.start, *(c.start for _, c in subs)])
+    t1 = max([main.end, *(c.end for _, c in subs)])
     span = max(t1 - t0, 1e-3)
 
     rows = _session_rows(main, 0)
-    for child in subs:
-        rows.append(_Row("session", f"<b>sub-agent</b><code>{_e(child.info.id)}</code>", [], 1, child))
-        rows += _session_rows(child, 1)
+    for depth, child in subs:
+        rows.append(_Row("session", f"<b>sub-agent</b><code>{_e(child.info.id)}</code>", [], depth, child))
+        rows += _session_rows(child, depth)
 
     body = [
-        _header(main, subs),
+        _header(main, [c for _, c in subs]),
         _legend(),
         '<main class="chart">',
         _axis(span),
@@ -373,8 +379,9 @@ def _row_html(index: int, row: _Row, t0: float, span: float) -> str:
     if row.session is not None:
         c = row.session
         return (
-            f'<div class="row session" data-kind="session-row" data-row="{index}" data-session="{_e(c.info.id)}">'
-            f'<div class="lab d1">{row.label}</div><div class="track sub">'
+            f'<div class="row session" data-kind="session-row" data-row="{index}" data-session="{_e(c.info.id)}"'
+            f' data-parent="{_e(c.info.parent_id or "")}" data-depth="{row.depth}">'
+            f'<div class="lab d{row.depth}">{row.label}</div><div class="track sub">'
             f'<span class="subtask">{_e(_excerpt(c.info.task, 160))}</span>'
             f'<span class="badge {_e(c.status)}">{_e(c.status)}</span>'
             f'<span class="muted">{len(c.turns)} turns · {len(c.attempts())} calls · {_dur(c.end - c.start)}</span>'
@@ -530,15 +537,45 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def tree_order(root_id: str, sessions: Iterable[SessionInfo], max_depth: int = MAX_TREE_DEPTH) -> list[tuple[int, SessionInfo]]:
+    """The sessions under root_id as (depth, info), depth first (each right after its parent), siblings in
+    creation order, root's children at depth 1; sessions deeper than max_depth, or not under root_id, are left out."""
+    by_parent: dict[str, list[SessionInfo]] = {}
+    for info in sessions:
+        if info.parent_id:
+            by_parent.setdefault(info.parent_id, []).append(info)
+    out: list[tuple[int, SessionInfo]] = []
+    seen = {root_id}  # a parent_id cycle in a damaged store must not loop forever
+
+    def visit(parent_id: str, depth: int) -> None:
+        if depth > max_depth:
+            return
+        for info in sorted(by_parent.get(parent_id, ()), key=lambda i: (i.created_at, i.id)):
+            if info.id in seen:
+                continue
+            seen.add(info.id)
+            out.append((depth, info))
+            visit(info.id, depth + 1)
+
+    visit(root_id, 1)
+    return out
+
+
+async def session_tree(
+    store: SessionStore, session_id: str, *, scan: int = 1000, max_depth: int = MAX_TREE_DEPTH
+) -> list[tuple[int, SessionInfo]]:
+    """The sessions under session_id (at any depth up to max_depth) among the newest `scan` in the store."""
+    return tree_order(session_id, await store.list_sessions(limit=scan), max_depth)
+
+
 async def load_timeline(store: SessionStore, session_id: str, *, children_scan: int = 1000) -> str:
-    """Read a session (and its sub-agent sessions among the newest children_scan) from a store and render it."""
+    """Read a session and the whole tree of sub-agent sessions under it (among the newest children_scan) and render it."""
     info = await store.get_session(session_id)
     if info is None:
         raise SessionNotFound(f"no session {session_id!r}")
     children = {}
-    for other in await store.list_sessions(limit=children_scan):
-        if other.parent_id == session_id:
-            children[other.id] = (other, await store.events(other.id))
+    for _, other in await session_tree(store, session_id, scan=children_scan):
+        children[other.id] = (other, await store.events(other.id))
     return render_timeline(info, await store.events(session_id), children=children)
 
 
@@ -580,6 +617,10 @@ border-bottom:1px solid var(--line);font-size:12px}
 .lab code{color:var(--muted);font-size:11px;overflow:hidden;text-overflow:ellipsis}
 .row.calls .lab{padding-left:18px}.row.calls .lab b{font-weight:500}
 .lab.d1{padding-left:26px}.row.calls .lab.d1{padding-left:42px}
+.lab.d2{padding-left:42px}.row.calls .lab.d2{padding-left:58px}
+.lab.d3{padding-left:58px}.row.calls .lab.d3{padding-left:74px}
+.lab.d4,.lab.d5,.lab.d6,.lab.d7,.lab.d8{padding-left:74px}.row.calls .lab.d4,.row.calls .lab.d5,
+.row.calls .lab.d6,.row.calls .lab.d7,.row.calls .lab.d8{padding-left:90px}
 .track{position:relative;height:20px}
 .axis{position:sticky;top:0;z-index:5;background:var(--bg);border-bottom:1px solid #cbd5e1;min-height:22px}
 .axis .track span{position:absolute;top:3px;transform:translateX(-50%);font-size:11px;color:var(--muted);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -145,25 +146,39 @@ async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_d
     assert agent_call["usage"]["tool_calls"] == 6
     assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == tokens - own_tokens(root_events)
 
-    # Drawn as one tree: the root's timeline shows the child session's calls.
+    # Drawn as one tree: the root's timeline shows the child's and the grandchild's calls, each in its own lane.
     html = await load_timeline(store, root.id)
-    assert f'data-session="{child.id}"' in html
-    assert html.count(f'data-session="{child.id}"') >= own_calls(child_events)
+    for sub, events in ((child, child_events), (grand, grand_events)):
+        statuses = re.findall(rf'data-kind="tool-call"[^>]*data-status="([\w-]+)"[^>]*data-session="{sub.id}"', html)
+        assert len([s for s in statuses if s != "not-run"]) == own_calls(events)
+    lanes = re.findall(r'data-kind="session-row"[^>]*data-session="(\w+)" data-parent="(\w+)" data-depth="(\d)"', html)
+    assert lanes == [(child.id, root.id, "1"), (grand.id, child.id, "2")]
     await store.close()
-    # And so does `brainhands sessions show --html`.
+    # And so does `brainhands sessions show --html`, and `sessions show` as text.
     page = tree.sessions + ".html"
+    out = await _sessions_show(root.id, tree.sessions, "--html", page)
+    assert re.findall(rf'data-kind="tool-call"[^>]*data-session="{grand.id}"', Path(page).read_text())
+    text = await _sessions_show(root.id, tree.sessions)
+    assert "sub-sessions (2)" in text
+    below = text[text.index(grand.id):]  # the grandchild's own calls are listed under its line
+    # its calls: echo ran 3 times, and its refused agent call shows as an error
+    assert below.count("✓ echo") == own_calls(grand_events) - 1 and "✗ agent" in below and "LEVEL3: too deep" in below
+    assert out.strip() == str(Path(page).resolve())
+
+
+async def _sessions_show(session_id: str, sessions: str, *args: str) -> str:
     shown = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "brainhands", "sessions", "show", root.id, "--sessions", tree.sessions, "--html", page,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "brainhands", "sessions", "show", session_id, "--sessions", sessions, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "160"},
     )
     try:
-        _, stderr = await asyncio.wait_for(shown.communicate(), 60)
+        stdout, stderr = await asyncio.wait_for(shown.communicate(), 60)
     finally:
         if shown.returncode is None:
             shown.kill()
             await shown.wait()
     assert shown.returncode == 0, stderr.decode()
-    assert f'data-session="{child.id}"' in Path(page).read_text()
+    return stdout.decode()
 
 
 async def test_a_worker_agent_that_never_stops_is_held_to_the_callers_remaining_calls(tree):
