@@ -1,5 +1,5 @@
 """Faults under steady load, with real processes: a hand replica SIGKILLed, the gateway restarted, Redis restarted,
-and a bounded soak with replicas killed and restarted. Each counts calls attempted, succeeded and failed by status,
+and a bounded soak of mixed traffic (brain sessions and direct calls to two hands) with replicas killed and restarted. Each counts calls attempted, succeeded and failed by status,
 and checks that no call the caller saw succeed is missing from the hands' ledger (nothing lost)."""
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from brain import open_store
 from brainhands.stack import free_port
 from gateway.tenants import hash_key
 from gateway.v1 import gateway_pb2
 from hands import HandClient
+from tests.reliability.brains import BrainProc, script, wait_exit
 from tests.system.gateway_stack import Stack
 
 pytestmark = pytest.mark.system
@@ -34,9 +36,12 @@ KEY = "faults-key"
 class Load:
     """Workers calling `tally` through the gateway until stopped; every outcome counted, every OK call id kept."""
 
-    def __init__(self, target: str, workers: int = 8, api_key: str | None = None):
+    def __init__(self, target: str, workers: int = 8, api_key: str | None = None, hand: str = "tally",
+                 make_input=lambda: {"pause": 0.01}, check=None):
         self.client = HandClient(target, api_key=api_key)
         self.workers = workers
+        self.hand, self.make_input, self.check = hand, make_input, check  # check(input, output) -> answer is right
+        self.wrong = 0  # OK calls whose answer was not the right one
         self.codes: Counter = Counter()
         self.ok_ids: set[str] = set()
         self.last_ok = 0.0
@@ -47,7 +52,10 @@ class Load:
         while not self._stop.is_set():
             call_id = uuid.uuid4().hex
             try:
-                await self.client.execute("tally", {"pause": 0.01}, call_id=call_id, timeout=5)
+                tool_input = self.make_input()
+                reply = await self.client.execute(self.hand, tool_input, call_id=call_id, timeout=5)
+                if self.check is not None and not self.check(tool_input, reply.output):
+                    self.wrong += 1
                 self.codes["OK"] += 1
                 self.ok_ids.add(call_id)
                 self.last_ok = time.monotonic()
@@ -198,29 +206,92 @@ async def test_redis_restart_under_load_fails_closed_then_recovers(stack, privat
     assert after.get("OK", 0) > 0
 
 
+#: Brain sessions in the soak: at once, and each one's turns x fan-out of `tally` calls.
+SOAK_BRAINS, SOAK_TURNS, SOAK_FAN_OUT = 3, 3, 3
+
+
 async def test_soak_mixed_traffic_with_replicas_killed_and_restarted(stack, record):
+    """Brain sessions (scripted model, a small fan-out each) and direct calls to two hands through the gateway,
+    while a `tally` replica is SIGKILLed and restarted every 3 s; nothing the callers saw succeed is lost."""
     gateway = await stack.gateway()
     steady = await stack.hand("steady", register=gateway.address)
+    text = await stack.hand("text", "tests.system.gateway_hands:TEXT", register=gateway.address)
     flappy = await stack.hand("flappy", register=gateway.address)
-    await stack.wait_for(lambda: _serving(stack, gateway, 2), "both replicas registered")
-    start_rss = {"gateway": rss_kib(gateway.proc.pid), "steady hand": rss_kib(steady.proc.pid)}
-    load = Load(gateway.address, workers=6)
-    load.start()
-    kills = 0
+    await stack.wait_for(lambda: _serving(stack, gateway, 3), "three services registered")
+    start_rss = {"gateway": rss_kib(gateway.proc.pid), "steady hand": rss_kib(steady.proc.pid),
+                 "text hand": rss_kib(text.proc.pid)}
+    tally = Load(gateway.address, workers=4)
+    reverse = Load(gateway.address, workers=2, hand="reverse", make_input=lambda: {"text": uuid.uuid4().hex},
+                   check=lambda tool_input, output: output == tool_input["text"][::-1])
+    tally.start()
+    reverse.start()
+
+    db = str(stack.tmp / "sessions.db")
+    common = ["--gateway", gateway.address, "--sessions", db, "--json"]
+    brains: list[BrainProc] = []
+    brain_rss: list[int] = []  # the largest RSS seen of each brain process, in start order
+
+    def launch() -> None:
+        tag = f"s{len(brains)}"
+        path = script(stack.tmp, tag, SOAK_TURNS, SOAK_FAN_OUT, 0.05)
+        brains.append(BrainProc(stack, tag, ["run", f"Tally for {tag}.", "--model", f"scripted:{path}", *common]))
+        brain_rss.append(0)
+
+    kills, next_kill = 0, time.monotonic() + 3.0
     deadline = time.monotonic() + SOAK_SECONDS
     while time.monotonic() < deadline:
-        await asyncio.sleep(min(3.0, max(0.0, deadline - time.monotonic())))
-        flappy.kill(signal.SIGKILL)
-        flappy.proc.wait(5)
-        stack.procs.remove(flappy)
-        kills += 1
-        flappy = await stack.hand(f"flappy{kills}", register=gateway.address)
-    await load.succeeding()
-    end_rss = {"gateway": rss_kib(gateway.proc.pid), "steady hand": rss_kib(steady.proc.pid)}
-    result = await load.stop()
-    missing = lost(stack, load)
-    record("soak", f"{SOAK_SECONDS:g} s, 6 callers, a replica SIGKILLed and restarted every 3 s", "nothing lost",
-           replica_kills=kills, lost=missing, rss_start_kib=start_rss, rss_end_kib=end_rss, **result)
-    assert missing == 0
-    assert result["OK"] > 0
-    assert set(result) - {"attempted", "OK"} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, result
+        for i, b in enumerate(brains):
+            if b.proc.poll() is None:
+                brain_rss[i] = max(brain_rss[i], rss_kib(b.proc.pid) if Path(f"/proc/{b.proc.pid}").exists() else 0)
+        while sum(b.proc.poll() is None for b in brains) < SOAK_BRAINS:
+            launch()
+        if time.monotonic() >= next_kill:
+            flappy.kill(signal.SIGKILL)
+            flappy.proc.wait(5)
+            stack.procs.remove(flappy)
+            kills += 1
+            flappy = await stack.hand(f"flappy{kills}", register=gateway.address)
+            next_kill = time.monotonic() + 3.0
+        await asyncio.sleep(0.1)
+    await wait_exit(brains, timeout=60)
+    await tally.succeeding()
+    await reverse.succeeding()
+    end_rss = {"gateway": rss_kib(gateway.proc.pid), "steady hand": rss_kib(steady.proc.pid),
+               "text hand": rss_kib(text.proc.pid)}
+    calls = {"tally": await tally.stop(), "reverse": await reverse.stop()}
+
+    # Sessions a replica kill interrupted (the brain exited non-zero) are woken to their end.
+    interrupted = [b for b in brains if (b.proc.returncode, (b.result() or {}).get("status")) != (0, "finished")]
+    for b in interrupted:
+        waker = BrainProc(stack, f"wake-{b.out.stem}", ["sessions", "wake", b.session_id(), "--wait", "40", *common])
+        await wait_exit([waker], timeout=60)
+        assert waker.proc.returncode == 0, waker.err.read_text()[-3000:]
+    ledger = {call_id for call_id, _ in stack.ledger_entries()}
+    store = await open_store(db)
+    lost_events, tool_errors, session_calls = 0, 0, 0
+    try:
+        for b in brains:
+            events = await store.events(b.session_id())
+            assert events[-1].type == "session_finished", (b.out.stem, events[-1].type)
+            starts = {e.data["call_id"] for e in events if e.type == "tool_call_started"}
+            finished = [e for e in events if e.type == "tool_call_finished"]
+            ran = {c for c in ledger if c.startswith(f"toolu_{b.out.stem}_")}
+            lost_events += len(ran - starts) + len(starts - {e.data["call_id"] for e in finished})
+            tool_errors += sum(1 for e in finished if e.data.get("is_error"))
+            session_calls += len(finished)
+    finally:
+        await store.close()
+    lost_calls = lost(stack, tally) + reverse.wrong
+
+    record("soak", f"{SOAK_SECONDS:g} s mixed: {SOAK_BRAINS} brains at once (fan-out {SOAK_FAN_OUT} x {SOAK_TURNS} turns),"
+           f" 4 callers of tally, 2 of reverse; a tally replica SIGKILLed and restarted every 3 s", "nothing lost",
+           replica_kills=kills, sessions_started=len(brains), sessions_finished=len(brains) - len(interrupted),
+           sessions_interrupted_then_woken=len(interrupted), session_tool_calls=session_calls,
+           session_tool_errors=tool_errors, calls_tally=calls["tally"], calls_reverse=calls["reverse"],
+           lost=lost_calls + lost_events, rss_start_kib=start_rss, rss_end_kib=end_rss,
+           brain_rss_kib={"first": brain_rss[0], "last": brain_rss[-1], "max": max(brain_rss)})
+    assert lost_calls == 0 and lost_events == 0
+    assert kills > 0 and len(brains) > SOAK_BRAINS
+    for name, result in calls.items():
+        assert result.get("OK", 0) > 0, (name, result)
+        assert set(result) - {"attempted", "OK"} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, (name, result)

@@ -4,17 +4,13 @@ or fails cleanly and is woken; no hand ever runs a call whose start the log does
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from brain import open_store
+from tests.reliability.brains import BrainProc, script, wait_exit
 from tests.reliability.private_postgres import PrivatePostgres
-from tests.system.gateway_stack import ROOT, Stack
+from tests.system.gateway_stack import Stack
 
 pytestmark = pytest.mark.system
 
@@ -36,50 +32,6 @@ async def private_postgres():
         await asyncio.to_thread(pg.close)
 
 
-class BrainProc:
-    """`brainhands run` or `sessions wake` as a real process; stdout (JSON events) and stderr go to files."""
-
-    def __init__(self, stack: Stack, name: str, argv: list[str]):
-        self.out, self.err = stack.tmp / f"{name}.out", stack.tmp / f"{name}.err"
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "brainhands", *argv], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=err, env=stack._env({}), cwd=ROOT)
-        stack.procs.append(self)  # killed in the stack's teardown
-
-    def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.startswith("{")]
-
-    def session_id(self) -> str | None:
-        return next((e["session_id"] for e in self.events() if e.get("type") == "session_started"), None)
-
-    def result(self) -> dict | None:
-        return next((e for e in self.events() if e.get("type") == "result"), None)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def script(tmp: Path, tag: str) -> Path:
-    """TURNS turns of FAN_OUT `tally` calls with call ids unique to this session, then an answer."""
-    steps = [
-        {"content": [{"type": "tool_use", "id": f"toolu_{tag}_{t}_{i}", "name": "tally", "input": {"pause": PAUSE}}
-                     for i in range(FAN_OUT)], "stop_reason": "tool_use"}
-        for t in range(TURNS)
-    ]
-    path = tmp / f"script-{tag}.json"
-    path.write_text(json.dumps([*steps, {"text": f"done {tag}"}]))
-    return path
-
-
-async def wait_exit(procs: list[BrainProc], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(p.proc.poll() is None for p in procs):
-        assert time.monotonic() < deadline, f"brains still running after {timeout}s"
-        await asyncio.sleep(0.1)
-
-
 async def test_postgres_restart_under_running_brains(private_postgres, tmp_path, record):
     pg = private_postgres
     stack = Stack(tmp_path)
@@ -96,7 +48,7 @@ async def _run(stack: Stack, pg: PrivatePostgres, record) -> None:
     for n in range(RIDE_OUT + GIVE_UP):
         tag = f"b{n}"
         retry = "60" if n < RIDE_OUT else "1"
-        brains[tag] = BrainProc(stack, tag, ["run", f"Tally for {tag}.", "--model", f"scripted:{script(stack.tmp, tag)}",
+        brains[tag] = BrainProc(stack, tag, ["run", f"Tally for {tag}.", "--model", f"scripted:{script(stack.tmp, tag, TURNS, FAN_OUT, PAUSE)}",
                                              "--store-retry", retry, "--lease-ttl", "2", *common])
 
     store = await open_store(pg.url)
