@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from brain import budget as tb
 from brain import events as ev
 from brain import prompts
 from brain.config import BrainConfig
@@ -328,6 +329,8 @@ class _Driver:
         s = self.state
         turn = s.last_turn
         if turn is None:
+            if s.limit is None and self._no_room_for_a_turn():
+                await self.record(ev.LIMIT_REACHED, self._token_limit())
             return await self.ask()
         if turn.calls and any(c.finished is None for c in turn.calls):
             return await self.run_calls(turn)
@@ -371,21 +374,39 @@ class _Driver:
         if skipped:
             reason = next(x.finished["reason"] for x in turn.calls if x.finished.get("status") == ev.NOT_RUN)
             return {"reason": reason, "not_run": len(skipped)}
-        if s.tokens_used() >= c.token_budget:
-            return {"reason": "token_budget", "used": s.tokens_used(), "limit": c.token_budget}
+        if self._no_room_for_a_turn():
+            return self._token_limit()
         if s.model_turns() >= c.max_turns:
             return {"reason": "max_turns", "limit": c.max_turns}
         return None
 
+    def _no_room_for_a_turn(self) -> bool:
+        """Triggered early: another working turn would leave no room for the synthesis' prompt and reserve."""
+        s, c = self.state, self.config
+        return tb.turn_room(c.token_budget, s.tokens_used(), tb.next_prompt(s)) < tb.TURN_FLOOR
+
+    def _token_limit(self) -> dict[str, Any]:
+        return {"reason": "token_budget", "used": self.state.tokens_used(), "limit": self.config.token_budget}
+
     async def ask(self) -> None:
-        s = self.state
+        s, c = self.state, self.config
         synthesis = s.limit is not None
+        # Each turn's output is bounded by what the budget has left, its prompt counted: a working turn so
+        # that a synthesis still fits after it, the synthesis by all that is left.
+        prompt, used = tb.next_prompt(s), s.tokens_used()
+        if synthesis:
+            # At least the floor: the caller gets an answer even when a hand spent past its share (then, and
+            # only then, or when the prompt estimate was low, the total can pass the budget).
+            room = max(tb.synthesis_room(c.token_budget, used, prompt), tb.SYNTHESIS_FLOOR)
+        else:
+            room = max(tb.turn_room(c.token_budget, used, prompt), tb.TURN_FLOOR)
         try:
             message = await self.brain.model.create(
                 system=s.system,
                 tools=s.tools,
                 messages=s.messages(),
                 tool_choice={"type": "none"} if synthesis else None,
+                max_tokens=room,
             )
         except ContextWindowExceeded as exc:
             if s.limit and s.limit.get("trimmed"):
@@ -416,7 +437,10 @@ class _Driver:
         # Decided from earlier turns only, so a woken session makes the same decision.
         allowed = max(0, c.max_tool_calls - s.calls_run(earlier))
         reason = "max_tool_calls"
-        if s.tokens_used(earlier) + sum(turn.usage.values()) >= c.token_budget:
+        # Tokens the calls may spend between them: what is left once the synthesis' prompt (this turn's
+        # included) and reserve are kept back. Decided from the log up to this turn, like the rest.
+        seen = sum(turn.usage.values())
+        if tb.calls_room(c.token_budget, s.tokens_used(earlier) + seen, seen + tb.PROMPT_MARGIN) <= 0:
             allowed, reason = 0, "token_budget"
         for index, call in enumerate(turn.calls):
             if index >= allowed and call.finished is None and call.starts == 0:
@@ -434,11 +458,13 @@ class _Driver:
         pending = [x for x in turn.calls if x.finished is None]
         slots = asyncio.Semaphore(c.max_parallel)
         # What each call may spend of what is left, so that worker agents (which cap their own budget by it
-        # and report what they spent) cannot together take the session past its limits: an even share of
-        # the tokens left, and of the tool calls left once these calls themselves are counted.
+        # and report what they spent) cannot together take the session past its limits: an even share of half
+        # the tokens left (the other half pays for the results in the synthesis' prompt: an agent's answer is
+        # at most the output it spent), and of the tool calls left once these calls themselves are counted.
         n = max(1, len(pending))
         others = s.calls_run() - sum(1 for x in pending if x.ran)
-        budget = (max(0, c.token_budget - s.tokens_used()) // n, max(0, c.max_tool_calls - others - len(pending)) // n)
+        tokens_left = tb.calls_room(c.token_budget, s.tokens_used(), tb.prompt_after(turn))
+        budget = (max(0, tokens_left) // (2 * n), max(0, c.max_tool_calls - others - len(pending)) // n)
 
         async def one(call) -> None:
             async with slots:

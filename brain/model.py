@@ -33,6 +33,7 @@ class Model(Protocol):
         tools: list[dict[str, Any]],
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
+        max_tokens: int | None = None,  # this turn's output cap, when the token budget bounds it below the model's own
     ) -> Message: ...
 
 
@@ -90,11 +91,12 @@ class AnthropicModel:
         tools: list[dict[str, Any]],
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
     ) -> Message:
         system_blocks, tools, messages = with_cache_breakpoints(system, tools, messages)
         kwargs: dict[str, Any] = {
             "model": self.id,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens if max_tokens is None else max(1, min(self.max_tokens, max_tokens)),
             "system": system_blocks,
             "messages": messages,
         }

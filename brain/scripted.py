@@ -51,8 +51,9 @@ class ScriptedModel:
         tools: list[dict[str, Any]],
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
     ) -> Message:
-        request = {"system": system, "tools": tools, "messages": messages, "tool_choice": tool_choice}
+        request = {"system": system, "tools": tools, "messages": messages, "tool_choice": tool_choice, "max_tokens": max_tokens}
         self.requests.append(request)
         index = sum(1 for m in messages if m["role"] == "assistant")
         step = self._step(index)
@@ -112,4 +113,6 @@ def to_message(step: dict[str, Any], index: int, request: dict[str, Any]) -> Mes
         "usage": {"input_tokens": approx_input, "output_tokens": 20, **body.get("usage", {})},
     }
     message.setdefault("stop_reason", "end_turn")
+    if request.get("max_tokens") is not None:  # as with a real model, the output never passes the request's cap
+        message["usage"]["output_tokens"] = min(message["usage"]["output_tokens"], request["max_tokens"])
     return Message.model_validate(message)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from brain import Brain, BrainConfig, ScriptedModel, open_store
+from brain import budget as tb
 from brain.timeline import load_timeline
 from brainhands import metadata as md
 from brainhands.stack import free_port
@@ -26,17 +27,24 @@ class Seen:
     depths: list[int] = field(default_factory=list)
 
 
-def scripted(plans: dict[str, list[dict]]) -> ScriptedModel:
-    """One model for every level: the plan is picked by the marker word in the session's task."""
+def scripted(plans: dict[str, list[dict]], *, greedy: frozenset[str] = frozenset()) -> ScriptedModel:
+    """One model for every level: the plan is picked by the marker word in the session's task.
+
+    greedy: the labels whose every answer, and every synthesis at all levels, would be a million tokens long,
+    so each is as long as its request's max_tokens allows.
+    """
 
     def answer(request):
         task = request["messages"][0]["content"][0]["text"]
         label = next(word for word in plans if re.search(rf"\b{word}\b", task))
         if request["tool_choice"] == {"type": "none"}:
-            return {"text": f"{label}: synthesis at the limit"}
-        plan = plans[label]
-        turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
-        return plan[min(turn, len(plan) - 1)]
+            step = {"text": f"{label}: synthesis at the limit"}
+        else:
+            plan = plans[label]
+            turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+            step = plan[min(turn, len(plan) - 1)]
+        greedy_now = label in greedy or request["tool_choice"] == {"type": "none"}
+        return {**step, "usage": {"output_tokens": 1_000_000}} if greedy_now and greedy else step
 
     return ScriptedModel([answer] * 200)
 
@@ -55,8 +63,8 @@ async def tree(tmp_path, hand_service):
     gateway_port = free_port()
     started = []
 
-    async def run(plans, *, max_depth=1, **limits):
-        model = scripted(plans)
+    async def run(plans, *, max_depth=1, greedy=frozenset(), **limits):
+        model = scripted(plans, greedy=greedy)
         config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", sessions=sessions, max_depth=max_depth, call_timeout=20)
         backend = await hand_service([*make_agent_hands(config, model=model), echo])
         gw = await start_gateway(parse_config({
@@ -181,6 +189,40 @@ async def _sessions_show(session_id: str, sessions: str, *args: str) -> str:
     return stdout.decode()
 
 
+async def test_a_tight_token_budget_holds_across_a_depth_2_tree_of_greedy_workers(tree):
+    # The root and the deepest worker never stop on their own, and the deepest worker and every synthesis answer
+    # as long as max_tokens lets them: the root's total (its brain's tokens and everything its hands reported,
+    # the tree below included) still stays inside the root's budget.
+    budget = 45_000
+    plans = {
+        "ROOT": [
+            {"tool_calls": [["agent", {"task": "LEVEL1: audit the auth module"}]]},
+            {"tool_calls": [["echo", {"text": "root: more"}]], "repeat": True},
+        ],
+        "LEVEL1": [
+            {"tool_calls": [["agent", {"task": "LEVEL2: read the token code"}], ["echo", {"text": "one"}]]},
+            {"text": "level1: done"},
+        ],
+        "LEVEL2": [{"tool_calls": [["echo", {"text": "more"}]], "repeat": True}],
+    }
+    result, store = await tree(plans, greedy=frozenset({"LEVEL2"}), token_budget=budget, max_turns=100)
+    assert result.cut_short and result.reason == "token_budget"  # the root too kept going until its budget stopped it
+    [(root, root_events), (child, child_events), (grand, grand_events)] = await session_tree(store, result.session_id)
+    assert (child.parent_id, grand.parent_id) == (root.id, child.id)
+    assert grand_events[-1].data["cut_short"] and grand_events[-1].data["reason"] == "token_budget"  # the budget bit
+    assert own_calls(grand_events) >= 1
+    tokens = own_tokens(root_events) + own_tokens(child_events) + own_tokens(grand_events)
+    assert result.usage["total_tokens"] == tokens <= budget
+    assert tokens > budget - 2_000  # and its synthesis had the rest: the reserve is kept, not wasted
+    # Each level inside the budget its caller carved for it, its synthesis included.
+    for events in (child_events, grand_events):
+        assert events[-1].data["totals"]["total_tokens"] <= events[0].data["config"]["token_budget"]
+    # The greedy answers were cut at the max_tokens their requests were given: that is what kept the total inside.
+    outputs = [e.data["usage"]["output_tokens"] for e in grand_events if e.type == "model_response"]
+    assert all(500 < n < budget for n in outputs)
+    await store.close()
+
+
 async def test_a_worker_agent_that_never_stops_is_held_to_the_callers_remaining_calls(tree):
     plans = {
         "ROOT": [
@@ -210,7 +252,10 @@ async def test_an_agent_gets_only_the_callers_remaining_tokens(tree):
     result, store = await tree(plans, token_budget=8_000)
     [(root, root_events), (loop, loop_events)] = await session_tree(store, result.session_id)
     share = loop_events[0].data["config"]["token_budget"]
-    assert share == 8_000 - own_tokens(root_events[:2])  # what was left after the root's first turn
+    used = own_tokens(root_events[:2])
+    # Half of what was left after the root's first turn, less the root's synthesis: its prompt (the first
+    # turn's prompt and answer, and a margin) and its output reserve; the other half pays for the answer.
+    assert share == (8_000 - used - (used + tb.approx_tokens([]) + tb.PROMPT_MARGIN) - tb.SYNTHESIS_RESERVE) // 2
     loop_end = loop_events[-1].data
     assert loop_end["cut_short"] and loop_end["reason"] == "token_budget"
     [agent_call] = finished(root_events, "agent")
@@ -248,5 +293,6 @@ async def test_the_budget_and_depth_headers_come_from_the_dispatcher(hand_servic
     events = await store.events(result.session_id)
     used = own_tokens(events[:2])
     outputs = {e.data["output"] for e in events if e.type == "tool_call_finished"}
-    assert outputs == {f"2 {(50_000 - used) // 2} {(10 - 2) // 2}"}
+    share = tb.calls_room(50_000, used, used + tb.approx_tokens([]) + tb.PROMPT_MARGIN) // (2 * 2)
+    assert outputs == {f"2 {share} {(10 - 2) // 2}"}
     await store.close()
