@@ -95,6 +95,8 @@ class Dispatcher:
         usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
         if response.usage.tool_calls:  # a worker agent's own calls count against this session's max_tool_calls
             usage["tool_calls"] = response.usage.tool_calls
+        if response.usage.nested_tokens:  # and its workers' tokens against this session's token budget
+            usage["nested_tokens"] = response.usage.nested_tokens
         return CallOutcome(response.output, response.is_error, "OK", time.perf_counter() - started, usage)
 
 

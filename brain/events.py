@@ -145,12 +145,13 @@ class SessionState:
         return {k: sum(t.usage[k] for t in (self.turns if turns is None else turns)) for k in USAGE_KEYS}
 
     def hand_usage(self, turns: list[Turn] | None = None) -> dict[str, int]:
-        out = {"input_tokens": 0, "output_tokens": 0}
+        """Tokens the hands reported; nested_tokens: what a worker agent's own workers spent below it."""
+        out = {"input_tokens": 0, "output_tokens": 0, "nested_tokens": 0}
         for t in self.turns if turns is None else turns:
             for c in t.calls:
                 usage = (c.finished or {}).get("usage") or {}
-                out["input_tokens"] += int(usage.get("input_tokens") or 0)
-                out["output_tokens"] += int(usage.get("output_tokens") or 0)
+                for key in out:
+                    out[key] += int(usage.get(key) or 0)
         return out
 
     def tokens_used(self, turns: list[Turn] | None = None) -> int:

@@ -169,7 +169,7 @@ class SessionView:
         hands = 0
         for c in self.calls.values():
             usage = (c.finished or {}).get("usage") or {}
-            hands += int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+            hands += sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens", "nested_tokens"))
         return model + hands
 
     def counts(self) -> dict[str, int]:

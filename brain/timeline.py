@@ -89,7 +89,7 @@ class _Session:
         for turn in self.turns:
             for k in ev.USAGE_KEYS:
                 model[k] += int((turn.data.get("usage") or {}).get(k) or 0)
-        hands = {"input_tokens": 0, "output_tokens": 0}
+        hands = {"input_tokens": 0, "output_tokens": 0, "nested_tokens": 0}
         for turn in self.turns:
             for a in turn.attempts:
                 usage = (a.finished or {}).get("usage") or {}
@@ -299,6 +299,8 @@ def _call_bar(s: _Session, a: _Attempt, slowest: bool) -> _Bar:
     usage = f.get("usage") or {}
     if usage.get("input_tokens") or usage.get("output_tokens"):
         facts.append(("hand tokens", f"{_num(usage.get('input_tokens'))} in / {_num(usage.get('output_tokens'))} out"))
+    if usage.get("nested_tokens"):
+        facts.append(("tokens below it", _num(usage.get("nested_tokens"))))
     if a.number > 1:
         facts.append(("attempt", str(a.number)))
     if a.note:

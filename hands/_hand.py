@@ -29,6 +29,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     tool_calls: int = 0  # calls this hand made to other hands for the caller (a worker that orchestrates)
+    # tokens those calls spent (already reported with them, so quotas charged them there): budgets count them
+    nested_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,7 @@ def _to_response(name: str, result) -> hands_pb2.ExecuteResponse:
                 input_tokens=result.usage.input_tokens,
                 output_tokens=result.usage.output_tokens,
                 tool_calls=result.usage.tool_calls,
+                nested_tokens=result.usage.nested_tokens,
             ),
         )
     if isinstance(result, str):

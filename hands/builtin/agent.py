@@ -181,12 +181,15 @@ class Agent:
         finally:
             await brain.close()
         totals = result.usage or {}
-        output_tokens = int((totals.get("model_usage") or {}).get("output_tokens", 0)) + int(
-            (totals.get("hand_usage") or {}).get("output_tokens", 0)
-        )
+        own = {k: int(v or 0) for k, v in (totals.get("model_usage") or {}).items()}
+        own_output = own.get("output_tokens", 0)
+        own_input = sum(own.values()) - own_output
         total = int(totals.get("total_tokens", 0))
-        # input + output == the agent session's whole budgeted total, so the caller's budget counts all of it.
-        usage = Usage(input_tokens=total - output_tokens, output_tokens=output_tokens, tool_calls=int(totals.get("tool_calls", 0)))
+        # input + output: the agent's own model tokens, which only this call reports (the gateway charges them
+        # to the caller's quota here); nested_tokens: what its workers and tools spent, each of which reported
+        # it with its own call through the gateway. The caller's budget counts both: the session's whole total.
+        usage = Usage(input_tokens=own_input, output_tokens=own_output, tool_calls=int(totals.get("tool_calls", 0)),
+                      nested_tokens=total - own_input - own_output)  # fmt: skip
         ctx.logger.info("worker agent finished", agent_session=result.session_id, status=result.status,
                         cut_short=result.cut_short, tokens=total, tool_calls=usage.tool_calls)  # fmt: skip
         if not result.ok:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hands/v1/hands.proto\x12\x08hands.v1\"R\n\x0e\x45xecuteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\"H\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x12\n\ntool_calls\x18\x03 \x01(\x03\"S\n\x0f\x45xecuteResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.hands.v1.Usage\"\x11\n\x0f\x44\x65scribeRequest\"5\n\x10\x44\x65scribeResponse\x12!\n\x05hands\x18\x01 \x03(\x0b\x32\x12.hands.v1.HandSpec\"\\\n\x08HandSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x12\n\nidempotent\x18\x04 \x01(\x08\x32\x90\x01\n\x0bHandService\x12>\n\x07\x45xecute\x12\x18.hands.v1.ExecuteRequest\x1a\x19.hands.v1.ExecuteResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.hands.v1.DescribeRequest\x1a\x1a.hands.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hands/v1/hands.proto\x12\x08hands.v1\"R\n\x0e\x45xecuteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\"_\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x12\n\ntool_calls\x18\x03 \x01(\x03\x12\x15\n\rnested_tokens\x18\x04 \x01(\x03\"S\n\x0f\x45xecuteResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.hands.v1.Usage\"\x11\n\x0f\x44\x65scribeRequest\"5\n\x10\x44\x65scribeResponse\x12!\n\x05hands\x18\x01 \x03(\x0b\x32\x12.hands.v1.HandSpec\"\\\n\x08HandSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x12\n\nidempotent\x18\x04 \x01(\x08\x32\x90\x01\n\x0bHandService\x12>\n\x07\x45xecute\x12\x18.hands.v1.ExecuteRequest\x1a\x19.hands.v1.ExecuteResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.hands.v1.DescribeRequest\x1a\x1a.hands.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_start=34
   _globals['_EXECUTEREQUEST']._serialized_end=116
   _globals['_USAGE']._serialized_start=118
-  _globals['_USAGE']._serialized_end=190
-  _globals['_EXECUTERESPONSE']._serialized_start=192
-  _globals['_EXECUTERESPONSE']._serialized_end=275
-  _globals['_DESCRIBEREQUEST']._serialized_start=277
-  _globals['_DESCRIBEREQUEST']._serialized_end=294
-  _globals['_DESCRIBERESPONSE']._serialized_start=296
-  _globals['_DESCRIBERESPONSE']._serialized_end=349
-  _globals['_HANDSPEC']._serialized_start=351
-  _globals['_HANDSPEC']._serialized_end=443
-  _globals['_HANDSERVICE']._serialized_start=446
-  _globals['_HANDSERVICE']._serialized_end=590
+  _globals['_USAGE']._serialized_end=213
+  _globals['_EXECUTERESPONSE']._serialized_start=215
+  _globals['_EXECUTERESPONSE']._serialized_end=298
+  _globals['_DESCRIBEREQUEST']._serialized_start=300
+  _globals['_DESCRIBEREQUEST']._serialized_end=317
+  _globals['_DESCRIBERESPONSE']._serialized_start=319
+  _globals['_DESCRIBERESPONSE']._serialized_end=372
+  _globals['_HANDSPEC']._serialized_start=374
+  _globals['_HANDSPEC']._serialized_end=466
+  _globals['_HANDSERVICE']._serialized_start=469
+  _globals['_HANDSERVICE']._serialized_end=613
 # @@protoc_insertion_point(module_scope)

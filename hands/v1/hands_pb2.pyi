@@ -19,14 +19,16 @@ class ExecuteRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input: _Optional[str] = ..., call_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens", "tool_calls")
+    __slots__ = ("input_tokens", "output_tokens", "tool_calls", "nested_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    NESTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
     tool_calls: int
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tool_calls: _Optional[int] = ...) -> None: ...
+    nested_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tool_calls: _Optional[int] = ..., nested_tokens: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("output", "is_error", "usage")

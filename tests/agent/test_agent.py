@@ -18,7 +18,9 @@ from brainhands import metadata as md
 from brainhands.stack import free_port
 from gateway.config import parse_config
 from gateway.server import start_gateway
-from hands import Context, hand
+from gateway.tenants import hash_key
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from hands import Context, HandClient, hand
 from hands.builtin.agent import AgentConfig, make_agent_hands
 
 
@@ -63,16 +65,19 @@ async def tree(tmp_path, hand_service):
     gateway_port = free_port()
     started = []
 
-    async def run(plans, *, max_depth=1, greedy=frozenset(), **limits):
+    async def run(plans, *, max_depth=1, greedy=frozenset(), tenants=None, api_key=None, **limits):
         model = scripted(plans, greedy=greedy)
-        config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", sessions=sessions, max_depth=max_depth, call_timeout=20)
+        config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", gateway_api_key=api_key, sessions=sessions,
+                             max_depth=max_depth, call_timeout=20)  # fmt: skip
         backend = await hand_service([*make_agent_hands(config, model=model), echo])
         gw = await start_gateway(parse_config({
-            "listen": f"127.0.0.1:{gateway_port}", "routes": [{"hands": ["*"], "backends": [backend.address]}],
+            "listen": f"127.0.0.1:{gateway_port}", "metrics": None, "routes": [{"hands": ["*"], "backends": [backend.address]}],
+            **({"tenants": tenants} if tenants else {}),
         }))  # fmt: skip
         started.append(gw)
+        run.gateway = gw
         store = await open_store(sessions)
-        brain = Brain(target=gw.address, model=model, store=store, config=BrainConfig(call_timeout=30, **limits))
+        brain = Brain(target=gw.address, api_key=api_key, model=model, store=store, config=BrainConfig(call_timeout=30, **limits))
         try:
             result = await brain.run("ROOT: audit the project")
             return result, store
@@ -152,7 +157,9 @@ async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_d
     assert result.usage["total_tokens"] == tokens <= 300_000
     [agent_call] = finished(root_events, "agent")
     assert agent_call["usage"]["tool_calls"] == 6
-    assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == tokens - own_tokens(root_events)
+    # The agent reports its own model's tokens as its usage and its workers' as nested: the root counts both.
+    assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == own_tokens(child_events)
+    assert agent_call["usage"]["nested_tokens"] == own_tokens(grand_events)
 
     # Drawn as one tree: the root's timeline shows the child's and the grandchild's calls, each in its own lane.
     html = await load_timeline(store, root.id)
@@ -223,6 +230,33 @@ async def test_a_tight_token_budget_holds_across_a_depth_2_tree_of_greedy_worker
     await store.close()
 
 
+async def test_the_gateway_charges_a_nested_trees_tokens_to_the_tenant_once(tree):
+    key = "tree-tenant-key-0123456789"
+    plans = {
+        "ROOT": [{"tool_calls": [["agent", {"task": "LEVEL1: audit the auth module"}]]}, {"text": "root: done"}],
+        "LEVEL1": [{"tool_calls": [["agent", {"task": "LEVEL2: read the token code"}]]}, {"text": "level1: done"}],
+        "LEVEL2": [{"tool_calls": [["echo", {"text": "two"}]]}, {"text": "level2: done"}],
+    }
+    tenants = [{"name": "acme", "api_keys": [hash_key(key)], "allow": ["*"],
+                "quotas": [{"hands": "*", "tokens": "1000000/day"}]}]  # fmt: skip
+    result, store = await tree(plans, tenants=tenants, api_key=key)
+    assert result.ok
+    [(root, root_events), (child, child_events), (grand, grand_events)] = await session_tree(store, result.session_id)
+    client = HandClient(tree.gateway.address, api_key=key)
+    try:
+        usage = await gateway_pb2_grpc.QuotaServiceStub(client.channel).GetUsage(
+            gateway_pb2.GetUsageRequest(), metadata=(("authorization", f"Bearer {key}"),)
+        )
+    finally:
+        await client.close()
+    [charged] = [q.used for q in usage.quotas if q.kind == gateway_pb2.QUOTA_KIND_TOKENS]
+    # The root's brain calls its model directly; the two agent calls went through the gateway, each reporting
+    # its own model's tokens: every token below the root charged once, not once per level above it.
+    assert charged == own_tokens(child_events) + own_tokens(grand_events)
+    assert result.usage["total_tokens"] == own_tokens(root_events) + charged
+    await store.close()
+
+
 async def test_a_worker_agent_that_never_stops_is_held_to_the_callers_remaining_calls(tree):
     plans = {
         "ROOT": [
@@ -259,7 +293,7 @@ async def test_an_agent_gets_only_the_callers_remaining_tokens(tree):
     loop_end = loop_events[-1].data
     assert loop_end["cut_short"] and loop_end["reason"] == "token_budget"
     [agent_call] = finished(root_events, "agent")
-    assert agent_call["usage"]["input_tokens"] + agent_call["usage"]["output_tokens"] == loop_end["totals"]["total_tokens"]
+    assert sum(agent_call["usage"].get(k, 0) for k in ("input_tokens", "output_tokens", "nested_tokens")) == loop_end["totals"]["total_tokens"]
     assert result.usage["total_tokens"] == own_tokens(root_events) + loop_end["totals"]["total_tokens"]
     await store.close()
 
