@@ -524,8 +524,8 @@ def _print_session(info, events, children=()) -> None:
         out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
     for depth, child, child_events in children:
         indent = "  " * depth
-        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}  (sub-session of {child.parent_id})",
-                  markup=False, highlight=False)
+        # Indented one step per level under its parent, which is the nearest line above with less indent.
+        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
         child_view = SessionView.from_events(child_events)
         tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
                            live=False, expand_all=True, status=child.status)
