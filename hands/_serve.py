@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -80,3 +81,29 @@ def load_hands(spec: str) -> list[Hand]:
     if bad:
         raise SystemExit(f"{spec}: {bad[0]!r} is not a hand (decorate it with @hand)")
     return found
+
+
+def service_main(
+    factory: Callable[[], Sequence[Hand]],
+    *,
+    prog: str,
+    description: str,
+    default_port: int,
+    argv: list[str] | None = None,
+) -> int:
+    """`python -m hands.builtin.X`: --port/--host/--register, hands built by factory from the environment.
+
+    A ValueError from the factory (a bad environment value) is one line and exit status 2.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        found = list(factory())
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    serve(found, port=args.port, host=args.host, register=args.register)
+    return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 from collections.abc import Mapping, Sequence
@@ -234,25 +233,16 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
 
 
 def main(argv: list[str] | None = None) -> int:
-    from brainhands.logs import configure_logging
-    from hands import serve
+    from hands._serve import service_main
 
-    parser = argparse.ArgumentParser(
+    return service_main(
+        HANDS,
         prog="python -m hands.builtin.agent",
         description="Serve the agent hand. Environment: BRAINHANDS_GATEWAY, BRAINHANDS_API_KEY, BRAINHANDS_SESSIONS, "
         "ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, BRAINHANDS_AGENT_MODEL, BRAINHANDS_MAX_DEPTH.",
+        default_port=50075,
+        argv=argv,
     )
-    parser.add_argument("--port", type=int, default=50075, help="port to listen on (0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        hands = HANDS()
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: {exc}\n")
-    serve(hands, port=args.port, host=args.host, register=args.register)
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -188,22 +187,15 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
 
 
 def main(argv: list[str] | None = None) -> int:
-    from brainhands.logs import configure_logging
-    from hands import serve
+    from hands._serve import service_main
 
-    parser = argparse.ArgumentParser(
+    return service_main(
+        HANDS,
         prog="python -m hands.builtin.memory",
         description="Serve memory_put, memory_get and memory_search. Store: BRAINHANDS_MEMORY (a SQLite path, "
         "default ~/.local/state/brainhands/memory.db, or a postgresql:// URL). Serve it only behind the gateway.",
+        default_port=50074,
+        argv=argv,
     )
-    parser.add_argument("--port", type=int, default=50074, help="port to listen on (0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        hands = HANDS()
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: {exc}\n")
-    serve(hands, port=args.port, host=args.host, register=args.register)
-    return 0
+
+
