@@ -14,6 +14,15 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 log = structlog.get_logger("gateway.registration")
 
 _RPC_TIMEOUT = 5.0
+#: Reconnect at least this often while the gateway is gone: grpc's default backoff (1 s growing to 120 s) would
+#: leave a gateway restarted on its port without this replica for seconds to minutes, far past the lease TTL.
+_RECONNECT_MS = 500
+_CHANNEL_OPTIONS = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", _RECONNECT_MS),
+]
 
 
 class Registration:
@@ -23,7 +32,7 @@ class Registration:
         self.gateway = gateway
         self.advertise = advertise
         self._asked_ttl = lease_ttl
-        self._channel = grpc.aio.insecure_channel(gateway, options=KEEPALIVE_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(gateway, options=_CHANNEL_OPTIONS)
         self._stub = gateway_pb2_grpc.RegistryServiceStub(self._channel)
         self.lease_id = ""
         self.lease_ttl = 0.0

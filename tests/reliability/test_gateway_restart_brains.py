@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system
 
 #: Brains at once; each: TURNS turns of FAN_OUT `tally` calls (PAUSE s each), the scripted model answering in DELAY s,
 #: so a session lasts several seconds, long enough to straddle the outage and carry on after it.
-BRAINS, TURNS, FAN_OUT, PAUSE, DELAY = 4, 14, 3, 0.15, 0.3
+BRAINS, TURNS, FAN_OUT, PAUSE, DELAY = 4, 18, 3, 0.15, 0.3
 REPLICAS = 2
 LEASE_TTL_S = float(FAST["default_lease_ttl"].removesuffix("ms")) / 1000
 #: Statuses a call may fail with while the gateway is gone (connection refused or reset) or back without its
@@ -154,5 +154,5 @@ async def test_gateway_restart_under_running_brain_sessions(stack, record):
     assert set(statuses) <= OUTAGE_STATUSES, statuses
     assert sum(statuses.values()) > 0, "no brain call failed: the outage was not felt"
     assert went_on > 0, "no session called a hand successfully after the outage"
-    # Hands re-register within their lease TTL of the new gateway taking calls (plus one heartbeat's slack).
-    assert reregistered_at - serving_at < 3 * LEASE_TTL_S
+    # Hands re-register within their lease TTL of the new gateway taking calls.
+    assert reregistered_at - serving_at < LEASE_TTL_S, f"re-registered {reregistered_at - serving_at:.2f}s after the gateway was back"
