@@ -36,6 +36,11 @@ class HandClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             *KEEPALIVE_OPTIONS,
+            # Retry the connection at least every second while the target is gone: with grpc's default backoff
+            # (1 s growing to 120 s) calls kept failing UNAVAILABLE for seconds after a restarted gateway was back.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
             *options,
         ]
         self._channel = (
