@@ -92,3 +92,28 @@ def messages_api():
 def _no_real_anthropic(monkeypatch):
     """No test may reach the real API: point the SDK at a closed port unless a test sets its own."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", os.environ.get("BRAINHANDS_TEST_ANTHROPIC_URL", "http://127.0.0.1:9"))
+
+
+@pytest.fixture
+async def brainhands_procs():
+    """Start `python -m brainhands ARGS...` with piped output; every one still alive is killed at teardown."""
+    import asyncio
+    import sys
+
+    started: list[asyncio.subprocess.Process] = []
+
+    async def _start(*args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "brainhands", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json"},
+        )
+        started.append(proc)
+        return proc
+
+    yield _start
+    for proc in started:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()

@@ -97,3 +97,13 @@ def start_service(args: list[str], *, env: dict[str, str] | None = None, ready_e
             raise RuntimeError(f"{args} exited with {proc.returncode}:\n" + "\n".join(service.log[-30:]))
     service.stop()
     raise RuntimeError(f"{args} did not log {ready_event!r} within {timeout}s:\n" + "\n".join(service.log[-30:]))
+
+
+async def poll(predicate, what: str, timeout: float = 30.0) -> None:
+    """Await predicate() until it is true; fail the test naming `what` after timeout seconds."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import sys
 from collections import Counter
 
 import pytest
 
 from brain import open_store
 from hands import Context, hand
+from tests.procs import poll
 
 pytestmark = pytest.mark.system
 
@@ -46,35 +44,7 @@ async def counting_hands(hand_service):
     return f"127.0.0.1:{running.port}", runs, first_attempts_in_flight
 
 
-@pytest.fixture
-async def processes():
-    started: list[asyncio.subprocess.Process] = []
-
-    async def _start(*args: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "brainhands", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json"},
-        )
-        started.append(proc)
-        return proc
-
-    yield _start
-    for proc in started:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-
-async def poll(predicate, what: str, timeout: float = 30.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def test_sigkill_mid_fan_out_then_wake_finishes_and_runs_no_finished_call_twice(counting_hands, processes, tmp_path):
+async def test_sigkill_mid_fan_out_then_wake_finishes_and_runs_no_finished_call_twice(counting_hands, brainhands_procs, tmp_path):
     address, runs, hanging = counting_hands
     script = tmp_path / "script.json"
     script.write_text(json.dumps([
@@ -83,7 +53,7 @@ async def test_sigkill_mid_fan_out_then_wake_finishes_and_runs_no_finished_call_
     ]))
     db = str(tmp_path / "sessions.db")
     common = ["--gateway", address, "--sessions", db, "--json"]
-    brain = await processes("run", "Do eight things.", "--model", f"scripted:{script}", "--lease-ttl", "2", *common)
+    brain = await brainhands_procs("run", "Do eight things.", "--model", f"scripted:{script}", "--lease-ttl", "2", *common)
 
     first = json.loads(await asyncio.wait_for(brain.stdout.readline(), 30))
     session_id = first["session_id"]
@@ -103,7 +73,7 @@ async def test_sigkill_mid_fan_out_then_wake_finishes_and_runs_no_finished_call_
         assert (await store.get_session(session_id)).status == "running"
 
         # The dead brain's lease (2 s) still holds the session; --wait outlasts it.
-        waker = await processes("sessions", "wake", session_id, "--wait", "20", *common)
+        waker = await brainhands_procs("sessions", "wake", session_id, "--wait", "20", *common)
         out, err = await asyncio.wait_for(waker.communicate(), 60)
         assert waker.returncode == 0, err.decode()[-2000:]
         result = json.loads(out.decode().splitlines()[-1])

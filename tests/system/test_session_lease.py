@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import sys
 import time
 
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from brain import open_store
 from hands import Context, hand
 from tests.pg_schema import private_schema
+from tests.procs import poll
 
 pytestmark = pytest.mark.system
 
@@ -52,42 +50,13 @@ async def slow_hand(hand_service):
     return f"127.0.0.1:{running.port}", attempts, in_flight, release
 
 
-@pytest.fixture
-async def brains():
-    """Start `brainhands ...` brain processes; every one still alive is killed at teardown."""
-    started: list[asyncio.subprocess.Process] = []
-
-    async def _start(*args: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "brainhands", *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json"},
-        )
-        started.append(proc)
-        return proc
-
-    yield _start
-    for proc in started:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
-
-
-async def poll(predicate, what: str, timeout: float = 30.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def kill(proc: asyncio.subprocess.Process) -> None:
     proc.send_signal(signal.SIGKILL)
     assert await proc.wait() == -signal.SIGKILL
 
 
 async def test_two_brains_waking_one_session_one_drives_and_a_wake_after_the_holder_dies_finishes(
-    sessions_url, slow_hand, brains, tmp_path
+    sessions_url, slow_hand, brainhands_procs, tmp_path
 ):
     address, attempts, in_flight, release = slow_hand
     script = tmp_path / "script.json"
@@ -96,7 +65,7 @@ async def test_two_brains_waking_one_session_one_drives_and_a_wake_after_the_hol
 
     # A first brain starts the session, calls the slow hand and dies: the session is left running,
     # under a lease that nobody renews.
-    first = await brains("run", "Do the slow work.", "--lease-ttl", str(LEASE_TTL), *common)
+    first = await brainhands_procs("run", "Do the slow work.", "--lease-ttl", str(LEASE_TTL), *common)
     started = json.loads(await asyncio.wait_for(first.stdout.readline(), 30))
     session_id = started["session_id"]
     assert started["type"] == "session_started"
@@ -118,7 +87,7 @@ async def test_two_brains_waking_one_session_one_drives_and_a_wake_after_the_hol
         assert before == ["session_started", "model_response", "tool_call_started"]
 
         # Two brains wake the session at the same moment. --wait 0: a held session is an error at once.
-        a, b = await asyncio.gather(*(brains("sessions", "wake", session_id, *common) for _ in range(2)))
+        a, b = await asyncio.gather(*(brainhands_procs("sessions", "wake", session_id, *common) for _ in range(2)))
         done, _ = await asyncio.wait(
             [asyncio.ensure_future(p.wait()) for p in (a, b)], timeout=60, return_when=asyncio.FIRST_COMPLETED
         )
@@ -144,7 +113,7 @@ async def test_two_brains_waking_one_session_one_drives_and_a_wake_after_the_hol
         # The holder dies too. Its lease outlives it; a wake that waits for it then finishes the work.
         await kill(holder)
         release.set()
-        last = await brains("sessions", "wake", session_id, "--wait", "30", *common)
+        last = await brainhands_procs("sessions", "wake", session_id, "--wait", "30", *common)
         out, err = await asyncio.wait_for(last.communicate(), 90)
         assert last.returncode == 0, err.decode()[-2000:]
         result = json.loads(out.decode().splitlines()[-1])
