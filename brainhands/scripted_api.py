@@ -188,6 +188,16 @@ def tool_results(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [block for block in content if isinstance(block, dict) and block.get("type") == "tool_result"]
 
 
+def _halves(index: int, delta_type: str, field: str, value: str) -> list[tuple[str, dict[str, Any]]]:
+    """Two content_block_delta events carrying value, so a client that keeps only the last fragment is caught."""
+    half = len(value) // 2
+    return [
+        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": delta_type, field: piece}})
+        for piece in (value[:half], value[half:])
+        if piece
+    ]
+
+
 def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The stream of events the real API sends for a response body, in order."""
     usage = dict(reply.get("usage") or {})
@@ -208,27 +218,13 @@ def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""},
             }))
-            # Two deltas, so a client that only keeps the last fragment is caught.
-            half = len(text) // 2
-            for piece in (text[:half], text[half:]):
-                if piece:
-                    events.append(("content_block_delta", {
-                        "type": "content_block_delta", "index": index,
-                        "delta": {"type": "text_delta", "text": piece},
-                    }))
+            events += _halves(index, "text_delta", "text", text)
         elif kind == "tool_use":
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index,
                 "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
             }))
-            partial = json.dumps(block.get("input", {}))
-            half = len(partial) // 2
-            for piece in (partial[:half], partial[half:]):
-                if piece:
-                    events.append(("content_block_delta", {
-                        "type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": piece},
-                    }))
+            events += _halves(index, "input_json_delta", "partial_json", json.dumps(block.get("input", {})))
         elif kind == "thinking":
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -62,6 +63,14 @@ class SessionInfo:
     config: dict[str, Any] = field(default_factory=dict)
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row) -> SessionInfo:
+        """From a store's row: id, task, status, created_at, updated_at, last_seq, parent_id, config JSON, lease owner, expiry."""
+        return cls(
+            id=row[0], task=row[1], status=row[2], created_at=row[3], updated_at=row[4], last_seq=row[5],
+            parent_id=row[6], config=json.loads(row[7]), lease_owner=row[8], lease_expires_at=row[9],
+        )
 
 
 @runtime_checkable

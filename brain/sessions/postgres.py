@@ -187,23 +187,16 @@ class PostgresSessionStore:
             raise SessionNotFound(f"no session {session_id!r}")
         return [Event(session_id, r["seq"], r["type"], json.loads(r["data"]), r["ts"]) for r in rows if r["seq"] is not None]
 
-    @staticmethod
-    def _info(row) -> SessionInfo:
-        return SessionInfo(
-            id=row[0], task=row[1], status=row[2], created_at=row[3], updated_at=row[4], last_seq=row[5],
-            parent_id=row[6], config=json.loads(row[7]), lease_owner=row[8], lease_expires_at=row[9],
-        )
-
     async def get_session(self, session_id: str) -> SessionInfo | None:
         row = await self._pool.fetchrow(_SELECT + " WHERE id = $1", session_id)
-        return self._info(row) if row else None
+        return SessionInfo.from_row(row) if row else None
 
     async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
         if status is None:
             rows = await self._pool.fetch(_SELECT + " ORDER BY created_at DESC LIMIT $1", limit)
         else:
             rows = await self._pool.fetch(_SELECT + " WHERE status = $2 ORDER BY created_at DESC LIMIT $1", limit, status)
-        return [self._info(r) for r in rows]
+        return [SessionInfo.from_row(r) for r in rows]
 
     # --- leases ---------------------------------------------------------------------------------
 

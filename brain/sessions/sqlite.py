@@ -152,16 +152,9 @@ class SqliteSessionStore:
         " l.owner, l.expires_at FROM sessions s LEFT JOIN leases l ON l.session_id = s.id"
     )
 
-    @staticmethod
-    def _info(row) -> SessionInfo:
-        return SessionInfo(
-            id=row[0], task=row[1], status=row[2], created_at=row[3], updated_at=row[4], last_seq=row[5],
-            parent_id=row[6], config=json.loads(row[7]), lease_owner=row[8], lease_expires_at=row[9],
-        )
-
     async def get_session(self, session_id: str) -> SessionInfo | None:
         row = await self._run(lambda: self._conn.execute(self._SELECT + " WHERE s.id = ?", (session_id,)).fetchone())
-        return self._info(row) if row else None
+        return SessionInfo.from_row(row) if row else None
 
     async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
         def go():
@@ -171,7 +164,7 @@ class SqliteSessionStore:
                 self._SELECT + " WHERE s.status = ? ORDER BY s.created_at DESC LIMIT ?", (status, limit)
             ).fetchall()
 
-        return [self._info(r) for r in await self._run(go)]
+        return [SessionInfo.from_row(r) for r in await self._run(go)]
 
     # --- leases ---------------------------------------------------------------------------------
 

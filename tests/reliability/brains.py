@@ -60,3 +60,14 @@ async def wait_exit(procs: list[BrainProc], timeout: float) -> None:
     while any(p.proc.poll() is None for p in procs):
         assert time.monotonic() < deadline, f"brains still running after {timeout}s"
         await asyncio.sleep(0.1)
+
+
+async def all_past_first_turn(brains, store, fan_out: int) -> bool:
+    """Every brain is alive, has a session, and its log has at least fan_out finished calls."""
+    for b in brains:
+        sid = b.session_id()
+        if sid is None or b.proc.poll() is not None:
+            return False
+        if sum(e.type == "tool_call_finished" for e in await store.events(sid)) < fan_out:
+            return False
+    return True

@@ -15,7 +15,7 @@ import pytest
 from brain import open_store
 from brainhands.stack import free_port
 from gateway.v1 import gateway_pb2
-from tests.reliability.brains import BrainProc, wait_exit
+from tests.reliability.brains import BrainProc, all_past_first_turn, wait_exit
 from tests.system.gateway_stack import FAST, Stack
 
 pytestmark = pytest.mark.system
@@ -71,16 +71,7 @@ async def test_gateway_restart_under_running_brain_sessions(stack, record):
 
     store = await open_store(db)
     try:
-        async def all_mid_session() -> bool:
-            for b in brains.values():
-                sid = b.session_id()
-                if sid is None or b.proc.poll() is not None:
-                    return False
-                if sum(e.type == "tool_call_finished" for e in await store.events(sid)) < FAN_OUT:
-                    return False
-            return True
-
-        await stack.wait_for(all_mid_session, "every brain past its first turn", timeout=30)
+        await stack.wait_for(lambda: all_past_first_turn(brains.values(), store, FAN_OUT), "every brain past its first turn", timeout=30)
     finally:
         await store.close()
 

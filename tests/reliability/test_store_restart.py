@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from brain import open_store
-from tests.reliability.brains import BrainProc, script, wait_exit
+from tests.reliability.brains import BrainProc, all_past_first_turn, script, wait_exit
 from tests.reliability.private_postgres import PrivatePostgres
 from tests.system.gateway_stack import Stack
 
@@ -53,16 +53,7 @@ async def _run(stack: Stack, pg: PrivatePostgres, record) -> None:
 
     store = await open_store(pg.url)
     try:
-        async def all_mid_session():
-            for b in brains.values():
-                sid = b.session_id()
-                if sid is None or b.proc.poll() is not None:
-                    return False
-                if sum(e.type == "tool_call_finished" for e in await store.events(sid)) < FAN_OUT:
-                    return False
-            return True
-
-        await stack.wait_for(all_mid_session, "every brain past its first turn", timeout=60)
+        await stack.wait_for(lambda: all_past_first_turn(brains.values(), store, FAN_OUT), "every brain past its first turn", timeout=60)
     finally:
         await store.close()
 
