@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from brainhands.serving import KEEPALIVE_OPTIONS
+from hands.serving import KEEPALIVE_OPTIONS
 
 METHOD = "/hands.v1.HandService/Execute"
 

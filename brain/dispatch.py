@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from brainhands import metadata as md
 from hands import HandClient
+from hands import metadata as md
 
 
 class HandsUnauthenticated(Exception):

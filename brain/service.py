@@ -28,8 +28,8 @@ from brain.model import DEFAULT_MODEL, AnthropicModel, Model
 from brain.scripted import ScriptedModel
 from brain.sessions import TERMINAL_STATUS, Event, SessionInfo, SessionNotFound, SessionStore, open_store
 from brain.v1 import brain_pb2, brain_pb2_grpc
-from brainhands.serving import RunningServer, start_server
 from hands import HandClient
+from hands.serving import RunningServer, start_server
 
 log = structlog.get_logger("brain.service")
 

@@ -1,7 +1,5 @@
 """python -m gateway --config FILE: the same as `brainhands serve gateway`."""
 
-import sys
+from gateway.cli import main
 
-from brainhands.cli import main
-
-raise SystemExit(main(["serve", "gateway", *sys.argv[1:]]))
+raise SystemExit(main())

@@ -14,7 +14,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter
 
-from brainhands import metadata as md
 from gateway.config import GatewayConfig
 from gateway.context import current_tenant
 from gateway.metrics import GatewayMetrics
@@ -22,6 +21,7 @@ from gateway.quotas import ADMITTED, Decision, QuotaStore, QuotaStoreUnavailable
 from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
+from hands import metadata as md
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.auth")

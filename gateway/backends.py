@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from brainhands.serving import KEEPALIVE_OPTIONS
 from gateway.config import Backoff, GatewayConfig
+from hands.serving import KEEPALIVE_OPTIONS
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 EXECUTE_METHOD = "/hands.v1.HandService/Execute"

@@ -6,22 +6,27 @@ import argparse
 import asyncio
 import dataclasses
 
-from brainhands.cli import CliError
+from hands.cli import CliError, run_command
 
 
-def register(commands, serve_commands) -> None:
+def add_parser(serve_commands) -> argparse.ArgumentParser:
     p = serve_commands.add_parser("gateway", help="route hand calls to healthy hand services (HandService in front)")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="gateway YAML config (see examples/gateway.yaml); default: no static routes")
     p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address (port 0 picks one)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="override the config's Prometheus address ('off' to disable)")
-    p.set_defaults(func=_serve_gateway)
+    p.set_defaults(func=serve_gateway)
 
 
-def _serve_gateway(args: argparse.Namespace) -> int:
-    from brainhands.logs import configure_logging
-    from brainhands.serving import run_until_signalled
+def serve_gateway(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, GatewayConfig, is_address, load_config
     from gateway.server import start_gateway
+    from hands.logs import configure_logging
+    from hands.serving import run_until_signalled
 
     try:
         config = load_config(args.config) if args.config else GatewayConfig()
@@ -46,3 +51,10 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot start the gateway: {exc}") from None
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gateway ARGS`: the same flags as `brainhands serve gateway`."""
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Route hand calls to healthy hand services.")
+    add_arguments(parser)
+    return run_command(serve_gateway, parser.parse_args(argv), prog="python -m gateway")

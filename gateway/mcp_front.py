@@ -24,11 +24,11 @@ import uvicorn
 from mcp.server import Server
 from mcp.shared.exceptions import MCPError
 
-from brainhands import metadata as md
-from brainhands.serving import KEEPALIVE_OPTIONS
 from gateway.auth import RETRY_AFTER_MS
 from gateway.config import GatewayConfig, split_address
 from gateway.tenants import Tenants, bearer_token
+from hands import metadata as md
+from hands.serving import KEEPALIVE_OPTIONS
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("gateway.mcp")

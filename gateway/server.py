@@ -13,8 +13,6 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from brainhands import metadata as md
-from brainhands.serving import RunningServer, start_server
 from gateway.auth import Access
 from gateway.backends import STATIC, Backend
 from gateway.config import GatewayConfig
@@ -25,7 +23,9 @@ from gateway.registry import Registry
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
-from hands._hand import NAME_RE
+from hands import NAME_RE
+from hands import metadata as md
+from hands.serving import RunningServer, start_server
 from hands.v1 import hands_pb2
 
 if TYPE_CHECKING:

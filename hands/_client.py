@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from brainhands import metadata as md
-from brainhands.serving import KEEPALIVE_OPTIONS
+from hands import metadata as md
+from hands.serving import KEEPALIVE_OPTIONS
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from brainhands.logs import configure_logging
-from brainhands.serving import run_until_signalled
 from hands._hand import Hand
 from hands._server import HandServiceConfig, start
+from hands.logs import configure_logging
+from hands.serving import run_until_signalled
 
 log = structlog.get_logger("hands")
 
@@ -36,7 +36,7 @@ async def serve_async(
         max_concurrency=config.max_concurrency,
     )
     if register:
-        from gateway.registration import keep_registered  # the gateway owns the registry contract
+        from hands.registration import keep_registered  # the gateway owns the registry contract
 
         await keep_registered(running, register, advertise or f"{host}:{running.port}")
     await run_until_signalled(running, grace=grace)

@@ -12,9 +12,9 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from brainhands import metadata as md
-from brainhands.serving import RunningServer, start_server
+from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
+from hands.serving import RunningServer, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("hands")

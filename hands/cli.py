@@ -1,22 +1,32 @@
-"""Commands for hands: serve a hand module, list and call hands at a shell."""
+"""`brainhands serve hand` and every `python -m hands.builtin.X`: one parser, one set of flags for every hand service."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
 
-import grpc
 
-from brainhands.cli import CliError
+class CliError(Exception):
+    """An error a person can fix: printed as one line, exit status 2 (or .exit_code)."""
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def register(commands, serve_commands) -> None:
-    p = serve_commands.add_parser("hand", help="serve the hands of a Python module over gRPC")
+def run_command(func, args, prog: str = "brainhands") -> int:
+    """Run an entry point's command: a CliError is one line on stderr, Ctrl-C exit 130, no traceback."""
+    try:
+        return int(func(args) or 0)
+    except CliError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="MODULE[:ATTR]", help="module (and attribute) holding the hands")
     p.add_argument("--port", type=int, default=50071)
     p.add_argument("--host", default="127.0.0.1")
@@ -25,26 +35,18 @@ def register(commands, serve_commands) -> None:
     p.add_argument("--max-concurrency", type=int, default=64)
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
-    p.set_defaults(func=_serve_hand)
-
-    h = commands.add_parser("hands", help="list or call hands on a gateway or hand service")
-    hc = h.add_subparsers(dest="hands_command", metavar="ACTION")
-    h.set_defaults(func=lambda args: h.print_help() or 2)
-    lst = hc.add_parser("list", help="list the hands the target serves")
-    call = hc.add_parser("call", help="call one hand and print its output")
-    call.add_argument("name")
-    call.add_argument("input", nargs="?", default="{}", help="JSON input object; '-' reads standard input")
-    call.add_argument("--timeout", type=float, default=60.0)
-    for sp in (lst, call):
-        sp.add_argument("--target", default=None, help=f"gateway or hand service (default $BRAINHANDS_GATEWAY or {DEFAULT_TARGET})")
-        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    lst.set_defaults(func=_list)
-    call.set_defaults(func=_call)
 
 
-def _serve_hand(args: argparse.Namespace) -> int:
-    from brainhands.logs import configure_logging
+def add_parser(serve_commands) -> argparse.ArgumentParser:
+    p = serve_commands.add_parser("hand", help="serve the hands of a Python module over gRPC")
+    add_arguments(p)
+    p.set_defaults(func=serve_hand)
+    return p
+
+
+def serve_hand(args: argparse.Namespace) -> int:
     from hands import HandServiceConfig, load_hands, serve
+    from hands.logs import configure_logging
 
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
@@ -65,67 +67,10 @@ def _serve_hand(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target(args) -> str:
-    return args.target or os.environ.get("BRAINHANDS_GATEWAY") or DEFAULT_TARGET
 
-
-def _client(args):
-    from hands import HandClient
-
-    return HandClient(_target(args), api_key=os.environ.get("BRAINHANDS_API_KEY") or None)
-
-
-def _explain(exc: grpc.aio.AioRpcError, target: str) -> CliError:
-    code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"cannot reach {target} ({exc.details()}); is the gateway or hand service running there?")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return CliError(f"{target} refused the credentials ({exc.details()}); set BRAINHANDS_API_KEY to a valid key")
-    return CliError(f"{code.name}: {exc.details()}")
-
-
-def _list(args) -> int:
-    async def go():
-        async with _client(args) as client:
-            return await client.describe(timeout=10)
-
-    try:
-        specs = asyncio.run(go())
-    except grpc.aio.AioRpcError as exc:
-        raise _explain(exc, _target(args)) from None
-    if args.json:
-        print(json.dumps([
-            {"name": s.name, "description": s.description, "input_schema": json.loads(s.input_schema_json or "{}"), "idempotent": s.idempotent}
-            for s in specs
-        ], indent=2))
-        return 0
-    width = max((len(s.name) for s in specs), default=4)
-    for s in specs:
-        first = (s.description.strip().splitlines() or [""])[0]
-        print(f"{s.name:<{width}}  {first}")
-    if not specs:
-        print("(no hands)", file=sys.stderr)
-    return 0
-
-
-def _call(args) -> int:
-    raw = sys.stdin.read() if args.input == "-" else args.input
-
-    async def go():
-        async with _client(args) as client:
-            return await client.execute(args.name, raw, timeout=args.timeout)
-
-    try:
-        result = asyncio.run(go())
-    except grpc.aio.AioRpcError as exc:
-        raise _explain(exc, _target(args)) from None
-    if args.json:
-        print(json.dumps({
-            "output": result.output,
-            "is_error": result.is_error,
-            "usage": {"input_tokens": result.usage.input_tokens, "output_tokens": result.usage.output_tokens},
-        }))
-    else:
-        stream = sys.stderr if result.is_error else sys.stdout
-        print(result.output, file=stream)
-    return 1 if result.is_error else 0
+def main(argv: list[str] | None = None, prog: str = "brainhands serve hand") -> int:
+    """`python -m hands.builtin.X ARGS` is main(["hands.builtin.X", *ARGS]): the same flags as `brainhands serve hand`."""
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the hands of a Python module over gRPC.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_command(serve_hand, args, prog=prog)

@@ -150,3 +150,16 @@ __all__ = [
     "default_sessions_path",
     "open_store",
 ]
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, fit for a log line or an error message."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -13,8 +13,8 @@ import anthropic
 import grpc
 import structlog
 
-from brainhands import metadata as md
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
+from hands import metadata as md
 
 log = structlog.get_logger("hands.llm")
 
@@ -366,7 +366,7 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
     if not structlog.is_configured():
         # `brainhands serve hand` loads hands before serve() sets logging up; the start-up
         # warning below must still reach stderr in the service's format.
-        from brainhands.logs import configure_logging
+        from hands.logs import configure_logging
 
         configure_logging()
     config = LLMWorkerConfig.from_env()

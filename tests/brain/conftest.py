@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from brain import Brain, BrainConfig, open_store
-from brainhands import metadata as md
-from brainhands.serving import start_server
 from hands import Context, HandError, HandResult, HandServicer, Usage, hand
+from hands import metadata as md
+from hands.serving import start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 

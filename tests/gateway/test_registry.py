@@ -10,11 +10,11 @@ import pytest
 
 from gateway.backends import Backend
 from gateway.config import Backoff, parse_config
-from gateway.registration import keep_registered
 from gateway.routing import HandRoute, RouteTable
 from gateway.server import start_gateway
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from hands import hand
+from hands.registration import keep_registered
 
 
 @hand(description="Say hello.", idempotent=True)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from brainhands import metadata as md
 from hands import Context, HandResult, Usage, hand
+from hands import metadata as md
 from hands.builtin.llm import SYSTEM_PROMPT, LLMWorkerConfig, make_llm_hands
 from tests.fakes.messages_api import FakeMessagesAPI, HTTPError, text_reply, tool_reply, tool_results
 from tests.procs import ROOT, start_service

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hands._hand import NAME_RE
+from hands import NAME_RE
 from hands.mcp import hand_names, output_text
 
 

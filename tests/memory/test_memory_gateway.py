@@ -7,12 +7,12 @@ import json
 import pytest
 
 from brain import Brain, BrainConfig, ScriptedModel, open_store
-from brainhands import metadata as md
 from brainhands.stack import free_port
 from gateway.config import parse_config
 from gateway.server import start_gateway
 from gateway.tenants import hash_key
 from hands import Context, hand
+from hands import metadata as md
 from hands.builtin.llm import LLMWorkerConfig, make_llm_hands
 from hands.builtin.memory import make_memory_hands
 from hands.builtin.memory.sqlite import SqliteMemoryStore

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from gateway.config import parse_config
 from gateway.server import start_gateway
 from gateway.tenants import hash_key
-from hands import HandServiceConfig, hand
-from hands._hand import NAME_RE
+from hands import NAME_RE, HandServiceConfig, hand
 from hands.v1 import hands_pb2
 
 HAND_LIMIT = 64 * 1024  # the hand service's max_input_bytes

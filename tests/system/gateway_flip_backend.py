@@ -7,9 +7,9 @@ import asyncio
 import structlog
 from grpc_health.v1 import health_pb2
 
-from brainhands.logs import configure_logging
-from brainhands.serving import RunningServer, run_until_signalled
 from hands import hand, start
+from hands.logs import configure_logging
+from hands.serving import RunningServer, run_until_signalled
 from tests.system.gateway_hands import whoami
 
 _running: RunningServer | None = None

@@ -40,7 +40,7 @@ def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_n
     assert "scripted" in proc.stderr and "export ANTHROPIC_API_KEY" in proc.stderr
 
     workspace = target / "workspace"
-    original = ROOT / "examples" / "demo-workspace"
+    original = ROOT / "brainhands" / "demo_workspace"
     users = sorted(p.relative_to(original) for p in original.rglob("*.py") if "utcnow" in p.read_text())
     assert len(users) == 5
     for rel in users:

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import structlog
 
-from brainhands import metadata as md
 from hands import Context, Hand, HandError, hand
+from hands import metadata as md
 from hands.builtin.memory.store import MemoryStore, default_memory_path, open_memory_store
 
 log = structlog.get_logger("hands.memory")

@@ -120,8 +120,8 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
 
 
 def main(argv: list[str] | None = None) -> int:
-    from brainhands.logs import configure_logging
     from hands import serve
+    from hands.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m hands.builtin.sandbox",
                                      description="Serve the sandbox hands over gRPC.")

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import structlog
 
-from brainhands import metadata as md
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
+from hands import metadata as md
 from hands.builtin.llm import INPUT_SCHEMA as LLM_INPUT_SCHEMA
 from hands.builtin.llm import _env_int, user_message
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return service_main(
         HANDS,
-        prog="python -m hands.builtin.agent",
+        prog="python -m brain.agent",
         description="Serve the agent hand. Environment: BRAINHANDS_GATEWAY, BRAINHANDS_API_KEY, BRAINHANDS_SESSIONS, "
         "ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, BRAINHANDS_AGENT_MODEL, BRAINHANDS_MAX_DEPTH.",
         default_port=50075,

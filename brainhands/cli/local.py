@@ -15,14 +15,13 @@ from pathlib import Path
 
 import yaml
 
-from brainhands.cli import CliError
+from hands.cli import CliError
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_WORKSPACE = ROOT / "examples" / "demo-workspace"
+DEMO_WORKSPACE = Path(__file__).resolve().parent.parent / "demo_workspace"  # package data: the demo runs from a wheel
 DEMO_MARKER = ".brainhands-demo"
 
 
-def register(commands, serve_commands) -> None:
+def register(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the whole stack offline on an example project, with a scripted model (no API key needed)",
@@ -52,7 +51,7 @@ def register(commands, serve_commands) -> None:
 
 def _prepare_demo_dir(target: Path) -> Path:
     if not DEMO_WORKSPACE.is_dir():
-        raise CliError(f"the example project is missing ({DEMO_WORKSPACE}); run the demo from a brainhands checkout")
+        raise CliError(f"the example project is missing ({DEMO_WORKSPACE}); reinstall brainhands")
     if target.exists():
         if not (target / DEMO_MARKER).exists():
             raise CliError(f"{target} exists and is not a previous demo; choose another place with --dir")
@@ -81,7 +80,7 @@ def _changes(before: Path, after: Path) -> list[tuple[str, int, int]]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from brainhands.logs import configure_logging
+    from hands.logs import configure_logging
 
     configure_logging(level="warning")
     target = Path(args.dir).resolve()
@@ -173,7 +172,7 @@ def _event_sink(as_json: bool, err):
 
 
 def _up(args: argparse.Namespace) -> int:
-    from brainhands.logs import configure_logging
+    from hands.logs import configure_logging
 
     configure_logging(level="warning")
     extra: dict = {}

@@ -8,10 +8,10 @@ import contextlib
 import grpc
 import structlog
 
-from brainhands.serving import KEEPALIVE_OPTIONS, RunningServer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from hands.serving import KEEPALIVE_OPTIONS, RunningServer
 
-log = structlog.get_logger("gateway.registration")
+log = structlog.get_logger("hands.registration")
 
 _RPC_TIMEOUT = 5.0
 #: Reconnect at least this often while the gateway is gone: grpc's default backoff (1 s growing to 120 s) would

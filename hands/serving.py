@@ -14,9 +14,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brainhands import metadata as md
+from hands import metadata as md
 
-log = structlog.get_logger("brainhands.serving")
+log = structlog.get_logger("hands.serving")
 
 #: Keepalive settings shared by servers and clients: ping idle connections so dead peers are found.
 KEEPALIVE_OPTIONS = [

@@ -13,15 +13,15 @@ import pytest
 
 from brain import Brain, BrainConfig, ScriptedModel, open_store
 from brain import budget as tb
+from brain.agent import AgentConfig, make_agent_hands
 from brain.timeline import load_timeline
-from brainhands import metadata as md
 from brainhands.stack import free_port
 from gateway.config import parse_config
 from gateway.server import start_gateway
 from gateway.tenants import hash_key
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from hands import Context, HandClient, hand
-from hands.builtin.agent import AgentConfig, make_agent_hands
+from hands import metadata as md
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Commands for the brain: run a task (on a gateway, or a local stack it starts), and list, show, wake and cancel sessions."""
+"""`brainhands run` and `brainhands sessions wake`: drive a session to its end with a live view, on a gateway or a local stack."""
 
 from __future__ import annotations
 
@@ -15,25 +15,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from brainhands.cli import CliError
+from hands.cli import CliError
 
 NO_KEY = "ANTHROPIC_API_KEY is not set: export it, or try `brainhands demo` which needs no key"
 
-CANCEL_HELP = """\
-How a session is cancelled depends on who drives it:
-  - with --brain ADDR (or $BRAINHANDS_BRAIN), the BrainService there cancels
-    it: a session it drives stops at once (its calls in flight are cancelled)
-    and its log ends with session_cancelled;
-  - without a brain service, a session no brain drives any more (its brain
-    stopped or crashed and its lease expired) is marked cancelled in the log;
-  - a session another process drives right now (its lease is live) is left
-    alone: cancel it through that brain's service, or press Ctrl-C where
-    `brainhands run` shows it (it can be woken later);
-  - a session that has already ended is not changed.
-"""
 
-
-def register(commands, serve_commands) -> None:
+def register(commands) -> None:
     run = commands.add_parser(
         "run", help="run a task with the orchestrator brain and print the result",
         description="Run a task. Without --gateway (and without $BRAINHANDS_GATEWAY) a local stack is started for the "
@@ -57,46 +44,6 @@ def register(commands, serve_commands) -> None:
     _sessions_flag(run)
     _json_flag(run)
     run.set_defaults(func=_run)
-
-    sessions = commands.add_parser("sessions", help="list, show, wake or cancel brain sessions")
-    sc = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
-    sessions.set_defaults(func=lambda args: sessions.print_help() or 2)
-
-    lst = sc.add_parser("list", help="list recent sessions, newest first")
-    _sessions_flag(lst)
-    lst.add_argument("--status", choices=["running", "finished", "failed", "cancelled"])
-    lst.add_argument("--limit", type=int, default=20)
-    lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.set_defaults(func=_list)
-
-    show = sc.add_parser("show", help="show a session: task, status, turns with their tool calls, result")
-    show.add_argument("session_id")
-    show.add_argument("--html", metavar="FILE", help="write the session's timeline (one self-contained HTML page) to FILE")
-    _sessions_flag(show)
-    show.add_argument("--json", action="store_true", help="print the session's events as JSON lines")
-    show.set_defaults(func=_show)
-
-    wake = sc.add_parser(
-        "wake", help="continue a session from its log (after Ctrl-C, a crash or a stop)",
-        description="Continue a session where its log ends: finished tool calls are not run again, calls that were "
-                    "started and not finished are re-issued. Like `run`, it starts a local stack unless a gateway is given.",
-    )
-    wake.add_argument("session_id")
-    _hands_flags(wake)
-    wake.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="if another brain holds the session, wait up to this long for its lease to expire")
-    _model_flag(wake, "model id (default: the one the session started with)")
-    _sessions_flag(wake)
-    _json_flag(wake)
-    wake.set_defaults(func=_wake)
-
-    cancel = sc.add_parser("cancel", help="stop a session (see --help for who can stop what)",
-                           description=CANCEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cancel.add_argument("session_id")
-    cancel.add_argument("--brain", metavar="ADDR", help="the brain service driving the session (default $BRAINHANDS_BRAIN)")
-    cancel.add_argument("--reason", default="", help="why, recorded in the log")
-    _sessions_flag(cancel)
-    cancel.set_defaults(func=_cancel)
 
 
 def _hands_flags(p: argparse.ArgumentParser) -> None:
@@ -168,8 +115,7 @@ def _unreachable(gateway: str, exc: Exception) -> CliError:
 
 async def _open(url: str | None):
     from brain import open_store
-    from brain.service_cli import _redacted
-    from brain.sessions import default_sessions_path
+    from brain.sessions import default_sessions_path, redacted_url
 
     url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
     try:
@@ -177,7 +123,7 @@ async def _open(url: str | None):
     except ValueError as exc:  # the stores' own messages name the URL and what to do
         raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
-        where = _redacted(url or default_sessions_path())
+        where = redacted_url(url or default_sessions_path())
         raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
@@ -362,7 +308,7 @@ def _finish(result, as_json: bool) -> int:
 
 def _quiet_logs() -> None:
     """Warnings and errors only: the live view (or the JSON events) is what a person reads."""
-    from brainhands.logs import configure_logging
+    from hands.logs import configure_logging
 
     configure_logging(level="warning")
 
@@ -429,164 +375,3 @@ def _wake(args) -> int:
     return asyncio.run(_drive(args, wake, known_session=args.session_id, history=events))
 
 
-# --- list, show, cancel --------------------------------------------------------------------------------
-
-
-def _list(args) -> int:
-    async def go():
-        store = await _open(args.sessions)
-        try:
-            return await store.list_sessions(limit=args.limit, status=args.status)
-        finally:
-            await store.close()
-
-    sessions = asyncio.run(go())
-    if args.json:
-        print(json.dumps([{"id": s.id, "task": s.task, "status": s.status, "created_at": s.created_at,
-                           "updated_at": s.updated_at, "events": s.last_seq, "parent_id": s.parent_id}
-                          for s in sessions], indent=2))
-        return 0
-    for s in sessions:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
-        task = " ".join(s.task.split())
-        print(f"{s.id}  {when}  {s.status:<9}  {task[:60]}{'…' if len(task) > 60 else ''}")
-    if not sessions:
-        print("(no sessions)", file=sys.stderr)
-    return 0
-
-
-def _show(args) -> int:
-    async def go():
-        store = await _open(args.sessions)
-        try:
-            info = await _session_or_fail(store, args.session_id)
-            events = await store.events(args.session_id)
-            page = None
-            if args.html:
-                from brain.timeline import load_timeline
-
-                page = await load_timeline(store, args.session_id)
-            from brain.timeline import session_tree
-
-            # The whole tree under the session: each sub-session with its own calls, depth first.
-            children = [(depth, sub, await store.events(sub.id)) for depth, sub in await session_tree(store, args.session_id)]
-            return info, events, page, children
-        finally:
-            await store.close()
-
-    info, events, page, children = asyncio.run(go())
-    if page is not None:
-        path = Path(args.html)
-        try:
-            path.write_text(page, encoding="utf-8")
-        except OSError as exc:
-            raise CliError(f"cannot write {args.html}: {exc.strerror}") from None
-        print(path.resolve())
-        return 0
-    if args.json:
-        for event in events:
-            print(json.dumps(event.as_dict(), ensure_ascii=False, default=str))
-        return 0
-    _print_session(info, events, children)
-    return 0
-
-
-def _print_session(info, events, children=()) -> None:
-    from rich.console import Console
-    from rich.padding import Padding
-    from rich.text import Text
-
-    from brain.live import SessionView, human_duration, render_tree
-
-    view = SessionView.from_events(events)
-    out = Console(highlight=False, soft_wrap=False)
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
-    facts = Text(f"id {info.id} · started {started}", style="dim")
-    if view.ended_at is not None:
-        facts.append(f" · took {human_duration(view.elapsed(view.ended_at))}")
-    elif info.status == "running":
-        held = info.lease_owner and (info.lease_expires_at or 0) > time.time()
-        facts.append(f" · driven by {info.lease_owner}" if held else " · no brain drives it: `brainhands sessions wake` continues it")
-    if view.model:
-        facts.append(f" · model {view.model}")
-    if info.parent_id:
-        facts.append(f" · sub-session of {info.parent_id}")
-    out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
-                          status=info.status))
-    out.print(facts)
-    if view.status == "finished":
-        out.print(Text("result" + (f" (cut short: {view.outcome.get('reason')})" if view.outcome.get("cut_short") else "") + ":",
-                       style="bold"))
-        out.print(view.outcome.get("result", ""), markup=False, highlight=False)
-    elif view.status in ("failed", "cancelled"):
-        out.print(Text(f"{view.status}: {view.outcome.get('reason', '')}", style="bold"))
-    if children:
-        out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
-    for depth, child, child_events in children:
-        indent = "  " * depth
-        # Indented one step per level under its parent, which is the nearest line above with less indent.
-        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
-        child_view = SessionView.from_events(child_events)
-        tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
-                           live=False, expand_all=True, status=child.status)
-        out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
-
-
-def _cancel(args) -> int:
-    brain = args.brain or os.environ.get("BRAINHANDS_BRAIN")
-    if brain:
-        return asyncio.run(_cancel_through_service(brain, args.session_id, args.reason))
-    return asyncio.run(_cancel_in_store(args))
-
-
-async def _cancel_through_service(address: str, session_id: str, reason: str) -> int:
-    import grpc
-
-    from brain.v1 import brain_pb2, brain_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = brain_pb2_grpc.BrainServiceStub(channel)
-        try:
-            reply = await stub.Cancel(brain_pb2.CancelRequest(session_id=session_id, reason=reason), timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise CliError(f"cannot reach the brain service at {address}: is `brainhands serve brain` running there?") from None
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise CliError(f"the brain service at {address} has no session {session_id}") from None
-            raise CliError(f"the brain service at {address} did not cancel {session_id}: {exc.details()}") from None
-    status = brain_pb2.SessionStatus.Name(reply.session.status).removeprefix("SESSION_STATUS_").lower()
-    print(f"session {session_id}: {status}")
-    return 0
-
-
-async def _cancel_in_store(args) -> int:
-    from brain import events as ev
-    from brain.events import SessionState
-
-    sid = args.session_id
-    store = await _open(args.sessions)
-    try:
-        info = await _session_or_fail(store, sid)
-        if info.status != "running":
-            print(f"session {sid} is not running ({info.status}); nothing to cancel")
-            return 0
-        owner = f"brainhands-cancel:{os.getpid()}"
-        if not await store.acquire_lease(sid, owner, 30.0):
-            info = await store.get_session(sid)
-            left = max(0.0, (info.lease_expires_at or 0) - time.time())
-            raise CliError(
-                f"session {sid} is being driven by {info.lease_owner} (lease for another {left:.0f}s): cancel it through"
-                " that brain's service with --brain ADDR, or press Ctrl-C where `brainhands run` shows it", exit_code=1)
-        try:
-            state = SessionState.from_events(sid, await store.events(sid))
-            if state.status == "running":
-                reason = args.reason or "cancelled with `brainhands sessions cancel` (no brain was driving it)"
-                await store.append(sid, state.seq + 1, ev.SESSION_CANCELLED, {"reason": reason, "totals": state.totals()})
-        finally:
-            with contextlib.suppress(Exception):
-                await store.release_lease(sid, owner)
-    finally:
-        await store.close()
-    print(f"session {sid}: cancelled")
-    return 0

@@ -1,0 +1,35 @@
+"""The brainhands command: one entry point, a module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainhands import __version__
+from brainhands.cli import hands as hands_commands
+from brainhands.cli import local, run, serve, sessions
+from hands.cli import run_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainhands",
+        description="Run LLM agents as an orchestrator brain and gRPC hands behind a gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"brainhands {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.register(commands)
+    hands_commands.register(commands)
+    run.register(commands)
+    sessions.register(commands)
+    local.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return run_command(args.func, args)

@@ -1,0 +1,180 @@
+"""`brainhands serve hand|mcp|gateway|brain`: run one service in the foreground until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from gateway import cli as gateway_cli
+from hands import cli as hand_cli
+from hands.cli import CliError
+
+
+def register(commands) -> None:
+    serve = commands.add_parser("serve", help="run one service (hand, mcp, gateway, brain) in the foreground")
+    serve_commands = serve.add_subparsers(dest="service", metavar="SERVICE")
+    serve.set_defaults(func=lambda args: serve.print_help() or 2)
+    hand_cli.add_parser(serve_commands)
+    _register_mcp(serve_commands)
+    gateway_cli.add_parser(serve_commands)
+    _register_brain(serve_commands)
+
+
+def _register_mcp(serve_commands) -> None:
+    p = serve_commands.add_parser(
+        "mcp",
+        help="serve an MCP server's tools as hands (stdio: -- COMMAND ARGS..., or --url URL)",
+        description="Connect to an MCP server and serve each of its tools as a hand named NAME_<tool>. "
+        "Give the server as a command after -- (stdio) or with --url (streamable HTTP).",
+    )
+    p.add_argument("--name", required=True, help="prefix of the hand names, e.g. 'github' gives github_create_issue")
+    p.add_argument("--url", help="streamable HTTP endpoint of the MCP server, e.g. http://127.0.0.1:8000/mcp")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="HTTP header for --url (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="environment variable for the stdio server; KEY alone copies ours (repeatable)")  # fmt: skip
+    p.add_argument("--cwd", help="working directory of the stdio server")
+    p.add_argument("--port", type=int, default=50071)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
+    p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server")
+    p.add_argument("--max-concurrency", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command that runs the MCP server on stdio")
+    p.set_defaults(func=_serve_mcp)
+
+
+def _pairs(values: list[str], sep: str, what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, found, rest = value.partition(sep)
+        key = key.strip()
+        if not key:
+            raise CliError(f"{what}: expected KEY{sep}VALUE, got {value!r}")
+        if not found:
+            if what != "--env":
+                raise CliError(f"{what}: expected KEY{sep}VALUE, got {value!r}")
+            if key not in os.environ:
+                raise CliError(f"--env {key}: not set in this environment; give --env {key}=VALUE")
+            rest = os.environ[key]
+        out[key] = rest.strip() if what == "--header" else rest
+    return out
+
+
+def _serve_mcp(args: argparse.Namespace) -> int:
+    from hands import HandServiceConfig, serve_async
+    from hands.logs import configure_logging
+    from hands.mcp import McpBridge, McpBridgeConfig, McpConfigError, McpUnavailable
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    try:
+        config = McpBridgeConfig(
+            name=args.name,
+            command=tuple(command),
+            url=args.url,
+            env=_pairs(args.env, "=", "--env"),
+            cwd=args.cwd,
+            headers=_pairs(args.header, ":", "--header"),
+            connect_timeout=args.connect_timeout,
+        )
+    except McpConfigError as exc:
+        raise CliError(str(exc)) from None
+    service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
+    configure_logging()
+
+    async def run() -> None:
+        bridge = McpBridge(config)
+        await bridge.start()
+        try:
+            await serve_async(
+                bridge.hands(), host=args.host, port=args.port, config=service,
+                register=args.register, advertise=args.advertise,
+            )  # fmt: skip
+        finally:
+            await bridge.close()
+
+    try:
+        asyncio.run(run())
+    except McpUnavailable as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+# -- serve brain --------------------------------------------------------------------------------
+
+
+def _register_brain(serve_commands) -> None:
+    from brain.service import DEFAULT_PORT
+
+    p = serve_commands.add_parser("brain", help="run the BrainService: start, follow, wake and cancel sessions over gRPC")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gRPC port (default {DEFAULT_PORT}; 0 picks one)")
+    p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
+    p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
+    p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
+    p.set_defaults(func=_serve_brain)
+
+
+def _serve_brain(args: argparse.Namespace) -> int:
+    from brain.model import DEFAULT_MODEL
+    from brain.service import BrainServiceConfig
+    from hands.logs import configure_logging
+
+    env = os.environ
+    try:
+        config = BrainServiceConfig(
+            gateway=args.gateway or env.get("BRAINHANDS_GATEWAY") or "",
+            sessions=args.sessions or env.get("BRAINHANDS_SESSIONS") or None,
+            model=args.model or env.get("BRAINHANDS_MODEL") or DEFAULT_MODEL,
+            host=args.host,
+            port=args.port,
+            api_key=env.get("BRAINHANDS_API_KEY") or None,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not config.scripted and not config.anthropic_api_key:
+        raise CliError(f"model {config.model} needs ANTHROPIC_API_KEY; set it, or pass --model scripted:PATH to run offline")
+    configure_logging()
+    try:
+        asyncio.run(_serve(config))
+    except ValueError as exc:  # a bad sessions URL or model script
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot start the brain service: {exc}") from None
+    return 0
+
+
+async def _serve(config) -> None:
+    import structlog
+
+    from brain.service import start_brain_service
+    from brain.sessions import default_sessions_path, open_store, redacted_url
+    from hands.serving import run_until_signalled
+
+    where = redacted_url(config.sessions or default_sessions_path())
+    try:
+        store = await open_store(config.sessions)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
+        raise CliError(f"cannot open the session store {where}: {exc}") from None
+    try:
+        try:
+            running = await start_brain_service(config, store=store)
+        except RuntimeError as exc:  # grpcio reports a port it cannot bind as a RuntimeError
+            if "Failed to bind" not in str(exc):
+                raise
+            raise CliError(f"cannot listen on {config.host}:{config.port}: is the port in use?") from None
+        structlog.get_logger("brain.service").info(
+            "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where
+        )
+        await run_until_signalled(running)
+    finally:
+        await store.close()
