@@ -10,6 +10,10 @@ from gateway import cli as gateway_cli
 from hands import cli as hand_cli
 from hands.cli import CliError
 
+#: brain.service.DEFAULT_PORT, written here so that building the parser does not import the brain (and the
+#: anthropic SDK, seconds on a busy machine) for every command; tests/brainhands/test_cli.py keeps the two equal.
+BRAIN_PORT = 50061
+
 
 def register(commands) -> None:
     serve = commands.add_parser("serve", help="run one service (hand, mcp, gateway, brain) in the foreground")
@@ -109,11 +113,9 @@ def _serve_mcp(args: argparse.Namespace) -> int:
 
 
 def _register_brain(serve_commands) -> None:
-    from brain.service import DEFAULT_PORT
-
     p = serve_commands.add_parser("brain", help="run the BrainService: start, follow, wake and cancel sessions over gRPC")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gRPC port (default {DEFAULT_PORT}; 0 picks one)")
+    p.add_argument("--port", type=int, default=BRAIN_PORT, help=f"gRPC port (default {BRAIN_PORT}; 0 picks one)")
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
