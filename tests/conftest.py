@@ -69,13 +69,13 @@ def _postgres_container():
 
 @pytest.fixture(scope="session")
 def redis_url():
-    """A Redis URL: $REDIS_URL, a testcontainers Redis, or skip (fail under CI=true)."""
+    """A Redis URL: $REDIS_URL, a Redis at 127.0.0.1:6379, a testcontainers Redis, or skip (fail under CI=true)."""
     yield from service_url("Redis", "REDIS_URL", 6379, _redis_container)
 
 
 @pytest.fixture(scope="session")
 def database_url():
-    """A PostgreSQL URL: $DATABASE_URL, a testcontainers PostgreSQL, or skip (fail under CI=true)."""
+    """A PostgreSQL URL: $DATABASE_URL, postgres@127.0.0.1:5432/test, a testcontainers PostgreSQL, or skip (fail under CI=true)."""
     yield from service_url("PostgreSQL", "DATABASE_URL", 5432, _postgres_container)
 
 

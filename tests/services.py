@@ -1,4 +1,5 @@
-"""Where the tests find Redis and PostgreSQL: env URL, else a testcontainers container, else skip (fail under CI)."""
+"""Where the tests find Redis and PostgreSQL (design §8): the env URL, else the default local address when a server
+answers there, else a testcontainers container, else skip (fail under CI)."""
 
 from __future__ import annotations
 
@@ -40,16 +41,53 @@ def _missing(what: str, how: str) -> None:
     pytest.skip(message)
 
 
+#: Where a developer's own servers usually listen: Debian's and the official images' defaults.
+DEFAULT_URLS = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+}
+
+
+def _answers(url: str, default_port: int) -> bool:
+    """The server at url speaks its protocol and lets us in (a port that merely accepts is not enough)."""
+    if not _reachable(url, default_port):
+        return False
+    if url.startswith("redis://"):
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+        except Exception:
+            return False
+    import asyncio
+
+    import asyncpg
+
+    async def check() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(check())
+
+
 def service_url(kind: str, env_var: str, default_port: int, container_factory):
-    """Yield a URL for the service: env var, container, or skip/fail."""
+    """Yield a URL for the service: env var, the default local address, a container, or skip/fail."""
     url = os.environ.get(env_var)
     if url:
         if not _reachable(url, default_port):
             _missing(kind, f"{env_var}={url} does not answer")
         yield url
         return
+    default = DEFAULT_URLS.get(env_var)
+    if default and _answers(default, default_port):
+        yield default
+        return
     if _docker_available():
         with container_factory() as container:
             yield container
         return
-    _missing(kind, f"set {env_var}, or run a Docker engine for testcontainers")
+    _missing(kind, f"set {env_var}, run one at {DEFAULT_URLS[env_var]}, or run a Docker engine for testcontainers")
