@@ -22,6 +22,7 @@ from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
 from hands import metadata as md
+from hands import tracing
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.auth")
@@ -110,18 +111,22 @@ class Access:
             decision = await self.store.admit(rules, uuid.uuid4().hex)
         except QuotaStoreUnavailable as exc:
             if self.fail_open:
+                tracing.set_attributes(brainhands__quota__decision="admitted_fail_open")
                 self.store_errors.labels("admitted").inc()
                 log.warning("quota store down; admitting without a quota check (fail_open: true)", error=str(exc))
                 return ADMITTED
             self.store_errors.labels("refused").inc()
+            tracing.set_attributes(brainhands__quota__decision="refused_store_down")
             log.error("quota store down; refusing the call (fail_open: false)", error=str(exc))
             await self.refuse(
                 context, grpc.StatusCode.UNAVAILABLE, f"the quota store is down, so calls are refused: {exc}",
                 hand, tenant.name, started,
             )  # fmt: skip
         if decision.admitted:
+            tracing.set_attributes(brainhands__quota__decision="admitted")
             return decision
         rule = decision.rule
+        tracing.set_attributes(brainhands__quota__decision="denied", brainhands__quota__rule=rule.id)
         label = self._label(hand)
         self.denials.labels(tenant.name, label, rule.id).inc()
         retry_ms = decision.retry_after_ms
@@ -189,6 +194,8 @@ class Access:
         seconds = time.perf_counter() - started
         label = self._label(hand)
         self._metrics.observe_call(label, tenant, code.name, seconds)
+        if tracing.enabled():
+            tracing.set_attributes(brainhands__hand=label, brainhands__tenant=tenant, brainhands__code=code.name)
         log.info(
             "call",
             hand=label,
@@ -233,6 +240,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     )  # fmt: skip
                 rules = tenant.rules_for(name)
                 if not rules:
+                    tracing.set_attributes(brainhands__quota__decision="no_quota")
                     return await inner(request, context)
                 decision = await access.admit(tenant, name, rules, context, started)
                 async with holding(access.store, decision.leases):

@@ -27,19 +27,39 @@ async def serve_async(
     register: str | None = None,
     advertise: str | None = None,
     grace: float = 30.0,
+    metrics: str | None = None,
+    otel: str | None = None,
 ) -> None:
-    running = await start(hands, host=host, port=port, config=config)
+    """metrics: HOST:PORT to serve brainhands_hand_* on; otel: an OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    from hands import tracing
+    from hands.metrics import HandMetrics
+
+    tracing.configure_tracing(f"brainhands-{hands[0].name.split('_')[0]}" if hands else "brainhands-hand", otel)
+    counters = HandMetrics() if metrics else None
+    metrics_port = counters.serve(metrics) if counters else None
+    running = await start(hands, host=host, port=port, config=config, metrics=counters)
+    if counters is not None:
+        running.on_drain.append(_async(counters.close))
     log.info(
         "serving hands",
         address=f"{host}:{running.port}",
         hands=[h.name for h in hands],
         max_concurrency=config.max_concurrency,
+        **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{metrics_port}"} if counters else {}),
+        **({"tracing": "on"} if tracing.enabled() else {}),
     )
     if register:
         from hands.registration import keep_registered  # the gateway owns the registry contract
 
         await keep_registered(running, register, advertise or f"{host}:{running.port}")
     await run_until_signalled(running, grace=grace)
+
+
+def _async(close):
+    async def run() -> None:
+        close()
+
+    return run
 
 
 def serve(hands: Sequence[Hand], port: int = 50071, host: str = "127.0.0.1", **kwargs) -> None:
@@ -99,11 +119,13 @@ def service_main(
     parser.add_argument("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_hand_*) here")
+    parser.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
         found = list(factory())
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
-    serve(found, port=args.port, host=args.host, register=args.register)
+    serve(found, port=args.port, host=args.host, register=args.register, metrics=args.metrics, otel=args.otel)
     return 0

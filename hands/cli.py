@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, default=64)
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_hand_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 
 
 def add_parser(serve_commands) -> argparse.ArgumentParser:
@@ -49,6 +51,13 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands.logs import configure_logging
 
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
+    if args.metrics:
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     try:
         found = load_hands(args.spec)
     except SystemExit as exc:
@@ -61,7 +70,8 @@ def serve_hand(args: argparse.Namespace) -> int:
         default_timeout=args.timeout,
     )
     try:
-        serve(found, port=args.port, host=args.host, config=config, register=args.register, advertise=args.advertise)
+        serve(found, port=args.port, host=args.host, config=config, register=args.register, advertise=args.advertise,
+              metrics=args.metrics, otel=args.otel)
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
