@@ -23,9 +23,8 @@ from gateway.registry import Registry
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
-from hands import NAME_RE
+from hands import NAME_RE, tracing
 from hands import metadata as md
-from hands import tracing
 from hands.serving import RunningServer, start_server
 from hands.v1 import hands_pb2
 

@@ -166,11 +166,10 @@ async def _serve(config, *, metrics: str | None = None, otel: str | None = None,
     import structlog
 
     from brain.metrics import BrainMetrics
-    from hands.tracing import configure_tracing
-
     from brain.service import start_brain_service
     from brain.sessions import default_sessions_path, open_store, redacted_url
     from hands.serving import run_until_signalled
+    from hands.tracing import configure_tracing
 
     where = redacted_url(config.sessions or default_sessions_path())
     try:

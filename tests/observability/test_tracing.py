@@ -187,3 +187,73 @@ async def test_with_tracing_off_no_exporter_is_made_and_no_traceparent_is_sent(s
         await brain.close()
     assert "trace" not in (await store.events(result.session_id))[0].data
     assert tracing.exporter() is None
+
+
+async def test_a_call_retried_on_another_replica_shows_both_attempts(spans, hand_service):
+    @hand(name="whoami", description="Say which replica answered.", idempotent=True)
+    async def whoami_a() -> str:
+        return "a"
+
+    @hand(name="whoami", description="Say which replica answered.", idempotent=True)
+    async def whoami_b() -> str:
+        return "b"
+
+    a = await hand_service([whoami_a])
+    b = await hand_service([whoami_b])
+    gw = await start_gateway(parse_config({
+        "listen": "127.0.0.1:0", "metrics": None, "routes": [{"hands": ["*"], "backends": [a.address, b.address]}],
+    }))  # fmt: skip
+    from hands import HandClient
+
+    try:
+        await b.server.stop(0)  # b's port refuses connections now; the health check has not noticed yet
+        async with HandClient(gw.address) as client:
+            for _ in range(6):  # ties between replicas alternate: within a few calls one goes to b first
+                with tracing.start_span("caller"):
+                    assert (await client.execute("whoami", {}, timeout=5)).output == "a"
+                if any(s.attributes.get("brainhands.attempts") == 2 for s in spans()):
+                    break
+    finally:
+        await gw.server.stop(0)
+        await gw.close()
+    finished = spans()
+    index = by_id(finished)
+    [routed] = [s for s in finished if s.name == "gateway whoami" and s.attributes["brainhands.attempts"] == 2]
+    attempts = sorted((s for s in finished if parent_of(s, index) is routed), key=lambda s: s.attributes["brainhands.attempt"])
+    assert [s.attributes["brainhands.backend"] for s in attempts] == [b.address, a.address]
+    assert attempts[0].attributes["error.type"] == "UNAVAILABLE" and attempts[0].status.status_code.name == "ERROR"
+    assert attempts[1].status.status_code.name == "UNSET"
+    [hand_span] = [s for s in finished if parent_of(s, index) is attempts[1]]
+    assert hand_span.name == "hand whoami"
+    assert routed.attributes["brainhands.backend"] == a.address and routed.attributes["brainhands.code"] == "OK"
+
+
+async def test_every_log_line_in_a_traced_call_carries_the_trace_id(spans, hand_service):
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from hands.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        backend = await hand_service([echo])
+        from hands import HandClient
+
+        async with HandClient(backend.address) as client:
+            with tracing.start_span("caller") as caller:
+                await client.execute("echo", {"text": "x"}, timeout=5)
+            await client.execute("echo", {"text": "untraced"}, timeout=5)
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    calls = [line for line in lines if line.get("event") == "call"]
+    [hand_span] = [s for s in spans() if s.name == "hand echo" and s.parent is not None]
+    trace_id = format(caller.get_span_context().trace_id, "032x")
+    assert calls[0]["trace_id"] == trace_id and calls[0]["span_id"] == format(hand_span.context.span_id, "016x")
+    # A call from an untraced caller starts its own trace at the hand: its line names that one.
+    assert calls[1]["trace_id"] != trace_id and len(calls[1]["trace_id"]) == 32
