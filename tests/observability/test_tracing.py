@@ -164,9 +164,28 @@ async def test_the_session_records_its_trace_and_a_woken_session_links_to_it(spa
     ]
 
 
-async def test_with_tracing_off_no_exporter_is_made_and_no_traceparent_is_sent(stack, hand_service):
-    gw, store, model = stack
-    assert not tracing.enabled() and tracing.exporter() is None
+async def test_with_tracing_off_no_exporter_is_made_and_no_traceparent_is_sent(monkeypatch, hand_service, tmp_path):
+    for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(key, raising=False)
+    # What every entry point does: without an endpoint, nothing is made.
+    assert tracing.configure_tracing("brainhands-test") is False
+    assert not tracing.enabled() and tracing.exporter() is None and tracing.server_interceptors() == []
+    # OTEL_SDK_DISABLED=true wins over an endpoint, as the OpenTelemetry conventions say.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing.configure_tracing("brainhands-test") is False and tracing.exporter() is None
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    # The same stack, untraced: no traceparent goes out, no trace is recorded with the session.
+    model = two_level_model()
+    gateway_port = free_port()
+    sessions = str(tmp_path / "sessions.db")
+    config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", sessions=sessions, call_timeout=20)
+    backend_all = await hand_service([*make_agent_hands(config, model=model), echo, shout])
+    gw = await start_gateway(parse_config({
+        "listen": f"127.0.0.1:{gateway_port}", "metrics": None, "routes": [{"hands": ["*"], "backends": [backend_all.address]}],
+    }))  # fmt: skip
+    store = await open_store(sessions)
     seen = []
 
     @hand(description="Record the metadata.")
@@ -185,8 +204,14 @@ async def test_with_tracing_off_no_exporter_is_made_and_no_traceparent_is_sent(s
         result = await brain.run("ROOT: audit the project")
     finally:
         await brain.close()
-    assert "trace" not in (await store.events(result.session_id))[0].data
-    assert tracing.exporter() is None
+    try:
+        assert result.ok
+        assert "trace" not in (await store.events(result.session_id))[0].data
+        assert tracing.exporter() is None
+    finally:
+        await store.close()
+        await gw.server.stop(0)
+        await gw.close()
 
 
 async def test_a_call_retried_on_another_replica_shows_both_attempts(spans, hand_service):
