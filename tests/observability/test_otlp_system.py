@@ -63,6 +63,12 @@ def reply_for(body):
     return text_reply("ROOT done", model=MODEL)
 
 
+def spawn(args, cwd, env, log_path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "brainhands", *args], cwd=cwd, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+
+
 def attrs(span) -> dict:
     out = {}
     for kv in span.attributes:
@@ -103,10 +109,7 @@ async def test_a_session_across_four_processes_exports_one_nested_trace_over_otl
     procs = {}
     try:
         for name, args in commands.items():
-            log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-            procs[name] = subprocess.Popen([sys.executable, "-m", "brainhands", *args], cwd=tmp_path, env=env,
-                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
-            log.close()
+            procs[name] = spawn(args, tmp_path, env, tmp_path / f"{name}.log")
             ready = await wait_serving(f"127.0.0.1:{ports[name]}", 60, procs[name])
             assert ready, (tmp_path / f"{name}.log").read_text()[-3000:]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['brain']}") as channel:
