@@ -164,3 +164,45 @@ async def test_a_session_across_four_processes_exports_one_nested_trace_over_otl
     assert (turn["gen_ai.usage.cache_read.input_tokens"], turn["gen_ai.usage.cache_creation.input_tokens"]) == (100, 7)
     routed = [attrs(s) for svc, s in spans if svc == "brainhands-gateway" and s.name.startswith("gateway ")]
     assert len(routed) == 5 and all(a["brainhands.code"] == "OK" and a["brainhands.attempts"] == 1 for a in routed)
+
+
+async def test_brainhands_up_with_otel_sends_each_services_spans_to_the_receiver(tmp_path):
+    receiver = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    otlp_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    (tmp_path / "notes.txt").write_text("hello\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "ANTHROPIC_API_KEY"}
+    env.update({"PYTHONPATH": os.pathsep.join(sys.path), "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brainhands", "up", "--workspace", str(tmp_path), "--otel", f"127.0.0.1:{otlp_port}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        addresses = {}
+        async with asyncio.timeout(120):  # bounded: until `up` has printed every service's address
+            while "gateway" not in addresses:
+                line = (await up.stdout.readline()).decode()
+                assert line, (await up.stderr.read()).decode()[-3000:]
+                name, _, address = line.strip().partition(" ")
+                addresses[name] = address.strip()
+        from hands import HandClient
+
+        async with HandClient(addresses["gateway"]) as client:
+            listed = await client.execute("fs_list", {"path": "."}, timeout=30)
+        assert "notes.txt" in listed.output
+    finally:
+        if up.returncode is None:
+            up.send_signal(signal.SIGINT)  # `up` stops its services, which export what they hold as they exit
+        await asyncio.wait_for(up.wait(), 60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and {"brainhands-gateway", "brainhands-fs"} - {svc for svc, _ in receiver.spans}:
+        await asyncio.sleep(0.1)
+    await server.stop(0)
+    by_service = {}
+    for svc, span in receiver.spans:
+        by_service.setdefault(svc, []).append(span)
+    [routed] = [s for s in by_service["brainhands-gateway"] if s.name == "gateway fs_list"]
+    [ran] = [s for s in by_service["brainhands-fs"] if s.name == "hand fs_list"]
+    assert ran.trace_id == routed.trace_id  # the fs hand's span continues the gateway's trace

@@ -282,3 +282,24 @@ async def test_every_log_line_in_a_traced_call_carries_the_trace_id(spans, hand_
     assert calls[0]["trace_id"] == trace_id and calls[0]["span_id"] == format(hand_span.context.span_id, "016x")
     # A call from an untraced caller starts its own trace at the hand: its line names that one.
     assert calls[1]["trace_id"] != trace_id and len(calls[1]["trace_id"]) == 32
+
+
+async def test_sessions_show_prints_the_sessions_trace_id(spans, stack, tmp_path):
+    import asyncio
+    import os
+    import sys
+
+    gw, store, model = stack
+    brain = Brain(target=gw.address, model=model, store=store, config=BrainConfig(call_timeout=30))
+    try:
+        result = await brain.run("ROOT: audit the project")
+    finally:
+        await brain.close()
+    [root] = [s for s in spans() if s.parent is None]
+    show = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brainhands", "sessions", "show", result.session_id, "--sessions", str(tmp_path / "sessions.db"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(show.communicate(), 120)
+    assert show.returncode == 0, err.decode()
+    assert f"trace {format(root.context.trace_id, '032x')}" in out.decode()
