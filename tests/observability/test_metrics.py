@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.request
 
 import grpc
@@ -112,6 +113,16 @@ async def test_the_brain_service_counts_sessions_turns_tool_calls_and_tokens(tmp
             events = [e async for e in stub.Run(brain_pb2.RunRequest(task="count things"), timeout=30)]
         assert events[-1].type == "session_finished"
         after = scrape(port)
+        # A session another brain left running (its log ends after the first turn's calls) is adopted by Wake.
+        logged = await store.events(events[0].session_id)
+        orphan = await store.create_session("count things", {}, None)
+        for event in logged[:-2]:
+            await store.append(orphan, event.seq, event.type, event.data)
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = brain_pb2_grpc.BrainServiceStub(channel)
+            woken = [e async for e in stub.Wake(brain_pb2.WakeRequest(session_id=orphan), timeout=30)]
+        assert woken[-1].type == "session_finished"
+        adopted = scrape(port)
     finally:
         await running.drain(0)
         await store.close()
@@ -129,6 +140,42 @@ async def test_the_brain_service_counts_sessions_turns_tool_calls_and_tokens(tmp
     assert value(after, "brainhands_brain_tokens_total", tenant="acme", kind="cache_creation") == 5
     assert value(after, "brainhands_brain_approvals_waiting") == 0
     assert value(after, "brainhands_brain_sessions_adopted_total") == 0
+    assert value(adopted, "brainhands_brain_sessions_adopted_total") == 1
+    assert value(adopted, "brainhands_brain_sessions_total", status="started") == 1  # a wake starts nothing new
+    assert value(adopted, "brainhands_brain_sessions_total", status="finished") == 2
+    assert value(adopted, "brainhands_brain_turns_total", model="scripted") == 3
+    assert value(adopted, "brainhands_brain_tool_calls_total", hand="echo", outcome="ok") == 2
     hands_after = scrape(hand_port)
     assert value(hands_after, "brainhands_hand_calls_total", hand="echo", outcome="ok") == 2
     assert value(hands_after, "brainhands_hand_calls_total", hand="broken", outcome="is_error") == 1
+
+
+@pytest.mark.parametrize("command", [["serve", "hand", "hands.builtin.fs"], ["serve", "brain", "--gateway", "127.0.0.1:1", "--model", "scripted:x.json"]])
+async def test_a_bad_metrics_address_is_one_line_and_exit_2(command, brainhands_procs):
+    proc = await brainhands_procs(*command, "--metrics", "nowhere")
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, err.decode()
+    assert "--metrics" in lines[0] and "HOST:PORT" in lines[0] and "Traceback" not in err.decode()
+
+
+@pytest.mark.system
+async def test_serve_hand_with_metrics_serves_brainhands_hand_metrics(tmp_path, brainhands_procs):
+    from brainhands.stack import free_port, wait_serving
+
+    port, metrics_port = free_port(), free_port()
+    (tmp_path / "notes.txt").write_text("hi\n")
+    os.environ["BRAINHANDS_WORKSPACE"] = str(tmp_path)  # read by the fs hand's process at start
+    try:
+        proc = await brainhands_procs("serve", "hand", "hands.builtin.fs", "--port", str(port),
+                                      "--metrics", f"127.0.0.1:{metrics_port}")  # fmt: skip
+    finally:
+        del os.environ["BRAINHANDS_WORKSPACE"]
+    assert await wait_serving(f"127.0.0.1:{port}", 60), (await proc.stderr.read(4000)).decode()
+    async with HandClient(f"127.0.0.1:{port}") as client:
+        assert "notes.txt" in (await client.execute("fs_list", {"path": "."}, timeout=10)).output
+        assert (await client.execute("fs_read", {"path": "missing.txt"}, timeout=10)).is_error
+    samples = scrape(metrics_port)
+    assert value(samples, "brainhands_hand_calls_total", hand="fs_list", outcome="ok") == 1
+    assert value(samples, "brainhands_hand_calls_total", hand="fs_read", outcome="is_error") == 1
+    assert value(samples, "brainhands_hand_call_duration_seconds_count", hand="fs_list") == 1
