@@ -45,6 +45,8 @@ def _register_mcp(serve_commands) -> None:
     p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server")
     p.add_argument("--max-concurrency", type=int, default=64)
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_hand_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command that runs the MCP server on stdio")
     p.set_defaults(func=_serve_mcp)
 
@@ -87,6 +89,13 @@ def _serve_mcp(args: argparse.Namespace) -> int:
     except McpConfigError as exc:
         raise CliError(str(exc)) from None
     service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
+    if args.metrics:
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     configure_logging()
 
     async def run() -> None:
@@ -95,7 +104,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         try:
             await serve_async(
                 bridge.hands(), host=args.host, port=args.port, config=service,
-                register=args.register, advertise=args.advertise,
+                register=args.register, advertise=args.advertise, metrics=args.metrics, otel=args.otel,
             )  # fmt: skip
         finally:
             await bridge.close()
