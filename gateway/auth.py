@@ -194,7 +194,10 @@ class Access:
         seconds = time.perf_counter() - started
         label = self._label(hand)
         self._metrics.observe_call(label, tenant, code.name, seconds)
-        if tracing.enabled():
+        if tracing.enabled():  # the call's span, named as a routed call's is, with why it was refused
+            span = tracing.current_span()
+            if span is not None:
+                span.update_name(f"gateway {label}")
             tracing.set_attributes(brainhands__hand=label, brainhands__tenant=tenant, brainhands__code=code.name)
         log.info(
             "call",

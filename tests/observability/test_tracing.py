@@ -303,3 +303,34 @@ async def test_sessions_show_prints_the_sessions_trace_id(spans, stack, tmp_path
     out, err = await asyncio.wait_for(show.communicate(), 120)
     assert show.returncode == 0, err.decode()
     assert f"trace {format(root.context.trace_id, '032x')}" in out.decode()
+
+
+async def test_a_call_refused_by_a_quota_shows_the_decision_on_the_gateway_span(spans, hand_service):
+    import grpc
+
+    from gateway.tenants import hash_key
+    from hands import HandClient
+
+    backend = await hand_service([echo])
+    gw = await start_gateway(parse_config({
+        "listen": "127.0.0.1:0", "metrics": None, "routes": [{"hands": ["*"], "backends": [backend.address]}],
+        "tenants": [{"name": "team-a", "api_keys": [hash_key("key-a")], "allow": ["*"],
+                     "quotas": [{"hands": "echo", "calls": "1/h"}]}],
+    }))  # fmt: skip
+    try:
+        async with HandClient(gw.address, api_key="key-a") as client:
+            await client.execute("echo", {"text": "first"}, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.execute("echo", {"text": "second"}, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await gw.server.stop(0)
+        await gw.close()
+    admitted, denied = sorted((s for s in spans() if s.name == "gateway echo"), key=lambda s: s.start_time)
+    assert admitted.attributes["brainhands.quota.decision"] == "admitted"
+    assert admitted.attributes["brainhands.tenant"] == "team-a" and admitted.attributes["brainhands.code"] == "OK"
+    assert denied.attributes["brainhands.quota.decision"] == "denied"
+    assert denied.attributes["brainhands.quota.rule"] == "quotas[0].calls"
+    assert denied.attributes["brainhands.code"] == "RESOURCE_EXHAUSTED"
+    assert denied.attributes["error.type"] == "RESOURCE_EXHAUSTED" and denied.status.status_code.name == "ERROR"
+    assert not [s for s in spans() if s.name == "hand echo" and s.start_time > denied.start_time]  # never reached the hand
