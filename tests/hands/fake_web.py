@@ -106,7 +106,7 @@ class FakeHTTP:
         self.port = self.server.server_address[1]
         self.scheme = "https" if ssl_context is not None else "http"
         self.base = f"{self.scheme}://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"

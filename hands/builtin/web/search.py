@@ -69,6 +69,7 @@ class SearchClient:
 
     def __init__(self, config: SearchConfig):
         self.config = config
+        self._ssl = httpx2.create_ssl_context()  # once: loading the trust store is the slow part of a client
 
     @property
     def provider(self) -> str:
@@ -80,7 +81,7 @@ class SearchClient:
             raise HandError(f"web search is not configured on this hand service: its operator sets one of {keys} "
                             "(and BRAINHANDS_WEB_SEARCH to choose)")
         method = getattr(self, f"_{self.config.provider}")
-        async with httpx2.AsyncClient(timeout=self.config.timeout, trust_env=True) as client:
+        async with httpx2.AsyncClient(timeout=self.config.timeout, verify=self._ssl) as client:
             try:
                 raw = await method(client, q)
             except httpx2.TimeoutException:
