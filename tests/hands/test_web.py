@@ -311,6 +311,17 @@ async def test_robots_txt_missing_allows_and_failing_disallows(web_hands):
         assert failing.requests_to("/article") == []
 
 
+async def test_a_huge_robots_txt_is_read_up_to_its_first_512_kib(web_hands):
+    robots = "User-agent: *\nDisallow: /secret/\n" + "# padding\n" * 60_000 + "Disallow: /article\n"
+    routes = {"/robots.txt": Reply(200, robots, "text/plain"), "/article": Reply(200, ARTICLE),
+              "/secret/plan": Reply(200, ARTICLE)}
+    call = await web_hands(allowed())
+    with FakeHTTP(routes) as site:
+        assert not (await call("web_fetch", url=site.url("/article"))).is_error  # its rule comes after the cut
+        reply = await call("web_fetch", url=site.url("/secret/plan"))
+        assert reply.is_error and "robots.txt of 127.0.0.1 disallows" in reply.output
+
+
 @pytest.mark.parametrize(
     "url,why",
     [("file:///etc/passwd", "only http:// and https:// URLs can be fetched, not file:"),

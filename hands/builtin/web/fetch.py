@@ -98,7 +98,8 @@ class Fetcher:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
-        budget = self.config.timeout if time_left is None else max(0.1, min(self.config.timeout, time_left))
+        # Within the caller's deadline, with a moment to spare, so the model hears "too slow" rather than nothing.
+        budget = self.config.timeout if time_left is None else max(0.1, min(self.config.timeout, time_left - 0.5))
         try:
             async with asyncio.timeout(budget):
                 async with self._client(budget) as client:
@@ -160,7 +161,10 @@ class Fetcher:
         return Page(str(hop.url), "", decode_text(hop.body, content_type), media_type(content_type) or "text/plain")
 
     async def _request(self, client: httpx2.AsyncClient, url: httpx2.URL, max_bytes: int, *, page: bool) -> Hop:
-        """One GET to the checked address of url's host; the body only for a 2xx answer, at most max_bytes."""
+        """One GET to the checked address of url's host; the body only for a 2xx answer, at most max_bytes.
+
+        A page over max_bytes is refused; robots.txt (page=False) is cut there instead, as RFC 9309 allows.
+        """
         host = url.raw_host.decode("ascii")
         port = url.port or (443 if url.scheme == "https" else 80)
         ip = await checked_address(self.config.allow, self.resolver, host, port)
@@ -186,7 +190,7 @@ class Fetcher:
                 ctype = media_type(response.headers["content-type"])
                 raise HandError(f"refused: {url} is {ctype}, not text; web_fetch reads HTML, plain text and JSON")
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            if page and declared.isdigit() and int(declared) > max_bytes:
                 raise HandError(f"refused: {url} is too big ({size_words(int(declared))}; the limit is "
                                 f"{size_words(max_bytes)})")
             chunks, size = [], 0
@@ -194,6 +198,9 @@ class Fetcher:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
+                        if not page:
+                            chunks.append(chunk[: len(chunk) - (size - max_bytes)])
+                            break
                         raise HandError(f"refused: {url} is too big (more than the {size_words(max_bytes)} limit)")
                     chunks.append(chunk)
             except httpx2.TimeoutException:
@@ -226,8 +233,6 @@ class Fetcher:
             try:
                 hop = await self._request(client, url, ROBOTS_MAX_BYTES, page=False)
             except HandError as exc:
-                if "too big" in str(exc):
-                    return "it is too big"
                 if str(exc).startswith("refused:"):  # it redirects somewhere we may not go: as if it were absent
                     return "allow"
                 raise
