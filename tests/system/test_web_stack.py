@@ -23,7 +23,7 @@ def clean_env(monkeypatch):
 
 async def test_in_the_local_stack_web_fetch_cannot_reach_loopback_services(tmp_path, clean_env):
     with FakeHTTP({"/article": Reply(200, ARTICLE)}) as local_service:
-        stack = await start_local_stack(tmp_path, hands=("web",))
+        stack = await start_local_stack(tmp_path, hands=("web",), timeout=120)
         try:
             async with HandClient(stack.gateway) as client:
                 for url in [local_service.url("/article"), f"http://{stack.gateway}/", "http://localhost:6379/"]:
@@ -41,7 +41,7 @@ async def test_research_through_the_gateway_searches_then_fetches(tmp_path, clea
             {"url": site.url("/article"), "title": "Hydrothermal vents", "content": "Fissures on the sea floor."}]}
         with FakeHTTP({"/search": json_reply(answer)}) as searx:
             stack = await start_local_stack(tmp_path, hands=("web",), extra_env={
-                "BRAINHANDS_WEB_ALLOW": "127.0.0.1", "BRAINHANDS_SEARXNG_URL": searx.base})
+                "BRAINHANDS_WEB_ALLOW": "127.0.0.1", "BRAINHANDS_SEARXNG_URL": searx.base}, timeout=120)
             try:
                 async with HandClient(stack.gateway) as client:
                     specs = {s.name: s for s in await client.describe(timeout=30)}

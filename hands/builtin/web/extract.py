@@ -6,8 +6,6 @@ import copy
 import re
 from dataclasses import dataclass
 
-import trafilatura
-
 #: What web_fetch reads; anything else (images, PDFs, archives, audio, video) is refused before its body is read.
 _HTML = {"text/html", "application/xhtml+xml"}
 _TEXT_APPLICATION = {
@@ -85,6 +83,8 @@ def html_page(body: bytes, url: str, content_type: str) -> Page:
 
     CPU-bound (lxml): run it in a thread.
     """
+    import trafilatura  # here, not at the top: it takes a second to import, and the service should start at once
+
     tree = trafilatura.load_html(body)
     if tree is None:
         return Page(url, "", "", media_type(content_type), note="the page could not be parsed as HTML")

@@ -129,7 +129,7 @@ class Fetcher:
             if hop.status in REDIRECTS:
                 url = self._next(hop)
                 continue
-            if hop.status >= 400 or hop.status < 200:
+            if not 200 <= hop.status < 300:
                 reason = httpx2.codes.get_reason_phrase(hop.status)
                 raise HandError(f"HTTP {hop.status} {reason} from {hop.url}".rstrip())
             return await self._page(hop)
