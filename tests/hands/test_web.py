@@ -8,6 +8,7 @@ sends a packet to a private address: those are refused before any connection is 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -70,6 +71,14 @@ def web():
     }
     with FakeHTTP(routes) as fake:
         yield fake
+
+
+@pytest.fixture
+def refused_port():
+    """A loopback port that refuses connections: bound (so no other process takes it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -336,14 +345,13 @@ async def test_urls_that_are_not_web_pages_are_refused(web_hands, url, why):
     assert reply.is_error and why in reply.output
 
 
-async def test_http_errors_and_dead_hosts_are_errors_that_say_what_happened(web, web_hands):
+async def test_http_errors_and_dead_hosts_are_errors_that_say_what_happened(web, web_hands, refused_port):
     call = await web_hands(allowed())
     gone = await call("web_fetch", url=web.url("/gone"))
     assert gone.is_error and f"HTTP 404 Not Found from {web.url('/gone')}" in gone.output
     broken = await call("web_fetch", url=web.url("/broken"))
     assert broken.is_error and "HTTP 500 Internal Server Error" in broken.output
-    with FakeHTTP() as closed:
-        port = closed.port
+    port = refused_port
     dead = await call("web_fetch", url=f"http://127.0.0.1:{port}/")
     assert dead.is_error and f"could not connect to 127.0.0.1:{port}" in dead.output
 
@@ -493,14 +501,13 @@ async def test_search_failures_are_errors_that_say_why(web_hands, provider, path
     assert result.is_error and why in result.output
 
 
-async def test_search_without_a_provider_or_reachable_api_says_what_to_set(web_hands):
+async def test_search_without_a_provider_or_reachable_api_says_what_to_set(web_hands, refused_port):
     unconfigured = await web_hands(WebConfig())
     reply = await unconfigured("web_search", query="anything")
     assert reply.is_error
     for var in ("BRAVE_API_KEY", "TAVILY_API_KEY", "EXA_API_KEY", "BRAINHANDS_SEARXNG_URL"):
         assert var in reply.output
-    with FakeHTTP() as closed:
-        base = closed.base
+    base = f"http://127.0.0.1:{refused_port}"
     dead = await web_hands(WebConfig(search=SearchConfig(provider="brave", base_url=base, api_key=KEY)))
     reply = await dead("web_search", query="anything")
     assert reply.is_error and "the brave search API is unreachable" in reply.output
