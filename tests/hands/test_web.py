@@ -7,6 +7,7 @@ sends a packet to a private address: those are refused before any connection is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -367,6 +368,14 @@ async def test_pages_are_cached_by_url(web, web_hands):
     assert first.output == again.output and not first.is_error
     assert "[truncated: showing 100 of" in shorter.output
     assert len(web.requests_to("/article")) == 1
+
+
+async def test_the_same_page_asked_for_at_once_is_downloaded_once(web, web_hands):
+    web.routes["/popular"] = Reply(200, ARTICLE, delay=1.0)  # long enough for all three asks to arrive
+    call = await web_hands(allowed())
+    replies = await asyncio.gather(*(call("web_fetch", url=web.url("/popular")) for _ in range(3)))
+    assert all(not r.is_error and ARTICLE_SENTENCES[0] in r.output for r in replies)
+    assert len(web.requests_to("/popular")) == 1
 
 
 async def test_the_cache_is_bounded_and_expires(web, web_hands):

@@ -90,6 +90,7 @@ class Fetcher:
         self.ssl_context = ssl_context or httpx2.create_ssl_context(trust_env=False)
         self.cache = TTLCache(config.cache_entries, config.cache_ttl)
         self.robots = TTLCache(max(64, config.cache_entries), max(config.cache_ttl, 60.0))
+        self._inflight: dict[str, asyncio.Future[Page]] = {}
 
     async def fetch(self, raw_url: str, *, time_left: float | None = None) -> tuple[Page, bool]:
         """(the page, whether it came from the cache) or HandError saying why not."""
@@ -98,8 +99,22 @@ class Fetcher:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
-        # Within the caller's deadline, with a moment to spare, so the model hears "too slow" rather than nothing.
-        budget = self.config.timeout if time_left is None else max(0.1, min(self.config.timeout, time_left - 0.5))
+        # Workers fanned out on one question often read the same page at once: one download serves them all.
+        task = self._inflight.get(key)
+        if task is None:
+            # Within the caller's deadline, with a moment to spare, so the model hears "too slow" rather than nothing.
+            budget = self.config.timeout if time_left is None else max(0.1, min(self.config.timeout, time_left - 0.5))
+            task = asyncio.ensure_future(self._load(key, url, budget))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task), False
+
+    def _forget(self, key: str, task: asyncio.Future[Page]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: when every caller gave up, nobody else will
+
+    async def _load(self, key: str, url: httpx2.URL, budget: float) -> Page:
         try:
             async with asyncio.timeout(budget):
                 async with self._client(budget) as client:
@@ -107,7 +122,7 @@ class Fetcher:
         except TimeoutError:
             raise HandError(f"too slow: {key} did not arrive within {budget:g}s") from None
         self.cache.put(key, page)
-        return page, False
+        return page
 
     def _client(self, budget: float) -> httpx2.AsyncClient:
         # No keep-alive: requests go to a pinned address with the name in Host and SNI, so a pooled connection

@@ -67,7 +67,7 @@ def make_web_hands(
             "its title and the final URL after redirects. Plain text and JSON come back as they are; images, "
             f"PDFs and other binaries are refused. Limits: {size_words(config.max_bytes)}, {config.timeout:g}s, "
             f"{config.max_redirects} redirects; private, loopback and link-local addresses are refused. {robots} "
-            "Pages are cached for a while, so fetching the same URL again is cheap."
+            "Pages are cached by URL for a while, so fetching the same URL again (or at the same time as another worker) is cheap."
         ),
         idempotent=True,
     )
