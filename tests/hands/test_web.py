@@ -105,7 +105,7 @@ async def test_fetch_keeps_the_article_and_drops_navigation_boilerplate_and_scri
     call = await web_hands(allowed())
     reply = await call("web_fetch", url=web.url("/article"))
     assert not reply.is_error, reply.output
-    assert reply.output.startswith("# Hydrothermal vents\n")
+    assert reply.output.startswith("# Hydrothermal vents | Ocean Notes\n")
     assert f"URL: {web.url('/article')}" in reply.output
     for sentence in ARTICLE_SENTENCES:
         assert sentence in reply.output

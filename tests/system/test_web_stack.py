@@ -52,7 +52,7 @@ async def test_research_through_the_gateway_searches_then_fetches(tmp_path, clea
                     [result] = json.loads(found.output)["results"]
                     page = await client.execute("web_fetch", {"url": result["url"]}, timeout=30)
                     assert not page.is_error, page.output
-                    assert page.output.startswith("# Hydrothermal vents")
+                    assert page.output.startswith("# Hydrothermal vents | Ocean Notes")
                     assert "chemosynthesis" in page.output and "TRACKING-SCRIPT-TEXT" not in page.output
             finally:
                 stack.stop()

@@ -78,6 +78,23 @@ def decode_text(body: bytes, content_type: str) -> str:
         return body.decode("utf-8", errors="replace")
 
 
+def page_title(tree) -> str:
+    """The title the page gives itself: og:title, else <title>, else its first <h1>.
+
+    (trafilatura's own guess prefers a lone <h1>, which on many sites is a menu's or a dialog's heading.)
+    """
+    for meta in tree.iter("meta"):
+        if (meta.get("property") or meta.get("name") or "").lower() == "og:title" and (meta.get("content") or "").strip():
+            return " ".join(meta.get("content").split())
+    for path in (".//title", ".//h1"):
+        element = tree.find(path)
+        if element is not None:
+            text = " ".join(element.text_content().split())
+            if text:
+                return text
+    return ""
+
+
 def html_page(body: bytes, url: str, content_type: str) -> Page:
     """The readable text of an HTML page as markdown (navigation, boilerplate and scripts dropped), and its title.
 
@@ -88,12 +105,7 @@ def html_page(body: bytes, url: str, content_type: str) -> Page:
     tree = trafilatura.load_html(body)
     if tree is None:
         return Page(url, "", "", media_type(content_type), note="the page could not be parsed as HTML")
-    try:
-        title = (trafilatura.extract_metadata(copy.deepcopy(tree), default_url=url).title or "").strip()
-    except Exception:  # metadata is a nicety: a page whose metadata trips the parser still has its text
-        title = ""
-    if not title:
-        title = " ".join((tree.findtext(".//title") or "").split())
+    title = page_title(tree)
     options = {"url": url, "output_format": "markdown", "include_comments": False, "include_tables": True}
     text = trafilatura.extract(copy.deepcopy(tree), **options)
     note = ""

@@ -31,8 +31,8 @@ def make_web_hands(
     fetcher = Fetcher(config, resolver=resolver, ssl_context=ssl_context)
     provider = config.search.provider or "none configured (every call fails until the operator sets a key)"
     robots = (
-        f"It honours robots.txt (the rules for user-agent {config.user_agent.split('/')[0]!r}, else '*'; a missing robots.txt allows all, "
-        "one that answers 5xx disallows all, as RFC 9309 says)."
+        f"It honours robots.txt (the rules for user-agent {config.user_agent.split('/')[0]!r}, else '*'; "
+        "a missing robots.txt allows all, one that answers 5xx disallows all, as RFC 9309 says)."
         if config.robots else "robots.txt is not consulted on this service (its operator turned it off)."
     )
 
