@@ -113,6 +113,18 @@ async def test_fetch_keeps_the_article_and_drops_navigation_boilerplate_and_scri
         assert marker not in reply.output
 
 
+async def test_the_title_is_the_one_the_page_gives_itself_not_a_dialogs_heading(web, web_hands):
+    page = ARTICLE.replace("<header>", '<div class="dialog" hidden><h1>Keyboard shortcuts</h1></div><header>').replace(
+        "<h1>Hydrothermal vents</h1>", "<h2>Hydrothermal vents</h2>")
+    web.routes["/dialog"] = Reply(200, page)
+    web.routes["/og"] = Reply(200, page.replace("<head>", '<head><meta property="og:title" content="Vents, explained">'))
+    call = await web_hands(allowed())
+    titled = await call("web_fetch", url=web.url("/dialog"))
+    assert titled.output.startswith("# Hydrothermal vents | Ocean Notes\n"), titled.output[:200]
+    og = await call("web_fetch", url=web.url("/og"))
+    assert og.output.startswith("# Vents, explained\n"), og.output[:200]
+
+
 async def test_fetch_follows_a_redirect_chain_and_names_the_final_url(web, web_hands):
     call = await web_hands(allowed())
     reply = await call("web_fetch", url=web.url("/chain/1"))
