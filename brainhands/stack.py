@@ -25,6 +25,9 @@ BUILTIN_HANDS = {
     "sandbox": ("hands.builtin.sandbox", ["sandbox_*"]),
     "llm": ("hands.builtin.llm", ["llm_*"]),
     "memory": ("hands.builtin.memory", ["memory_*"]),
+    # Refuses loopback and private addresses unless BRAINHANDS_WEB_ALLOW says otherwise, so the stack's own
+    # services (gateway, metrics, hands) are out of its reach.
+    "web": ("hands.builtin.web", ["web_*"]),
 }
 
 
