@@ -1,9 +1,10 @@
 """The session log's events: a typed payload for each (what the loop writes), and the one fold of a log into a
 SessionState that the loop drives from and every view (live tree, timeline, `sessions show`) renders from.
 
-Payloads are frozen dataclasses, not pydantic models: the log is written by this code and read back by it, so there
-is nothing to validate, only to read tolerantly (a key an older log lacks takes its default); and the fold runs over
-every event on each wake and each live update, where a plain dataclass costs next to nothing.
+Payloads are dataclasses, not pydantic models: the log is written by this code and read back by it, so there is
+nothing to validate, only to read tolerantly (a key an older log lacks takes its default); and the fold parses every
+event on each wake, where a slotted dataclass built from a dict is the cheapest typed record Python has. They are
+values: the fold hands the same objects to every view, and nothing changes them once built.
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ SESSION_CANCELLED = "session_cancelled"
 NOT_RUN = "NOT_RUN"
 
 
+def _record(*, kw_only: bool) -> Any:
+    """A slotted dataclass that also keeps its fields as class attributes: the fold reads them for every event,
+    and dataclasses.fields() each time would cost more than the rest of the fold."""
+
+    def make(cls: type) -> type:
+        cls = dataclass(kw_only=kw_only, slots=True)(cls)
+        cls._FIELDS = fields(cls)
+        cls._NAMES = tuple(f.name for f in cls._FIELDS)
+        cls._KNOWN = frozenset(cls._NAMES)
+        cls._PARSED = tuple((f.name, f.metadata["parse"]) for f in cls._FIELDS if "parse" in f.metadata)
+        return cls
+
+    return make
+
+
 # --- usage: the counters are the fields, so a new one is one line here --------------------------------------
 
 
@@ -38,36 +54,35 @@ def _counter(*, tokens: bool = True, always: bool = False) -> Any:
     return field(default=0, metadata={"tokens": tokens, "always": always})
 
 
-@dataclass(frozen=True)
+@_record(kw_only=False)
 class _Usage:
     """Counters read from the log, from an API object with the same attribute names, summed, and written back."""
 
     @classmethod
     def from_data(cls, data: dict[str, Any] | None) -> Self:
-        data = data or {}
-        return cls(**{f.name: int(data.get(f.name) or 0) for f in fields(cls)})
+        if not data:
+            return cls()
+        return cls(*[int(data.get(name) or 0) for name in cls._NAMES])
 
     @classmethod
     def from_counts(cls, source: Any) -> Self:
         """From an object carrying the counters as attributes: the Messages API's usage, the hands' Usage message."""
-        return cls(**{f.name: int(getattr(source, f.name, None) or 0) for f in fields(cls)})
+        return cls(*[int(getattr(source, name, None) or 0) for name in cls._NAMES])
 
     @classmethod
     def sum(cls, items: Iterable[Self]) -> Self:
-        out = cls()
-        for item in items:
-            out = out + item
-        return out
+        items = list(items)
+        return cls(*[sum(getattr(item, name) for item in items) for name in cls._NAMES])
 
     def __add__(self, other: Self) -> Self:
-        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        return type(self).sum((self, other))
 
     def to_data(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["always"] or getattr(self, f.name)}
+        return {f.name: getattr(self, f.name) for f in self._FIELDS if f.metadata["always"] or getattr(self, f.name)}
 
     def tokens(self) -> dict[str, int]:
         """Each token counter by name (the totals a session reports)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["tokens"]}
+        return {f.name: getattr(self, f.name) for f in self._FIELDS if f.metadata["tokens"]}
 
     @property
     def total(self) -> int:
@@ -75,7 +90,7 @@ class _Usage:
         return sum(self.tokens().values())
 
 
-@dataclass(frozen=True)
+@_record(kw_only=False)
 class ModelUsage(_Usage):
     """What one model response cost, as the Messages API counts it."""
 
@@ -90,7 +105,7 @@ class ModelUsage(_Usage):
         return self.total - self.output_tokens
 
 
-@dataclass(frozen=True)
+@_record(kw_only=False)
 class HandUsage(_Usage):
     """What a hand reported spending for one call (the hands' Usage message)."""
 
@@ -109,7 +124,7 @@ def _omit_none(**metadata: Any) -> dict[str, Any]:
     return {"omit_none": True, **metadata}
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class Payload:
     """An event's data. Every field has a default, so a log written before a field existed still reads."""
 
@@ -118,7 +133,7 @@ class Payload:
     def to_data(self) -> dict[str, Any]:
         """The JSON-ready dict the log stores (a field marked omit_none is left out while it is None)."""
         out: dict[str, Any] = {}
-        for f in fields(self):
+        for f in self._FIELDS:
             value = getattr(self, f.name)
             if value is None and f.metadata.get("omit_none"):
                 continue
@@ -127,16 +142,15 @@ class Payload:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Self:
-        kwargs = {}
-        for f in fields(cls):
-            value = data.get(f.name)
-            if value is not None:
-                parse = f.metadata.get("parse")
-                kwargs[f.name] = parse(value) if parse else value
+        known = cls._KNOWN
+        kwargs = {k: v for k, v in data.items() if v is not None and k in known}
+        for name, parse in cls._PARSED:
+            if name in kwargs:
+                kwargs[name] = parse(kwargs[name])
         return cls(**kwargs)
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class SessionStarted(Payload):
     TYPE = SESSION_STARTED
 
@@ -148,7 +162,7 @@ class SessionStarted(Payload):
     parent_id: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class ModelResponse(Payload):
     TYPE = MODEL_RESPONSE
 
@@ -172,7 +186,7 @@ class ModelResponse(Payload):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class ToolCallStarted(Payload):
     TYPE = TOOL_CALL_STARTED
 
@@ -182,7 +196,7 @@ class ToolCallStarted(Payload):
     attempt: int = 1  # more than 1 when a wake re-issues a call that was started and not finished
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class ToolCallFinished(Payload):
     TYPE = TOOL_CALL_FINISHED
 
@@ -196,7 +210,7 @@ class ToolCallFinished(Payload):
     usage: HandUsage = field(default_factory=HandUsage, metadata={"parse": HandUsage.from_data})
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class LimitReached(Payload):
     """A limit stopped the work: the next turn is a synthesis of what is known."""
 
@@ -210,7 +224,7 @@ class LimitReached(Payload):
     digest_chars: int | None = field(default=None, metadata=_omit_none())
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record(kw_only=True)
 class SessionEnded(Payload):
     """How a session ended; SessionFinished, SessionFailed and SessionCancelled write the keys each one has."""
 
@@ -382,12 +396,18 @@ class SessionState:
         self.session_id = self.session_id or event.session_id
         ts, previous = event.ts, self.last_at
         self.last_at = ts
-        self.earliest_at = ts if self.earliest_at is None else min(self.earliest_at, ts)
-        self.latest_at = ts if self.latest_at is None else max(self.latest_at, ts)
+        if self.earliest_at is None or ts < self.earliest_at:
+            self.earliest_at = ts
+        if self.latest_at is None or ts > self.latest_at:
+            self.latest_at = ts
         p = payload(event)
-        if isinstance(p, SessionStarted):
-            self.task, self.config, self.system, self.tools = p.task, p.config, p.system, p.tools
-            self.model, self.parent_id, self.started_at = p.model, p.parent_id, ts
+        # The most frequent first: a fan-out's log is mostly starts and finishes.
+        if isinstance(p, ToolCallStarted):
+            if (call := self.calls.get(p.call_id)) is not None:
+                call.start_times.append(ts)
+        elif isinstance(p, ToolCallFinished):
+            if (call := self.calls.get(p.call_id)) is not None:
+                call.finished, call.finished_at = p, ts
         elif isinstance(p, ModelResponse):
             synthesis = self.limit is not None
             turn = Turn(len(self.turns), p.content, p.stop_reason, p.usage, [], synthesis,
@@ -400,12 +420,9 @@ class SessionState:
                         turn.calls.append(call)
                         self.calls[call.call_id] = call
             self.turns.append(turn)
-        elif isinstance(p, ToolCallStarted):
-            if (call := self.calls.get(p.call_id)) is not None:
-                call.start_times.append(ts)
-        elif isinstance(p, ToolCallFinished):
-            if (call := self.calls.get(p.call_id)) is not None:
-                call.finished, call.finished_at = p, ts
+        elif isinstance(p, SessionStarted):
+            self.task, self.config, self.system, self.tools = p.task, p.config, p.system, p.tools
+            self.model, self.parent_id, self.started_at = p.model, p.parent_id, ts
         elif isinstance(p, LimitReached):
             self.limit = p
             self.limit_after_turn = len(self.turns)

@@ -44,6 +44,14 @@ def fan_out(log: SessionLog) -> None:
     log.finished("c2", "sandbox_shell", output="collected 3 items\n[exit status 1]", is_error=True, duration=2.5)
 
 
+def finished_fan_out() -> SessionLog:
+    """The fan-out to its end: the worker finishes, the model answers, the session finishes."""
+    log = session_log()
+    fan_out(log)
+    log.finished("c3", "llm_worker", output="ok", duration=3.5)
+    return log.model(text="All fixed.").finish("All fixed.", dt=0.01)
+
+
 def test_a_running_fan_out_shows_each_hand_its_input_and_its_state():
     log = session_log()
     fan_out(log)
@@ -116,11 +124,7 @@ def test_a_fan_out_taller_than_the_terminal_keeps_the_running_calls_in_view():
 
 
 def test_the_summary_left_at_the_end_has_a_line_per_turn_and_the_totals():
-    log = session_log()
-    fan_out(log)
-    log.finished("c3", "llm_worker", output="ok", duration=3.5)
-    log.model(text="All fixed.")
-    log.finish("All fixed.", dt=0.01)
+    log = finished_fan_out()
     console = terminal()
     with LiveView(console, clock=lambda: log.now) as view:
         for event in log.events:
@@ -152,11 +156,7 @@ def test_leaving_the_view_while_the_session_runs_says_it_was_interrupted():
 
 
 def test_off_a_terminal_each_event_is_one_plain_line():
-    log = session_log()
-    fan_out(log)
-    log.finished("c3", "llm_worker", output="ok", duration=3.5)
-    log.model(text="All fixed.")
-    log.finish("All fixed.", dt=0.01)
+    log = finished_fan_out()
     out = io.StringIO()
     view = LiveView(Console(file=out, width=100))
     with view:
