@@ -274,9 +274,9 @@ def test_hands_factory_reads_the_workspace_from_the_environment(workspace, monke
 
 
 async def test_runs_as_its_own_service_process(workspace, hand_client):
-    env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONPATH": str(REPO_ROOT), "BRAINHANDS_WORKSPACE": str(workspace)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hands.builtin.fs", "--workspace", str(workspace), "--port", "0",
+        sys.executable, "-m", "hands.builtin.fs", "--port", "0",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:

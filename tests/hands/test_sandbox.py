@@ -82,9 +82,10 @@ async def sandbox_process(work_root):
     """Start `python -m hands.builtin.sandbox --port 0` with a secret in its environment; yields its address."""
     procs = []
 
-    async def start(*args: str) -> str:
+    async def start(*args: str, isolation: str) -> str:
         env = {
             **os.environ,
+            "BRAINHANDS_SANDBOX_ISOLATION": isolation,
             "ANTHROPIC_API_KEY": SECRET,
             "BRAINHANDS_LOG_FORMAT": "json",
             "PYTHONPATH": str(REPO_ROOT),
@@ -116,7 +117,7 @@ async def sandbox_process(work_root):
 
 @pytest.mark.parametrize("isolation", MODES)
 async def test_code_cannot_read_the_services_secrets(sandbox_process, hand_client, isolation):
-    address, service_pid = await sandbox_process("--isolation", isolation)
+    address, service_pid = await sandbox_process(isolation=isolation)
     client = hand_client(address)
     held = await asyncio.to_thread(Path(f"/proc/{service_pid}/environ").read_bytes)
     assert SECRET in held.decode()  # the service does hold it
