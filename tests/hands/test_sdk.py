@@ -259,3 +259,21 @@ def test_load_hands_takes_a_file_path_with_an_attribute(tmp_path):
     )
     assert [h.name for h in load_hands(str(tmp_path / "file_hands.py"))] == ["greet", "other"]
     assert [h.name for h in load_hands(f"{tmp_path / 'file_hands.py'}:greet")] == ["greet"]
+
+
+async def test_a_failing_drain_hook_is_logged_and_the_drain_goes_on(hand_service):
+    running = await hand_service(sample_hands.HANDS)
+    ran = []
+
+    async def gateway_gone() -> None:
+        raise ConnectionError("the gateway is gone")
+
+    async def deregister_elsewhere() -> None:
+        ran.append("second hook")
+
+    running.on_drain.extend([gateway_gone, deregister_elsewhere])
+    with capture_logs() as logs:
+        await running.drain(0)
+    assert ran == ["second hook"]
+    failed = [entry for entry in logs if entry["event"] == "drain hook failed"]
+    assert len(failed) == 1 and "gateway_gone" in failed[0]["hook"]
