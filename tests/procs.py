@@ -59,12 +59,14 @@ class ServiceProcess:
 
 
 def start_service(args: list[str], *, env: dict[str, str] | None = None, ready_event: str = "serving hands",
-                  timeout: float = 20.0, cwd: str | os.PathLike | None = None) -> ServiceProcess:
-    """Start `python -m brainhands ARGS...` with JSON logs; wait for the log line ready_event with an address."""
+                  timeout: float = 20.0, cwd: str | os.PathLike | None = None,
+                  module: str = "brainhands") -> ServiceProcess:
+    """Start `python -m MODULE ARGS...` (brainhands by default) with JSON logs; wait for the log line ready_event
+    with an address."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
     log_file = tempfile.NamedTemporaryFile(prefix="brainhands-test-", suffix=".log")  # noqa: SIM115
-    proc = spawn([sys.executable, "-m", "brainhands", *args], log_file.name, env=full_env, cwd=cwd or ROOT)
+    proc = spawn([sys.executable, "-m", module, *args], log_file.name, env=full_env, cwd=cwd or ROOT)
     service = ServiceProcess(proc, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
