@@ -229,17 +229,13 @@ class _Driver:
         in its log, for a wake once the store is back.
         """
         store, sid, first = self.brain.store, self.state.session_id, self.state.seq + 1
-        append_many = getattr(store, "append_many", None)
         loop = asyncio.get_running_loop()
         deadline, delay, maybe_written = None, 0.1, False
         while True:
             try:
-                if append_many is not None and len(items) > 1:
-                    return await append_many(sid, first, items)
-                events = []
-                for type, data in items:
-                    events.append(await store.append(sid, first + len(events), type, data))
-                return events
+                if len(items) == 1:
+                    return [await store.append(sid, first, *items[0])]
+                return await store.append_many(sid, first, items) if items else []
             except SeqConflict:
                 if not maybe_written:
                     raise
