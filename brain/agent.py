@@ -13,7 +13,7 @@ from pydantic import Field
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
 from hands import metadata as md
 from hands.builtin.llm import INPUT_SCHEMA as LLM_INPUT_SCHEMA
-from hands.builtin.llm import user_message
+from hands.builtin.llm import WORKER_ENV_VARS, user_message
 from hands.config import DEFAULT_MODEL, ConfigModel, Duration, Text, whole
 
 log = structlog.get_logger("hands.agent")
@@ -48,13 +48,9 @@ class AgentConfig(ConfigModel):
 
     config_name = "agent config"
     env_vars = {
-        "gateway": "BRAINHANDS_GATEWAY",
-        "gateway_api_key": "BRAINHANDS_API_KEY",
+        **WORKER_ENV_VARS,
         "sessions": "BRAINHANDS_SESSIONS",
         "model": ("BRAINHANDS_AGENT_MODEL", "BRAINHANDS_MODEL"),
-        "api_key": "ANTHROPIC_API_KEY",
-        "base_url": "ANTHROPIC_BASE_URL",
-        "max_depth": "BRAINHANDS_MAX_DEPTH",
         "max_turns": "BRAINHANDS_AGENT_MAX_TURNS",
         "max_tool_calls": "BRAINHANDS_AGENT_MAX_TOOL_CALLS",
         "token_budget": "BRAINHANDS_AGENT_TOKEN_BUDGET",

@@ -65,7 +65,7 @@ def _pairs(values: list[str], sep: str, what: str) -> dict[str, str]:
 def _serve_mcp(args: argparse.Namespace) -> int:
     from hands import HandServiceConfig, serve_async
     from hands.logs import configure_logging
-    from hands.mcp import McpBridge, McpBridgeConfig, McpConfigError, McpUnavailable
+    from hands.mcp import McpBridge, McpBridgeConfig, McpUnavailable
 
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -80,9 +80,9 @@ def _serve_mcp(args: argparse.Namespace) -> int:
             headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout,
         )
-    except McpConfigError as exc:
+        service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
+    except ValueError as exc:  # McpConfigError, or a bad service limit naming its key
         raise CliError(str(exc)) from None
-    service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
     configure_logging()
 
     async def run() -> None:

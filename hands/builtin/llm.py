@@ -69,17 +69,23 @@ DESCRIPTION = (
 )
 
 
+#: What every worker hand (llm_worker, agent) reads from the same variables: its model endpoint, gateway and depth.
+WORKER_ENV_VARS = {
+    "api_key": "ANTHROPIC_API_KEY",
+    "base_url": "ANTHROPIC_BASE_URL",
+    "gateway": "BRAINHANDS_GATEWAY",
+    "gateway_api_key": "BRAINHANDS_API_KEY",
+    "max_depth": "BRAINHANDS_MAX_DEPTH",
+}
+
+
 class LLMWorkerConfig(ConfigModel):
     """Everything the llm hand needs, read once at start-up; requests never choose the key, model or gateway."""
 
     config_name = "llm config"
     env_vars = {
-        "api_key": "ANTHROPIC_API_KEY",
-        "base_url": "ANTHROPIC_BASE_URL",
+        **WORKER_ENV_VARS,
         "model": "BRAINHANDS_WORKER_MODEL",
-        "gateway": "BRAINHANDS_GATEWAY",
-        "gateway_api_key": "BRAINHANDS_API_KEY",
-        "max_depth": "BRAINHANDS_MAX_DEPTH",
         "max_turns": "BRAINHANDS_WORKER_MAX_TURNS",
         "max_tokens": "BRAINHANDS_WORKER_MAX_TOKENS",
     }
