@@ -74,11 +74,14 @@ def service_config(args: argparse.Namespace):
     """The HandServiceConfig the service flags describe."""
     from hands import HandServiceConfig
 
-    return HandServiceConfig(
-        max_input_bytes=args.max_input_bytes,
-        max_concurrency=args.max_concurrency,
-        default_timeout=args.timeout,
-    )
+    try:
+        return HandServiceConfig(
+            max_input_bytes=args.max_input_bytes,
+            max_concurrency=args.max_concurrency,
+            default_timeout=args.timeout,
+        )
+    except ValueError as exc:  # a bad limit: one line naming the key
+        raise CliError(str(exc)) from None
 
 
 def serve_hand(args: argparse.Namespace) -> int:
@@ -86,6 +89,7 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands._load import HandLoadError, load_hand_module
     from hands.logs import configure_logging
 
+    config = service_config(args)  # a bad limit is refused before anything loads
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         module, found = load_hand_module(args.spec)
@@ -94,7 +98,6 @@ def serve_hand(args: argparse.Namespace) -> int:
     except (TypeError, ValueError, RuntimeError) as exc:  # a factory refusing its environment
         raise CliError(str(exc) if getattr(args, "named_by_prog", False) else f"{args.spec}: {exc}") from None
     port = args.port if args.port is not None else getattr(module, "DEFAULT_PORT", DEFAULT_PORT)
-    config = service_config(args)
     try:
         asyncio.run(serve_async(found, port=port, host=args.host, config=config,
                                 register=args.register, advertise=args.advertise))
