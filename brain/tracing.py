@@ -8,6 +8,7 @@ it); a woken session starts a new trace with a link to the one its session_start
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,13 +41,10 @@ def session_span(session_id: str, *, depth: int, woken_from: dict[str, str] | No
     return tracing.start_span(f"invoke_agent {attributes['gen_ai.agent.name']}", attributes=attributes, links=links)
 
 
-def with_trace(first: tuple[str, dict[str, Any]] | None) -> tuple[str, dict[str, Any]] | None:
-    """session_started with the current (session) span's ids added, so a later wake can link to this trace."""
+def with_trace(first):
+    """session_started (an events.SessionStarted) with the current session span's ids, so a later wake can link to it."""
     ids = tracing.ids() if first is not None else None
-    if ids is None:
-        return first
-    kind, data = first
-    return kind, {**data, TRACE_KEY: ids}
+    return first if ids is None else dataclasses.replace(first, trace=ids)
 
 
 def earlier_trace(events) -> dict[str, str] | None:
@@ -76,10 +74,12 @@ def turn_span(model: str, turn: int, max_tokens: int):
     )
 
 
-def record_response(span, message, usage: dict[str, int]) -> None:
+def record_response(span, message) -> None:
     """What the model answered: its id and model, the stop reason and the tokens, cache tokens included."""
     if span is None:
         return
+    usage = {k: getattr(message.usage, k, None) or 0 for k in (
+        "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}  # fmt: skip
     span.set_attributes({
         "gen_ai.response.id": message.id or "",
         "gen_ai.response.model": message.model or "",
@@ -125,8 +125,8 @@ def record_outcome(span, outcome) -> None:
     span.set_attributes({
         "brainhands.status": outcome.status,
         "brainhands.is_error": outcome.is_error,
-        "gen_ai.usage.input_tokens": int(outcome.usage.get("input_tokens", 0)),
-        "gen_ai.usage.output_tokens": int(outcome.usage.get("output_tokens", 0)),
+        "gen_ai.usage.input_tokens": int(getattr(outcome.usage, "input_tokens", 0) or 0),
+        "gen_ai.usage.output_tokens": int(getattr(outcome.usage, "output_tokens", 0) or 0),
     })  # fmt: skip
     if outcome.status != "OK":
         tracing.mark_error(span, outcome.output, outcome.status)

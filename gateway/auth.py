@@ -23,6 +23,7 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
 from hands import metadata as md
 from hands import tracing
+from hands.serving import note_call
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.auth")
@@ -199,15 +200,7 @@ class Access:
             if span is not None:
                 span.update_name(f"gateway {label}")
             tracing.set_attributes(brainhands__hand=label, brainhands__tenant=tenant, brainhands__code=code.name)
-        log.info(
-            "call",
-            hand=label,
-            tenant=tenant,
-            backend="",
-            code=code.name,
-            attempts=0,
-            duration_ms=round(seconds * 1000, 2),
-        )
+        note_call(hand=label, tenant=tenant, backend="", attempts=0)
         await context.abort(code, details, trailing_metadata=tuple(trailing))
 
     def _label(self, hand: str) -> str:

@@ -1,4 +1,4 @@
-"""HandService over grpc.aio: validation, concurrency limit, timeouts, one log line per call."""
+"""HandService over grpc.aio: validation, concurrency limit, timeouts, what goes in the log line of a call."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -15,7 +14,8 @@ from google.protobuf.message import DecodeError
 from hands import metadata as md
 from hands import tracing
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
-from hands.serving import RunningServer, start_server
+from hands.config import ConfigModel, Duration, whole
+from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("hands")
@@ -23,13 +23,12 @@ log = structlog.get_logger("hands")
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class HandServiceConfig:
+class HandServiceConfig(ConfigModel):
     """Limits for one hand service, fixed at start."""
 
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_concurrency: int = 64
-    default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+    max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
+    max_concurrency: whole(1) = 64
+    default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
 
 
 class _Malformed:
@@ -77,7 +76,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         return self._describe
 
     async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
+        started = time.perf_counter()  # for the duration histogram (the call's log line times itself)
         name = "" if isinstance(request, _Malformed) else request.name
         response = None
         counted = False  # in the in-flight gauge
@@ -110,16 +109,9 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             response = await self._run(the_hand, request, context)
             return response
         finally:
-            code = context.code()
             if self._metrics is not None:
-                _observe(self._metrics, name if name in self._hands else "unknown", counted, code, response, started)
-            log.info(
-                "call",
-                hand=name[:64],
-                code=(code.name if code is not None else ("OK" if response is not None else "CANCELLED")),
-                is_error=bool(response is not None and response.is_error),
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+                _observe(self._metrics, name if name in self._hands else "unknown", counted, context.code(), response, started)
+            note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
 
     async def _run(self, the_hand: Hand, request, context) -> hands_pb2.ExecuteResponse:
         loop = asyncio.get_running_loop()
