@@ -29,10 +29,13 @@ async def serve_async(
 ) -> None:
     """metrics: HOST:PORT to serve brainhands_hand_* on; otel: an OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT)."""
     from hands import tracing
-    from hands.metrics import HandMetrics
 
     tracing.configure_tracing(f"brainhands-{hands[0].name.split('_')[0]}" if hands else "brainhands-hand", otel)
-    counters = HandMetrics() if metrics else None
+    counters = None
+    if metrics:  # prometheus_client is imported only by a service that serves metrics
+        from hands.metrics import HandMetrics
+
+        counters = HandMetrics()
     metrics_port = counters.serve(metrics) if counters else None
     running = await start(hands, host=host, port=port, config=config, metrics=counters)
     if counters is not None:
