@@ -18,10 +18,10 @@ QuotaKind = Literal["rate", "concurrency", "calls", "tokens"]
 QUOTA_KINDS: tuple[QuotaKind, ...] = ("rate", "concurrency", "calls", "tokens")
 
 WINDOWS = {"s": 1.0, "m": 60.0, "h": 3600.0, "day": 86400.0}
-_PER_WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|day)\s*$")
+_PER_WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|day)\s*$")  # 50/s, 5/2s, 1000/12h
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_RULE_KEYS = {"hands", "burst", *QUOTA_KINDS}
+_RULE_KEYS = {"hands", "burst", "reserve", *QUOTA_KINDS}
 _TENANT_KEYS = {"name", "api_keys", "allow", "quotas"}
 
 
@@ -44,6 +44,7 @@ class QuotaRule:
     limit: int  # rate: tokens added per window; concurrency: slots; calls / tokens: per window
     window: float = 0.0  # seconds; 0 for concurrency
     burst: int = 0  # rate only: bucket capacity
+    reserve: int = 0  # tokens only: what each call reserves while it runs, when it does not say (budget header)
 
     def matches(self, hand: str) -> bool:
         return fnmatch.fnmatchcase(hand, self.hands)
@@ -127,11 +128,11 @@ def hash_key(api_key: str) -> str:
 
 
 def parse_per_window(value: Any, where: str) -> tuple[int, float]:
-    """``"50/s"`` -> (50, 1.0); windows s, m, h, day."""
+    """``"50/s"`` -> (50, 1.0), ``"5/2s"`` -> (5, 2.0); windows s, m, h, day, optionally a whole number of them."""
     match = _PER_WINDOW.match(str(value)) if isinstance(value, str) else None
-    if not match or int(match.group(1)) <= 0:
-        raise TenantConfigError(f"{where}: expected N/s|m|h|day with N > 0, got {value!r}")
-    return int(match.group(1)), WINDOWS[match.group(2)]
+    if not match or int(match.group(1)) <= 0 or int(match.group(2) or 1) <= 0:
+        raise TenantConfigError(f"{where}: expected N/s|m|h|day (or N/Ks, N/Km, ...) with N, K > 0, got {value!r}")
+    return int(match.group(1)), int(match.group(2) or 1) * WINDOWS[match.group(3)]
 
 
 def parse_tenants(raw: Any, environ: Mapping[str, str] | None = None, where: str = "tenants") -> Tenants:
@@ -214,13 +215,18 @@ def _parse_rule(entry: Any, tenant: str, index: int, where: str) -> list[QuotaRu
     unknown = set(entry) - _RULE_KEYS
     if unknown:
         raise TenantConfigError(
-            f"{where}.{sorted(unknown)[0]}: unknown key (expected hands, rate, burst, concurrency, calls, tokens)"
+            f"{where}.{sorted(unknown)[0]}: unknown key (expected hands, rate, burst, concurrency, calls, tokens, reserve)"
         )
     hands = entry.get("hands", "*")
     if not isinstance(hands, str) or not hands:
         raise TenantConfigError(f"{where}.hands: expected a hand-name glob like 'llm_*'")
     if "burst" in entry and "rate" not in entry:
         raise TenantConfigError(f"{where}.burst: only meaningful with rate")
+    reserve = entry.get("reserve", 0)
+    if "reserve" in entry and "tokens" not in entry:
+        raise TenantConfigError(f"{where}.reserve: only meaningful with tokens")
+    if not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0:
+        raise TenantConfigError(f"{where}.reserve: expected a whole number of tokens >= 0, got {reserve!r}")
     kinds = [kind for kind in QUOTA_KINDS if kind in entry]
     if not kinds:
         raise TenantConfigError(f"{where}: expected at least one of rate, concurrency, calls, tokens")
@@ -239,7 +245,9 @@ def _parse_rule(entry: Any, tenant: str, index: int, where: str) -> list[QuotaRu
             burst = entry.get("burst", limit)
             if not isinstance(burst, int) or isinstance(burst, bool) or burst <= 0:
                 raise TenantConfigError(f"{where}.burst: expected a whole number > 0, got {burst!r}")
-        rules.append(QuotaRule(tenant, rule_id, hands, kind, limit, window, burst))
+        rules.append(
+            QuotaRule(tenant, rule_id, hands, kind, limit, window, burst, reserve if kind == "tokens" else 0)
+        )
     return rules
 
 
