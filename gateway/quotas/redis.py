@@ -44,7 +44,7 @@ local function counted(key, window, drop)
   local used, buckets, stale = 0, {}, {}
   for j = 1, #raw, 2 do
     local index, amount = tonumber(raw[j]), tonumber(raw[j + 1])
-    if index < oldest then
+    if index == nil or amount == nil or index < oldest then  -- nil: a fixed window's w/n of an older gateway
       stale[#stale + 1] = raw[j]
     else
       used = used + amount
