@@ -1,6 +1,6 @@
 """Exactly-once hands: a call's result remembered by its call id, so a repeat gets it instead of a second run.
 
-A hand service runs each call of a non-idempotent hand once per (tenant, hand, call id): a repeat of a
+A hand service runs each call of a non-idempotent hand once per (tenant, session, hand, call id): a repeat of a
 finished call is answered with the stored result (kept ``dedupe_ttl``, default 1 h), and a repeat of a call
 still running waits for it. The run itself no longer belongs to the RPC that started it: if its caller goes
 away (a brain that crashed, a cancelled call), it runs on to its end so that the caller's repeat (a woken
@@ -212,14 +212,15 @@ class Once:
         return await asyncio.shield(task)
 
     async def run(self, the_hand, request, context, run) -> hands_pb2.ExecuteResponse:
-        """HandServicer's hook: run(the_hand, request, context) once per (tenant, hand, call id)."""
+        """HandServicer's hook: run(the_hand, request, context) once per (tenant, session, hand, call id)."""
         meta = md.as_dict(context.invocation_metadata())
         call_id = request.call_id or meta.get(md.CALL_ID, "")
         if the_hand.idempotent or not call_id:
             return await run(the_hand, request, context)
         # The tenant the gateway vouches for is part of the key: one tenant cannot read another's result
-        # by sending the same call id.
-        key = f"{meta.get(md.TENANT, '')}/{the_hand.name}/{call_id}"
+        # by sending the same call id. So is the session: a model's call ids are unique within a session only.
+        session_id = request.session_id or meta.get(md.SESSION_ID, "")
+        key = f"{meta.get(md.TENANT, '')}/{session_id}/{the_hand.name}/{call_id}"
         try:
             return await self.call(key, lambda: run(the_hand, request, context))
         except DedupeStoreUnavailable as exc:

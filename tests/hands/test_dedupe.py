@@ -88,6 +88,9 @@ async def test_a_repeat_of_a_finished_call_gets_its_result_without_running_again
     assert counting.runs[call_id] == 1
     other = await client.execute("charge", {"amount": 5})
     assert other.output == "charged 5 (run 1)"  # a new call id is a new call
+    # Call ids are a session's own (a model numbers them): another session's call with the same id is another call.
+    elsewhere = await client.execute("charge", {"amount": 5}, call_id=call_id, session_id="another-session")
+    assert elsewhere.output == "charged 5 (run 2)"
 
 
 async def test_a_repeat_of_a_running_call_waits_for_it_and_the_first_caller_may_leave(service):
