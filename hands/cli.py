@@ -57,6 +57,11 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands import HandServiceConfig, load_hands, serve
     from hands.logs import configure_logging
 
+    if args.dedupe_ttl < 0:
+        raise CliError(f"--dedupe-ttl: expected seconds >= 0, got {args.dedupe_ttl:g}")
+    if args.dedupe_store != "memory" and not args.dedupe_store.startswith(("redis://", "rediss://", "unix://")):
+        raise CliError(f"--dedupe-store: expected 'memory' or a redis:// URL, got {args.dedupe_store!r}")
+
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         found = load_hands(args.spec)
@@ -64,10 +69,6 @@ def serve_hand(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise CliError(f"{args.spec}: {exc}") from None
-    if args.dedupe_ttl < 0:
-        raise CliError(f"--dedupe-ttl: expected seconds >= 0, got {args.dedupe_ttl:g}")
-    if args.dedupe_store != "memory" and not args.dedupe_store.startswith(("redis://", "rediss://", "unix://")):
-        raise CliError(f"--dedupe-store: expected 'memory' or a redis:// URL, got {args.dedupe_store!r}")
     config = HandServiceConfig(
         max_input_bytes=args.max_input_bytes,
         max_concurrency=args.max_concurrency,

@@ -222,7 +222,14 @@ class Once:
         session_id = request.session_id or meta.get(md.SESSION_ID, "")
         key = f"{meta.get(md.TENANT, '')}/{session_id}/{the_hand.name}/{call_id}"
         try:
-            return await self.call(key, lambda: run(the_hand, request, context))
+            try:
+                return await self.call(key, lambda: run(the_hand, request, context))
+            except grpc.aio.AbortError:
+                if context.code() is not None:
+                    raise  # this caller's own run ended with a status
+                # The run this repeat waited for (another caller's) ended with a status and was forgotten:
+                # run the call for this caller, as any repeat of a failed call would.
+                return await self.call(key, lambda: run(the_hand, request, context))
         except DedupeStoreUnavailable as exc:
             log.error("dedupe store down; refusing a non-idempotent call", hand=the_hand.name, error=str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; the call was not run")

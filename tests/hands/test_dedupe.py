@@ -59,12 +59,21 @@ class Counting:
                 raise RuntimeError("the first run broke")
             return "fine"
 
+        @hand(description="Wait for the gate; fail the first time, then succeed.")
+        async def flaky_slow(ctx: Context) -> str:
+            self.runs[ctx.call_id] += 1
+            self.entered.set()
+            await self.gate.wait()
+            if self.runs[ctx.call_id] == 1:
+                raise RuntimeError("the first run broke")
+            return f"fine on run {self.runs[ctx.call_id]}"
+
         @hand(description="Read something: safe to run again.", idempotent=True)
         async def read(ctx: Context) -> str:
             self.runs[ctx.call_id] += 1
             return f"read (run {self.runs[ctx.call_id]})"
 
-        self.hands = [charge, hold, flaky, read]
+        self.hands = [charge, hold, flaky, flaky_slow, read]
 
 
 @pytest.fixture
@@ -190,3 +199,33 @@ async def test_a_replica_that_died_mid_run_loses_its_claim_after_the_lease(store
         assert asyncio.get_running_loop().time() - started >= LEASE * 0.5  # it waited for the claim to end
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dedupe-store", "mysql://db"], "--dedupe-store: expected 'memory' or a redis:// URL, got 'mysql://db'"),
+        (["--dedupe-ttl", "-1"], "--dedupe-ttl: expected seconds >= 0, got -1"),
+    ],
+)
+def test_a_bad_dedupe_flag_is_one_line_and_exit_2(capsys, flags, message):
+    from hands.cli import main
+
+    assert main(["tests.hands.sample_hands", *flags]) == 2
+    assert capsys.readouterr().err == f"brainhands serve hand: {message}\n"
+
+
+async def test_a_repeat_waiting_for_a_run_that_failed_runs_the_call_itself(service):
+    client, counting = await service()
+    call_id = uuid.uuid4().hex
+    counting.runs[call_id] = 0
+    first = asyncio.ensure_future(client.execute("flaky_slow", call_id=call_id, timeout=30))
+    await asyncio.wait_for(counting.entered.wait(), 10)
+    repeat = asyncio.ensure_future(client.execute("flaky_slow", call_id=call_id, timeout=30))
+    await asyncio.sleep(0.2)
+    counting.gate.set()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await first
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert (await repeat).output == "fine on run 2"
+    assert counting.runs[call_id] == 2
