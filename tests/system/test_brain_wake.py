@@ -128,7 +128,7 @@ async def test_sigkill_mid_fan_out_of_non_idempotent_calls_then_wake_executes_ea
     db = str(tmp_path / "sessions.db")
     common = ["--gateway", address, "--sessions", db, "--json"]
     brain = await brainhands_procs("run", "Act six times.", "--model", f"scripted:{script}", "--lease-ttl", "2", *common)
-    session_id = json.loads(await asyncio.wait_for(brain.stdout.readline(), 30))["session_id"]
+    session_id = json.loads(await asyncio.wait_for(brain.stdout.readline(), 60))["session_id"]
 
     store = await open_store(db)
     try:
