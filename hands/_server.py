@@ -9,7 +9,9 @@ from collections.abc import Sequence
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from pydantic import NonNegativeFloat
 
+from hands import dedupe
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
 from hands.config import ConfigModel, Duration, whole
@@ -27,6 +29,8 @@ class HandServiceConfig(ConfigModel):
     max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
     max_concurrency: whole(1) = 64
     default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
+    dedupe_ttl: NonNegativeFloat = dedupe.DEFAULT_TTL  # seconds a finished call's result answers repeats (0: off)
+    dedupe_store: str = "memory"  # or redis://host:port/db, shared by replicas of the service
 
 
 class _Malformed:
@@ -57,6 +61,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         self._hands = check_unique(list(hands))
         self._config = config
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._once = dedupe.once(config.dedupe_store, config.dedupe_ttl)
         self._describe = hands_pb2.DescribeResponse(
             hands=[
                 hands_pb2.HandSpec(
@@ -96,7 +101,10 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             the_hand = self._hands.get(name)
             if the_hand is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no hand named {name!r} here")
-            response = await self._run(the_hand, request, context)
+            if self._once is None:
+                response = await self._run(the_hand, request, context)
+            else:  # a non-idempotent hand runs once per call id; a repeat gets the stored result
+                response = await self._once.run(the_hand, request, context, self._run)
             return response
         finally:
             note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
