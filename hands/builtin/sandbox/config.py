@@ -33,11 +33,18 @@ class SandboxConfig:
     max_file_bytes: int = 64 * 1024 * 1024  # RLIMIT_FSIZE: the largest file a run may write
     max_open_files: int = 256  # RLIMIT_NOFILE
     max_output_bytes: int = 64 * 1024  # stdout+stderr returned; the rest is cut with a marker
+    # What one run may store in all: its working directory, /tmp and /dev/shm share one size-capped tmpfs
+    # (RAM-backed, freed when the run ends) when the service may mount one, else /tmp and /dev/shm get a
+    # tmpfs of this size each under bubblewrap and the working directory has no total bound (Describe says which).
+    disk_bytes: int = 512 * 1024 * 1024
+    max_files: int = 10_000  # files and directories one run may create (the tmpfs's inode limit)
     max_concurrent: int = 8  # runs at once; more wait for a slot
     isolation: str = "auto"  # auto: bubblewrap when it works, else limits-only
     # When the service runs as root, each concurrent run gets its own unprivileged uid from
     # [uid_base, uid_base + max_concurrent): root ignores RLIMIT_NPROC, can read every
     # process's environment and cannot be cleaned up after by uid; a plain uid fixes all three.
+    # Each service instance on a host needs a range of its own (cleanup kills every process of a
+    # run's uid): a second instance on a range in use refuses to start, naming the holder.
     uid_base: int = 61000
     python: str = field(default_factory=_default_python)
     shell: str = "/bin/sh"
@@ -45,7 +52,7 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         positive = ("timeout", "max_timeout", "cpu_seconds", "memory_bytes", "max_processes",
-                    "max_file_bytes", "max_open_files", "max_output_bytes", "max_concurrent")
+                    "max_file_bytes", "max_open_files", "max_output_bytes", "max_concurrent", "disk_bytes", "max_files")
         for key in positive:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
