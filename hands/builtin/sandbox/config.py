@@ -46,13 +46,16 @@ class SandboxConfig:
     # Each service instance on a host needs a range of its own (cleanup kills every process of a
     # run's uid): a second instance on a range in use refuses to start, naming the holder.
     uid_base: int = 61000
+    # Ranges of max_concurrent uids from uid_base an instance may try, the first free one taken; 1 pins it to uid_base.
+    uid_ranges: int = 64
     python: str = field(default_factory=_default_python)
     shell: str = "/bin/sh"
     work_root: str | None = None  # where fresh working directories are made (default: the system temp dir)
 
     def __post_init__(self) -> None:
         positive = ("timeout", "max_timeout", "cpu_seconds", "memory_bytes", "max_processes",
-                    "max_file_bytes", "max_open_files", "max_output_bytes", "max_concurrent", "disk_bytes", "max_files")
+                    "max_file_bytes", "max_open_files", "max_output_bytes", "max_concurrent", "disk_bytes", "max_files",
+                    "uid_ranges")
         for key in positive:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

@@ -29,17 +29,33 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _UID_LOCKS: dict[int, int] = {}  # uid -> the fd of its lock file, held for this process's lifetime
 
 
-def claim_uids(base: int, count: int) -> list[int]:
-    """Claim [base, base + count) for this service instance, or RuntimeError naming who holds a uid of it.
+def claim_uids(base: int, count: int, ranges: int = 1) -> list[int]:
+    """Claim count uids for this service instance: [base, base + count), else the next free range of count.
 
-    Cleanup kills every process of a run's uid, so two instances sharing a uid kill each other's runs.
-    Each uid has a lock file (flock, released by the kernel when the holder dies, so a crash leaves
-    nothing stale); a uid that some other process runs as is refused too, lock or not.
+    Cleanup kills every process of a run's uid, so two instances sharing a uid would kill each other's
+    runs. Each uid has a lock file (flock: the kernel drops it when the holder dies, so a crash leaves
+    nothing stale), and a range that some other process runs as counts as taken, lock or not. Up to
+    `ranges` ranges are tried; RuntimeError, naming the holder, if none is free.
     """
-    uids = list(range(base, base + count))
     lock_dir = "/run/brainhands-sandbox" if os.access("/run", os.W_OK) else os.path.join(
         tempfile.gettempdir(), "brainhands-sandbox-uids")
     os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+    why = ""
+    for n in range(ranges):
+        start = base + n * count
+        why = _claim_range(lock_dir, start, count)
+        if not why:
+            return list(range(start, start + count))
+    tried = f"uids {base}-{base + count - 1}" if ranges == 1 else f"{ranges} ranges of {count} uids from {base}"
+    raise RuntimeError(
+        f"sandbox: no free uid range ({tried}; last: {why}); give each instance on a host its own range with "
+        f"BRAINHANDS_SANDBOX_UID_BASE (e.g. {base + ranges * count})"
+    )
+
+
+def _claim_range(lock_dir: str, start: int, count: int) -> str:
+    """Lock [start, start + count) for this process; "" on success, else why not (and nothing kept)."""
+    uids = range(start, start + count)
     taken: list[int] = []
     for uid in uids:
         if uid in _UID_LOCKS:
@@ -51,23 +67,17 @@ def claim_uids(base: int, count: int) -> list[int]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             _release(taken)
-            raise RuntimeError(
-                f"sandbox uids {base}-{base + count - 1}: uid {uid} is held by another sandbox service (pid {holder}); "
-                f"give each instance on a host its own range with BRAINHANDS_SANDBOX_UID_BASE (e.g. {base + 1000})"
-            ) from None
+            return f"uid {uid} is held by another sandbox service, pid {holder}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _UID_LOCKS[uid] = fd
         taken.append(uid)
-    owners = _processes_of(set(uids), exclude_children_of=os.getpid())
-    if owners:
+    owners = _processes_of(set(uids))
+    if owners and taken:  # uids this process held before are its own runs' business
         _release(taken)
         uid, pid, name = owners[0]
-        raise RuntimeError(
-            f"sandbox uids {base}-{base + count - 1}: uid {uid} is in use by pid {pid} ({name}), which is not this "
-            f"service's; give this instance a free range with BRAINHANDS_SANDBOX_UID_BASE (e.g. {base + 1000})"
-        )
-    return uids
+        return f"uid {uid} is in use by pid {pid} ({name})"
+    return ""
 
 
 def _release(uids: list[int]) -> None:
@@ -75,8 +85,8 @@ def _release(uids: list[int]) -> None:
         os.close(_UID_LOCKS.pop(uid))
 
 
-def _processes_of(uids: set[int], exclude_children_of: int) -> list[tuple[int, int, str]]:
-    """(uid, pid, name) of live processes running as one of uids, not counting our own children's zombies."""
+def _processes_of(uids: set[int]) -> list[tuple[int, int, str]]:
+    """(uid, pid, name) of live (not zombie) processes running as one of uids."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

@@ -70,7 +70,8 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
     """sandbox_python and sandbox_shell under config; probes bubblewrap once, here."""
     as_root = os.geteuid() == 0
     # Claimed before the probe runs as uids[0]: RuntimeError (one line at start-up) if another instance has them.
-    uids = claim_uids(config.uid_base, config.max_concurrent) if as_root else [None] * config.max_concurrent
+    uids = (claim_uids(config.uid_base, config.max_concurrent, config.uid_ranges) if as_root
+            else [None] * config.max_concurrent)
     isolation = probe(config, uids[0])
     disk_problem = probe_disk_budget(config.work_root)
     limits = {
