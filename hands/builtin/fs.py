@@ -406,11 +406,12 @@ def _grep_file(regex, cfg: FsConfig, dir_fd: int, name: str, rel: str, matches: 
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)  # a symlink is skipped, never followed
     except OSError:
         return True  # vanished, unreadable or a symlink: grep what can be read
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > cfg.max_grep_file_bytes:  # e.g. a directory swapped in
+        os.close(fd)
+        return True
     with os.fdopen(fd, "rb", buffering=_CHUNK) as f:
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > cfg.max_grep_file_bytes:
-                return True
             if _is_binary(f.read(_BINARY_SNIFF_BYTES)):
                 return True
             f.seek(0)
@@ -571,6 +572,18 @@ def _edit(ws: Workspace, cfg: FsConfig, path: str, old: str, new: str) -> str:
     return f"edited {path}: replaced 1 occurrence at line {line}"
 
 
+def _os_errors_told(fn):
+    """fn, with an OSError it meets (full disk, permissions, a path changed under it) a HandError the model reads."""
+
+    def run(*args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise HandError(f"the file system refused: {exc.strerror or exc}") from None
+
+    return run
+
+
 class _PathLocks:
     """One asyncio.Lock per workspace path, dropped when nobody holds or waits for it."""
 
@@ -614,7 +627,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         name; recursive lists the whole tree below path. The listing is cut after a
         bounded number of entries, with a note.
         """
-        return await asyncio.to_thread(_list, ws, cfg, path, pattern, recursive)
+        return await asyncio.to_thread(_os_errors_told(_list), ws, cfg, path, pattern, recursive)
 
     @hand(idempotent=True, description=(
         "Read a text file in the workspace.\n\n"
@@ -635,7 +648,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
             raise HandError("byte_length must be at least 1 byte")
         if byte_length is not None and byte_offset is None:
             byte_offset = 0
-        return await asyncio.to_thread(_read, ws, cfg, path, offset, limit, byte_offset, byte_length)
+        return await asyncio.to_thread(_os_errors_told(_read), ws, cfg, path, offset, limit, byte_offset, byte_length)
 
     @hand(idempotent=True, timeout=cfg.grep_timeout)
     async def fs_grep(pattern: str, path: str = ".", glob: str | None = None, ignore_case: bool = False) -> str:
@@ -647,7 +660,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         and very large files are skipped.
         """
         stop = threading.Event()
-        work = asyncio.get_running_loop().run_in_executor(grep_pool, _grep, ws, cfg, pattern, path, glob, ignore_case, stop)
+        work = asyncio.get_running_loop().run_in_executor(grep_pool, _os_errors_told(_grep), ws, cfg, pattern, path, glob, ignore_case, stop)
         try:
             return await work
         except asyncio.CancelledError:
@@ -663,7 +676,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         To change part of a file, prefer fs_edit.
         """
         async with locks.hold(ws.display(path)):
-            return await asyncio.to_thread(_write, ws, path, content)
+            return await asyncio.to_thread(_os_errors_told(_write), ws, path, content)
 
     @hand(description=(
         "Replace one exact occurrence of old with new in a workspace file.\n\n"
@@ -673,7 +686,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
     ))
     async def fs_edit(path: str, old: str, new: str) -> str:
         async with locks.hold(ws.display(path)):
-            return await asyncio.to_thread(_edit, ws, cfg, path, old, new)
+            return await asyncio.to_thread(_os_errors_told(_edit), ws, cfg, path, old, new)
 
     log.debug("fs hands ready", workspace=str(ws.root))
     return [fs_list, fs_read, fs_grep, fs_write, fs_edit]

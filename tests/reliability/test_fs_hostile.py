@@ -165,13 +165,15 @@ async def test_a_directory_swapped_for_a_symlink_mid_call_never_leads_outside(fs
     outside.mkdir()
     (workspace / "d" / "note.txt").write_text("INSIDE\n")
     (outside / "note.txt").write_text("OUTSIDE\n")
+    (outside / "outside-only.txt").write_text("OUTSIDE\n")
     (workspace / "s").symlink_to(outside)  # swapped with d, again and again, while the calls run
     client, _, _ = await fs_service(workspace)
     swapper = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SWAPPER, str(workspace / "d"), str(workspace / "s"), str(SWAP_SECONDS),
         stdout=asyncio.subprocess.PIPE,
     )
-    counts = {"reads": 0, "reads inside": 0, "reads outside": 0, "writes": 0, "refused": 0}
+    counts = {"reads": 0, "reads inside": 0, "reads outside": 0, "writes": 0, "refused": 0,
+              "lists and greps": 0, "saw outside": 0}
     loop = asyncio.get_running_loop()
     end = loop.time() + SWAP_SECONDS
 
@@ -194,15 +196,23 @@ async def test_a_directory_swapped_for_a_symlink_mid_call_never_leads_outside(fs
             counts["refused"] += result.is_error
             i += 1
 
-    await asyncio.gather(*(reader() for _ in range(3)), *(writer(n) for n in range(3)))
+    async def looker():
+        while loop.time() < end:
+            for name, args in (("fs_list", {"path": "d"}), ("fs_grep", {"pattern": "OUTSIDE", "path": "d"})):
+                result = await client.execute(name, args, timeout=10)
+                counts["lists and greps"] += 1
+                counts["saw outside"] += "outside-only" in result.output or ": OUTSIDE" in result.output
+
+    await asyncio.gather(*(reader() for _ in range(3)), *(writer(n) for n in range(3)), looker())
     swaps = int((await swapper.communicate())[0] or 0)
-    landed_outside = sorted(p.name for p in outside.iterdir() if p.name != "note.txt")
+    landed_outside = sorted(p.name for p in outside.iterdir() if p.name not in ("note.txt", "outside-only.txt"))
     record("fs hand under hostile input", f"directory swapped with a symlink out for {SWAP_SECONDS:g} s",
            "contained" if not landed_outside and not counts["reads outside"] else "ESCAPED",
            swaps=swaps, writes_outside=len(landed_outside), **counts)
     assert swaps > 0, "the swapper never swapped"
     assert not landed_outside, f"{len(landed_outside)} fs_writes landed outside the workspace"
     assert counts["reads outside"] == 0, f"{counts['reads outside']} fs_reads returned the outside file"
+    assert counts["saw outside"] == 0, f"{counts['saw outside']} fs_list/fs_grep calls showed the outside directory"
     assert counts["reads inside"] > 0, counts  # the calls did run while the race went on
 
 
