@@ -223,6 +223,8 @@ def _read_bytes(f, cfg: FsConfig, shown: str, size: int, byte_offset: int, byte_
     data = f.read(want)
     end = byte_offset + len(data)
     text, used = _decode_whole_chars(data, at_end=end >= size)
+    if used == 0 and data:  # less than one whole character asked for (or bytes that are not UTF-8): show them
+        text, used = data.decode("utf-8", "replace"), len(data)
     end = byte_offset + used
     if end < size and (byte_length is None or byte_length > used):
         limit = "the byte limit" if byte_length is None or byte_length > cfg.max_read_bytes else "byte_length"
