@@ -203,13 +203,12 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         output past the message limit comes back RESOURCE_EXHAUSTED, the quota status, with no retry info.
         """
         notes = []
-        bad = len(_LONE_SURROGATE.findall(output))
+        bad = 0 if output.isascii() else len(_LONE_SURROGATE.findall(output))  # isascii: one fast pass for most
         if bad:
             output = _LONE_SURROGATE.sub("\ufffd", output)
             notes.append(f"[{name}'s output held {bad} invalid Unicode characters (lone surrogates), shown as U+FFFD]")
         limit = self._config.max_output_bytes
-        encoded = output.encode()
-        if len(encoded) > limit:
+        if len(output) * 4 > limit and len(encoded := output.encode()) > limit:  # no encoding for short ones
             note = (f"[output cut: {name} returned {len(encoded)} bytes; the limit is {limit} bytes, "
                     "and only the first part is shown; ask for less (a narrower path, pattern or range)]")
             keep = max(0, limit - len(note.encode()) - 2 - sum(len(n.encode()) + 1 for n in notes))
@@ -224,7 +223,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
 def _invalid_unicode(value, where: str = "") -> str | None:
     """Which field of a parsed input holds a lone surrogate (e.g. from the JSON escape "\\udce9"), or None."""
     if isinstance(value, str):
-        if not _LONE_SURROGATE.search(value):
+        if value.isascii() or not _LONE_SURROGATE.search(value):
             return None
         return f"field {where!r}" if where else "the input"
     if isinstance(value, dict):
