@@ -8,10 +8,12 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb --username="$user" --pwfile=/tmp/pwfile --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   rm -f /tmp/pwfile
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-  postgres -c listen_addresses='' &
-  until pg_isready -q -U "$user" -d postgres; do sleep 0.2; done
+  # The set-up server listens on a private socket only, so no health check or client sees it.
+  mkdir -p /tmp/pg-init
+  postgres -c listen_addresses='' -c unix_socket_directories=/tmp/pg-init &
+  until pg_isready -q -h /tmp/pg-init -U "$user" -d postgres; do sleep 0.2; done
   if [ -n "${POSTGRES_DB:-}" ] && [ "$POSTGRES_DB" != postgres ]; then
-    psql -q -U "$user" -d postgres -c "CREATE DATABASE \"$POSTGRES_DB\""
+    psql -q -h /tmp/pg-init -U "$user" -d postgres -c "CREATE DATABASE \"$POSTGRES_DB\""
   fi
   kill -INT "$!"
   wait "$!" || true
