@@ -338,7 +338,7 @@ class ComposeStack:
     def down(self) -> None:
         for containers in self.containers.values():
             for container in containers:
-                podman("rm", "--force", "--time", "0", container.name, check=False, timeout=120)
+                podman("rm", "--force", "--volumes", "--time", "0", container.name, check=False, timeout=120)
         for volume in self.volumes:
             podman("volume", "rm", "--force", self._name(volume), check=False)
         for network in self.networks:

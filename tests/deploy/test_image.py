@@ -32,7 +32,7 @@ def _serving(image: str, module: str, port: int):
         host = pm.podman("port", name, str(port)).stdout.decode().split()[0]
         yield container, host
     finally:
-        pm.podman("rm", "--force", "--time", "0", name, check=False)
+        pm.podman("rm", "--force", "--volumes", "--time", "0", name, check=False)
 
 
 @pytest.fixture(scope="module")
