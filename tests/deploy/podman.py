@@ -7,6 +7,11 @@ the Dockerfile's base (ARG PYTHON_IMAGE) is an image made from Debian packages w
 Redis and PostgreSQL are stand-ins built on it (tests/deploy/images/). The compose file is read, not
 run by a compose tool: its services, replicas, commands, environment, users, hardening, volumes,
 networks (with DNS aliases), ports, health checks and start order become podman commands.
+
+Measured on a shared, loaded 2-core machine (podman 4.3.1, Debian bookworm), once per machine: the base
+image 100-270 s (mmdebstrap + import), the image 210 s (pip from the registry), the Redis and PostgreSQL
+stand-ins 30 s and 80-120 s. Every run: the image rebuild from cache 13-25 s, the stack up 75-115 s,
+the crash test itself 25 s, the stack down 7-13 s; all of tests/deploy about 3.5 minutes.
 """
 
 from __future__ import annotations
