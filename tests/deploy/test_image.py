@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -71,13 +72,21 @@ async def test_an_fs_hand_in_the_container_writes_and_reads_its_workspace(fs_con
     assert not read.is_error and "from the image" in read.output
 
 
-# A real bug this test found, not yet fixed in hands/builtin/sandbox: in the image (non-root, limits-only
-# isolation) some runs come back "[exit status 255]" after printing their output, with asyncio logging
-# "Unknown child process pid N, will report returncode 255" (the exit status was reaped elsewhere).
-# Remove this mark with the fix; until then an XPASS shows in the summary when a run is lucky.
-@pytest.mark.xfail(reason="sandbox in the image: asyncio loses some runs' exit status (exit 255)", strict=False)
 async def test_a_sandbox_hand_in_the_container_runs_python(sandbox_container, hand_client):
     _, address = sandbox_container
     result = await hand_client(address).execute("sandbox_python", {"code": "print(6 * 7)"}, timeout=60)
     assert not result.is_error, result.output
     assert "42" in result.output
+
+
+async def test_concurrent_sandbox_runs_in_the_container_report_their_own_exit_status(sandbox_container, hand_client):
+    # In the image (non-root, limits-only) a run used to come back "[exit status 255]" after a clean exit: the
+    # hand reaped the process itself, racing asyncio's child watcher. Rounds of concurrent runs showed it every time.
+    _, address = sandbox_container
+    client = hand_client(address)
+    for _ in range(3):
+        results = await asyncio.gather(*(
+            client.execute("sandbox_python", {"code": f"import sys\nprint('run {i}')\nsys.exit({i})"}, timeout=60)
+            for i in range(4)
+        ))
+        assert [r.output for r in results] == ["run 0\n", *(f"run {i}\n[exit status {i}]" for i in range(1, 4))]
