@@ -10,8 +10,9 @@ networks (with DNS aliases), ports, health checks and start order become podman 
 
 Measured on a shared, loaded 2-core machine (podman 4.3.1, Debian bookworm), once per machine: the base
 image 100-270 s (mmdebstrap + import), the image 210 s (pip from the registry), the Redis and PostgreSQL
-stand-ins 30 s and 80-120 s. Every run: the image rebuild from cache 13-25 s, the stack up 75-115 s,
-the crash test itself 25 s, the stack down 7-13 s; all of tests/deploy about 3.5 minutes.
+stand-ins 30 s and 80-120 s. Every run: the image build 13-25 s from cache, 210-270 s after any change
+to the packages (pip installs every dependency again), the stack up 75-115 s, the crash test itself
+25 s, the stack down 7-13 s; all of tests/deploy 3-3.5 minutes with the image cached.
 """
 
 from __future__ import annotations
