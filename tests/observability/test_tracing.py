@@ -254,28 +254,18 @@ async def test_a_call_retried_on_another_replica_shows_both_attempts(spans, hand
 
 
 async def test_every_log_line_in_a_traced_call_carries_the_trace_id(spans, hand_service):
-    import io
-    import json
-    import logging
+    from structlog.testing import capture_logs
 
-    import structlog
+    from hands import HandClient
+    from hands.logs import add_trace_id
 
-    from hands.logs import configure_logging
-
-    out = io.StringIO()
-    configure_logging("json", stream=out)
-    try:
-        backend = await hand_service([echo])
-        from hands import HandClient
-
+    backend = await hand_service([echo])
+    # The services' own processor, run on each line as configure_logging() runs it.
+    with capture_logs(processors=[add_trace_id]) as lines:
         async with HandClient(backend.address) as client:
             with tracing.start_span("caller") as caller:
                 await client.execute("echo", {"text": "x"}, timeout=5)
             await client.execute("echo", {"text": "untraced"}, timeout=5)
-    finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers[:] = []
-    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
     calls = [line for line in lines if line.get("event") == "call"]
     [hand_span] = [s for s in spans() if s.name == "hand echo" and s.parent is not None]
     trace_id = format(caller.get_span_context().trace_id, "032x")
