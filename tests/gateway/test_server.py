@@ -21,7 +21,9 @@ async def gateway():
     started = []
 
     async def _start(**raw):
-        config = parse_config({"listen": "127.0.0.1:0", "metrics": None, "health_check_interval": "60s", **raw})
+        config = parse_config(
+            {"listen": "127.0.0.1:0", "metrics": None, "health_check_interval": "60s", "startup_grace": 0, **raw}
+        )
         gw = await start_gateway(config)
         started.append(gw)
         return gw

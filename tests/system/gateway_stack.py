@@ -29,6 +29,7 @@ FAST = {
     "eject_after_failures": 2,
     "eject_backoff": {"base": "500ms", "max": "2s"},
     "default_lease_ttl": "1500ms",
+    "startup_grace": 0,  # an unknown name is NOT_FOUND at once (tests of the grace set their own)
 }
 
 
