@@ -105,6 +105,20 @@ async def test_unknown_or_malformed_names_are_refused_with_the_design_statuses(g
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_during_the_start_up_grace_an_unknown_name_is_unavailable(gateway, hand_service, hand_client):
+    backend = await hand_service([refuse])
+    gw = await gateway(routes=[{"backends": [backend.address]}], startup_grace="1h")
+    client = hand_client(gw.address)
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await client.execute("nope", {}, timeout=5)
+    assert early.value.code() == grpc.StatusCode.UNAVAILABLE  # its replicas may still be registering
+    assert "'nope'" in early.value.details() and "try again" in early.value.details()
+    assert (await client.execute("refuse", {}, timeout=5)).is_error  # known hands route as ever
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await client.execute("no spaces", {}, timeout=5)
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the caller's mistake, grace or not
+
+
 async def test_route_globs_limit_what_a_static_backend_serves(gateway, hand_service, hand_client):
     backend = await hand_service([refuse, buggy])
     gw = await gateway(routes=[{"hands": ["ref*"], "backends": [backend.address]}])
