@@ -68,7 +68,8 @@ class DnsRoutes:
         self._config = config
         self._resolver = resolver or resolve
         self._targets: dict[str, tuple[str, ...]] = {}  # name:port -> hand globs
-        self._current: dict[str, set[str]] = {}  # name:port -> ip:port backends it owns now
+        self._owned: dict[str, dict[str, Backend]] = {}  # name:port -> the ip:port backends made for it
+        self._failing: set[str] = set()  # targets whose last lookup failed (logged once, not every refresh)
         self._draining: dict[asyncio.Task, Backend] = {}
         self._loop: asyncio.Task | None = None
 
@@ -78,7 +79,8 @@ class DnsRoutes:
 
     def add(self, target: str, globs: Sequence[str]) -> None:
         self._targets[target] = tuple(globs)
-        self._current.setdefault(target, set())
+        self._owned.setdefault(target, {})
+        self._note_unresolved()
 
     @property
     def targets(self) -> list[str]:
@@ -90,42 +92,54 @@ class DnsRoutes:
 
     async def _refresh(self, target: str) -> None:
         host, port = split_address(target)
+        owned = self._owned[target]
         try:
             ips = list(await self._resolver(host, port))
         except (OSError, UnicodeError) as exc:
             # A failed lookup keeps the addresses it had: a DNS hiccup must not take the fleet away.
-            log.warning("dns lookup failed", target=target, error=str(exc), keeping=sorted(self._current[target]))
+            if target not in self._failing:
+                self._failing.add(target)
+                log.warning("dns lookup failed", target=target, error=str(exc), keeping=sorted(owned))
             return
+        if target in self._failing:
+            self._failing.discard(target)
+            log.info("dns lookup works again", target=target)
         wanted = {join(ip, port) for ip in ips}
-        current = self._current[target]
-        added = sorted(wanted - current)
-        removed = sorted(current - wanted)
+        table = self._table
+        # New addresses, and owned ones something else took out of the table (they come back).
+        added = sorted(a for a in wanted if a not in table.backends)
+        removed = sorted(a for a in owned if a not in wanted)
         if not added and not removed:
             return
         fresh = []
         for address in added:
-            if address in self._table.backends:  # already a backend (another route or a registration)
-                continue
             backend = Backend(address, self._config, source=STATIC, allow=self._targets[target], server_name=host)
-            self._table.backends[address] = backend
-            current.add(address)
+            table.backends[address] = backend
+            owned[address] = backend
             fresh.append(backend)
         if fresh:
             await asyncio.gather(*(self._checker.probe(b) for b in fresh), return_exceptions=True)
             for backend in fresh:
                 self._checker.watch(backend)
         for address in removed:
-            current.discard(address)
-            self._retire(address)
-        self._table.rebuild()
-        log.info("dns route changed", target=target, added=added, removed=removed, backends=sorted(current))
+            backend = owned.pop(address)
+            if table.backends.get(address) is backend:
+                self._retire(backend)
+        table.rebuild()
+        self._note_unresolved()
+        log.info("dns route changed", target=target, added=added, removed=removed, backends=sorted(owned))
 
-    def _retire(self, address: str) -> None:
+    def _note_unresolved(self) -> None:
+        """A hand a route names whose name has no address yet is down, not unknown (UNAVAILABLE, not NOT_FOUND)."""
+        self._table.unresolved_globs = tuple(
+            glob for target, globs in self._targets.items() if not self._owned[target] for glob in globs
+        )
+
+    def _retire(self, backend: Backend) -> None:
         """No new calls from now on; the channel closes when the calls in flight have finished."""
+        address = backend.address
         self._checker.unwatch(address)
-        backend = self._table.backends.pop(address, None)
-        if backend is None:
-            return
+        self._table.backends.pop(address, None)
         backend.serving = False  # a retry holding an older route must not pick it either
         task = asyncio.create_task(backend.close(DRAIN_GRACE), name=f"drain {address}")
         self._draining[task] = backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
 import pytest
 
 from gateway import dns
@@ -22,9 +23,11 @@ async def hello() -> str:
 async def gateway():
     started = []
 
-    async def _start(backend: str, **kwargs):
+    async def _start(backend: str, hands=("*",), **kwargs):
         raw = {"listen": "127.0.0.1:0", "metrics": None, "health_check_interval": "60s", "startup_grace": 0}
-        config = parse_config({**raw, "dns_refresh": "100ms", "routes": [{"backends": [backend]}]})
+        config = parse_config(
+            {**raw, "dns_refresh": "100ms", "routes": [{"hands": list(hands), "backends": [backend]}]}
+        )
         gw = await start_gateway(config, **kwargs)
         started.append(gw)
         return gw
@@ -80,8 +83,33 @@ async def test_a_failed_lookup_keeps_the_addresses_it_had(gateway, hand_service)
 
     gw = await gateway(f"hands.invalid:{running.port}", resolver=resolver)
     assert list(gw.table.backends) == [f"127.0.0.1:{running.port}"]
-    while len(failures) < 3:  # every later lookup fails
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):
+        while len(failures) < 3:  # every later lookup fails
+            await asyncio.sleep(0.05)
     async with HandClient(f"127.0.0.1:{gw.port}") as client:
         assert (await client.execute("hello", {}, timeout=5)).output == "hello"
     assert list(gw.table.backends) == [f"127.0.0.1:{running.port}"]
+
+
+async def test_a_name_with_no_address_yet_is_unavailable_then_serves_once_it_resolves(gateway, hand_service):
+    running = await hand_service([hello], host="127.0.0.1")
+    answer: list[str] = []
+
+    async def resolver(name, port):
+        if not answer:
+            raise OSError("Name or service not known")
+        return answer
+
+    gw = await gateway(f"hands.invalid:{running.port}", hands=["hel*"], resolver=resolver)
+    async with HandClient(f"127.0.0.1:{gw.port}") as client:
+        with pytest.raises(grpc.aio.AioRpcError) as down:
+            await client.execute("hello", {}, timeout=5)
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE  # a hand its route names: down, not unknown
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await client.execute("other", {}, timeout=5)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        answer.append("127.0.0.1")
+        async with asyncio.timeout(10):
+            while "hello" not in gw.table.routes:
+                await asyncio.sleep(0.05)
+        assert (await client.execute("hello", {}, timeout=5)).output == "hello"
