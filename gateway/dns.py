@@ -88,7 +88,11 @@ class DnsRoutes:
 
     async def refresh(self) -> None:
         """Resolve every name once and apply the changes (new backends are probed before they take calls)."""
-        await asyncio.gather(*(self._refresh(t) for t in self._targets), return_exceptions=True)
+        targets = list(self._targets)
+        results = await asyncio.gather(*(self._refresh(t) for t in targets), return_exceptions=True)
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("dns route refresh failed", target=target, exc_info=result)
 
     async def _refresh(self, target: str) -> None:
         host, port = split_address(target)

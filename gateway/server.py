@@ -251,7 +251,8 @@ class GatewayServer(RunningServer):
             return
         self._closed = True
         await self.close_mcp()
-        await self.dns.close()
+        if self.dns is not None:
+            await self.dns.close()
         await self.checker.close()
         await self.registry.close()
         for backend in list(self.table.backends.values()):
