@@ -92,13 +92,15 @@ def _urls_in_server_result(block: dict[str, Any]) -> set[str]:
 
 
 def check(text: str, seen: set[str]) -> Citations | None:
-    """Each [n] of the text, checked: its sources-list line names a URL in seen. None when the text cites nothing."""
+    """Each [n] of the text and of its sources list, checked: its sources-list line names a URL in seen.
+    None when the text cites nothing."""
     cited, sources = parse(text)
     if not cited and not sources:
         return None
     checked: list[dict[str, Any]] = []
     unknown: list[dict[str, Any]] = []
-    for n in cited or sorted(sources):
+    # Every [n] cited, then any source listed and not cited: it too claims the session read it.
+    for n in [*cited, *(n for n in sorted(sources) if n not in cited)]:
         url = sources.get(n)
         if url is None:
             why = "no URL for it in the sources list" if n in sources else "not in the sources list"
