@@ -214,3 +214,12 @@ async def test_server_tool_requests_count_against_max_tool_calls(messages_api, m
     # Two searches and one echo spent the three calls: the second echo is not run.
     assert result.cut_short and result.reason == "max_tool_calls"
     assert result.usage["tool_calls"] == 3 and result.usage["server_tool_use"]["web_search_requests"] == 2
+
+
+def test_an_unknown_server_tool_is_one_clear_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "brainhands", "run", "look it up", "--server-tools", "web_search,browser",
+                           "--sessions", str(tmp_path / "s.db")],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "ANTHROPIC_API_KEY": "k"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "brainhands: --server-tools browser: unknown; the server tools are web_search and web_fetch")
