@@ -60,19 +60,23 @@ def _prepare_demo_dir(target: Path) -> Path:
             raise CliError(f"{target} exists and is not a previous demo; choose another place with --dir")
         shutil.rmtree(target)
     workspace = target / "workspace"
-    shutil.copytree(DEMO_WORKSPACE, workspace)
+    shutil.copytree(DEMO_WORKSPACE, workspace, ignore=_BYTECODE)
     (target / DEMO_MARKER).write_text("made by brainhands demo; safe to delete\n")
     return workspace
+
+
+#: Bytecode the interpreter may have left next to the example's sources: never part of the project copy.
+_BYTECODE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def _changes(before: Path, after: Path) -> list[tuple[str, int, int]]:
     """(path, lines removed, lines added) for each file the run changed."""
     changed = []
     for path in sorted(after.rglob("*")):
-        if not path.is_file():
+        if not path.is_file() or "__pycache__" in path.parts:
             continue
         rel = path.relative_to(after)
-        old = (before / rel).read_text().splitlines() if (before / rel).exists() else []
+        old = (before / rel).read_text(errors="replace").splitlines() if (before / rel).exists() else []
         new = path.read_text(errors="replace").splitlines()
         if old != new:
             diff = list(difflib.unified_diff(old, new, lineterm="", n=0))
