@@ -6,7 +6,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -14,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
+from hands.config import ConfigModel, Duration, whole
 from hands.serving import RunningServer, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
@@ -22,13 +22,12 @@ log = structlog.get_logger("hands")
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class HandServiceConfig:
+class HandServiceConfig(ConfigModel):
     """Limits for one hand service, fixed at start."""
 
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_concurrency: int = 64
-    default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+    max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
+    max_concurrency: whole(1) = 64
+    default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
 
 
 class _Malformed:

@@ -48,6 +48,14 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands import HandServiceConfig, load_hands, serve
     from hands.logs import configure_logging
 
+    try:
+        config = HandServiceConfig(
+            max_input_bytes=args.max_input_bytes,
+            max_concurrency=args.max_concurrency,
+            default_timeout=args.timeout,
+        )
+    except ValueError as exc:  # a bad limit: one line naming the key
+        raise CliError(str(exc)) from None
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         found = load_hands(args.spec)
@@ -55,11 +63,6 @@ def serve_hand(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise CliError(f"{args.spec}: {exc}") from None
-    config = HandServiceConfig(
-        max_input_bytes=args.max_input_bytes,
-        max_concurrency=args.max_concurrency,
-        default_timeout=args.timeout,
-    )
     try:
         serve(found, port=args.port, host=args.host, config=config, register=args.register, advertise=args.advertise)
     except OSError as exc:
