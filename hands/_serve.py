@@ -26,6 +26,7 @@ async def serve_async(
     config: HandServiceConfig = HandServiceConfig(),
     register: str | None = None,
     advertise: str | None = None,
+    register_credentials=None,
     grace: float = 30.0,
 ) -> None:
     running = await start(hands, host=host, port=port, config=config)
@@ -38,7 +39,9 @@ async def serve_async(
     if register:
         from hands.registration import keep_registered  # the gateway owns the registry contract
 
-        await keep_registered(running, register, advertise or f"{host}:{running.port}")
+        await keep_registered(
+            running, register, advertise or f"{host}:{running.port}", credentials=register_credentials
+        )
     await run_until_signalled(running, grace=grace)
 
 

@@ -28,6 +28,7 @@ class HandServiceConfig(ConfigModel):
     max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
     max_concurrency: whole(1) = 64
     default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
+    gateway: str | None = None  # where ctx.client() calls other hands (BRAINHANDS_GATEWAY); None: nowhere
 
 
 class _Malformed:
@@ -135,6 +136,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
                 metadata=meta,
                 logger=log.bind(hand=the_hand.name),
                 depth=depth,
+                gateway=self._config.gateway,
             )
         try:
             async with asyncio.timeout(budget):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -32,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
     p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
+    p.add_argument("--register-key", metavar="KEY", help="registrant key for --register (default: $BRAINHANDS_REGISTER_KEY)")
+    p.add_argument("--register-tls-ca", metavar="PEM", help="dial --register over TLS, trusting this CA "
+                   "(default: $BRAINHANDS_REGISTER_TLS_CA)")
+    p.add_argument("--register-tls-cert", metavar="PEM", help="client certificate for an mTLS gateway front "
+                   "(default: $BRAINHANDS_REGISTER_TLS_CERT)")
+    p.add_argument("--register-tls-key", metavar="PEM", help="its private key (default: $BRAINHANDS_REGISTER_TLS_KEY)")
     p.add_argument("--max-concurrency", type=int, default=64)
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
@@ -53,8 +60,13 @@ def serve_hand(args: argparse.Namespace) -> int:
             max_input_bytes=args.max_input_bytes,
             max_concurrency=args.max_concurrency,
             default_timeout=args.timeout,
+            gateway=os.environ.get("BRAINHANDS_GATEWAY") or None,
         )
     except ValueError as exc:  # a bad limit: one line naming the key
+        raise CliError(str(exc)) from None
+    try:
+        credentials = registration_credentials(args)
+    except ValueError as exc:
         raise CliError(str(exc)) from None
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
@@ -64,11 +76,31 @@ def serve_hand(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise CliError(f"{args.spec}: {exc}") from None
     try:
-        serve(found, port=args.port, host=args.host, config=config, register=args.register, advertise=args.advertise)
+        serve(
+            found, port=args.port, host=args.host, config=config, register=args.register, advertise=args.advertise,
+            register_credentials=credentials,
+        )  # fmt: skip
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
 
+
+
+def registration_credentials(args: argparse.Namespace, environ=None):
+    """The key and TLS files --register dials with, from flags or the environment; ValueError for a bad set."""
+    from hands.registration import RegistrationCredentials
+
+    env = os.environ if environ is None else environ
+
+    def pick(flag: str | None, var: str) -> str | None:
+        return flag or env.get(var) or None
+
+    return RegistrationCredentials.load(
+        key=pick(getattr(args, "register_key", None), "BRAINHANDS_REGISTER_KEY"),
+        ca=pick(getattr(args, "register_tls_ca", None), "BRAINHANDS_REGISTER_TLS_CA"),
+        cert=pick(getattr(args, "register_tls_cert", None), "BRAINHANDS_REGISTER_TLS_CERT"),
+        private_key=pick(getattr(args, "register_tls_key", None), "BRAINHANDS_REGISTER_TLS_KEY"),
+    )
 
 
 def main(argv: list[str] | None = None, prog: str = "brainhands serve hand") -> int:
