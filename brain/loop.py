@@ -100,14 +100,15 @@ class Brain:
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
         return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth)
 
-    async def run(self, task: str, *, parent_id: str | None = None) -> RunResult:
+    async def run(self, task: str, *, parent_id: str | None = None, tenant: str | None = None) -> RunResult:
         """Start a session for the task and drive it to its end."""
         if not task.strip():
             raise ValueError("the task is empty")
         tools = await self._dispatcher(self.config).tools(timeout=self.config.describe_timeout)
         if self.allowed_tools is not None:
             tools = [t for t in tools if t["name"] in self.allowed_tools]
-        session_id = await self.store.create_session(task, self.config.as_dict(), parent_id)
+        owner = {"tenant": tenant} if tenant else {}  # the BrainService tenant that started it
+        session_id = await self.store.create_session(task, self.config.as_dict(), parent_id, **owner)
         if not await self.store.acquire_lease(session_id, self.owner, self.config.lease_ttl):
             raise SessionBusy(f"session {session_id} was taken by another brain as it was created")
         driver = _Driver(self, SessionState(session_id), self.config)

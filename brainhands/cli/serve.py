@@ -119,20 +119,27 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
+    p.add_argument("--config", metavar="FILE", help="tenants (API keys, caps on runs) and TLS, as YAML; "
+                   "without it one local tenant, no key")
     p.set_defaults(func=_serve_brain)
 
 
 def _serve_brain(args: argparse.Namespace) -> int:
+    from brain.auth import load_access
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
     try:
+        access = load_access(args.config) if args.config else None
         config = BrainServiceConfig.from_env(
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
-            host=args.host, port=args.port,
+            host=args.host, port=args.port, access=access,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):
+        raise CliError(f"--host {config.host}: a brain service without tenants serves only this machine; "
+                       "give it --config with tenants (API keys) to listen elsewhere")
     if not config.scripted and not config.anthropic_api_key:
         raise CliError(f"model {config.model} needs ANTHROPIC_API_KEY; set it, or pass --model scripted:PATH to run offline")
     configure_logging()
@@ -167,7 +174,9 @@ async def _serve(config) -> None:
                 raise
             raise CliError(f"cannot listen on {config.host}:{config.port}: is the port in use?") from None
         structlog.get_logger("brain.service").info(
-            "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where
+            "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
+            tenants=[t.name for t in config.access.tenants] or "one local tenant (no key)",
+            tls=config.access.tls.cert is not None,
         )
         await run_until_signalled(running)
     finally:
