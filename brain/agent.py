@@ -203,6 +203,10 @@ def make_agent_hands(config: AgentConfig, *, model=None, store=None) -> list[Han
     return [agent_hand]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50075
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The agent hand configured from this process's environment."""
     config = AgentConfig.from_env()
@@ -213,18 +217,7 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
     return make_agent_hands(config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hands._serve import service_main
-
-    return service_main(
-        HANDS,
-        prog="python -m brain.agent",
-        description="Serve the agent hand. Environment: BRAINHANDS_GATEWAY, BRAINHANDS_API_KEY, BRAINHANDS_SESSIONS, "
-        "ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, BRAINHANDS_AGENT_MODEL, BRAINHANDS_MAX_DEPTH.",
-        default_port=50075,
-        argv=argv,
-    )
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hands.cli import module_main
+
+    raise SystemExit(module_main("brain.agent"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from brain.events import SessionState
+from brain.events import SessionState, Turn
 
 #: Output tokens kept for the final synthesis until the end: the limit triggers while this much still fits.
 SYNTHESIS_RESERVE = 1024
@@ -29,18 +29,18 @@ def next_prompt(state: SessionState) -> int:
     them), plus an estimate of what was added after them (tool results, notes); all estimated before any turn."""
     messages = state.messages()
     last = state.last_turn
-    trimmed = bool(state.limit and state.limit.get("trimmed"))
+    trimmed = bool(state.limit is not None and state.limit.trimmed)
     if last is None or trimmed:
         return approx_tokens(state.system) + approx_tokens(state.tools) + approx_tokens(messages) + PROMPT_MARGIN
-    seen = sum(v for k, v in last.usage.items())  # its input (cached or not) and its output, now part of the prompt
+    seen = last.usage.total  # its input (cached or not) and its output, now part of the prompt
     answered = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return seen + approx_tokens(messages[answered + 1 :]) + PROMPT_MARGIN
 
 
-def prompt_after(turn) -> int:
+def prompt_after(turn: Turn) -> int:
     """next_prompt while some of the turn's calls are still running: the turn and the results in so far."""
     results = [c.result_block() for c in turn.calls if c.finished is not None]
-    return sum(turn.usage.values()) + approx_tokens(results) + PROMPT_MARGIN
+    return turn.usage.total + approx_tokens(results) + PROMPT_MARGIN
 
 
 def turn_room(budget: int, used: int, prompt: int) -> int:

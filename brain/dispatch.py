@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from brain.events import HandUsage, ToolCallFinished
 from hands import HandClient
 from hands import metadata as md
 
@@ -29,16 +30,12 @@ class CallOutcome:
     is_error: bool
     status: str  # "OK" or the gRPC status name
     duration: float
-    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
+    usage: HandUsage = field(default_factory=HandUsage)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "output": self.output,
-            "is_error": self.is_error,
-            "status": self.status,
-            "duration": round(self.duration, 4),
-            "usage": self.usage,
-        }
+    def finished(self, call_id: str, name: str) -> ToolCallFinished:
+        """The tool_call_finished payload of the call this outcome ends."""
+        return ToolCallFinished(call_id=call_id, name=name, output=self.output, is_error=self.is_error,
+                                status=self.status, duration=round(self.duration, 4), usage=self.usage)
 
 
 class Dispatcher:
@@ -92,11 +89,7 @@ class Dispatcher:
                     " set BRAINHANDS_API_KEY to a valid key"
                 ) from None
             return CallOutcome(explain(name, exc, self._call_timeout), True, exc.code().name, time.perf_counter() - started)
-        usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
-        if response.usage.tool_calls:  # a worker agent's own calls count against this session's max_tool_calls
-            usage["tool_calls"] = response.usage.tool_calls
-        if response.usage.nested_tokens:  # and its workers' tokens against this session's token budget
-            usage["nested_tokens"] = response.usage.nested_tokens
+        usage = HandUsage.from_counts(response.usage)  # a worker agent's tool calls and nested tokens included
         return CallOutcome(response.output, response.is_error, "OK", time.perf_counter() - started, usage)
 
 

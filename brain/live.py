@@ -7,7 +7,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -18,7 +17,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from brain import events as ev
-from brain.sessions import TERMINAL_STATUS, Event
+from brain.events import Call, SessionState, Turn
+from brain.humanize import format_duration
+from brain.sessions import Event
 
 #: what each call state looks like: (mark, style)
 _MARKS = {
@@ -33,150 +34,47 @@ _STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cance
                  "stopped": "yellow"}
 
 
-# --- the fold: events -> what to show ------------------------------------------------------------
+# --- what a call and a session look like now -----------------------------------------------------
 
 
-@dataclass
-class CallView:
-    call_id: str
-    name: str
-    input: Any
-    started_at: float | None = None
-    attempts: int = 0
-    finished: dict[str, Any] | None = None
-
-    @property
-    def state(self) -> str:
-        if self.finished is not None:
-            if self.finished.get("status") == ev.NOT_RUN:
-                return "not run"
-            return "error" if self.finished.get("is_error") else "ok"
-        return "running" if self.started_at is not None else "queued"
-
-    def elapsed(self, now: float) -> float | None:
-        if self.finished is not None:
-            return float(self.finished.get("duration") or 0.0)
-        return None if self.started_at is None else max(0.0, now - self.started_at)
-
-    def error_line(self) -> str:
-        lines = [line.strip() for line in ((self.finished or {}).get("output") or "").splitlines() if line.strip()]
-        if not lines:
-            return ""
-        # The sandbox ends its output with a bracketed note ("[exit status 3]"): more telling than the first line.
-        last = lines[-1]
-        return last if last.startswith("[") and last.endswith("]") else lines[0]
+def call_state(call: Call) -> str:
+    """queued | running | ok | error | not run: what the tree marks the call with."""
+    if call.finished is not None:
+        if call.not_run:
+            return "not run"
+        return "error" if call.finished.is_error else "ok"
+    return "running" if call.started_at is not None else "queued"
 
 
-@dataclass
-class TurnView:
-    number: int
-    asked_at: float  # when the brain sent the request (the previous event's time)
-    answered_at: float
-    stop_reason: str | None
-    tokens_in: int
-    tokens_out: int
-    text: str
-    synthesis: bool
-    calls: list[CallView] = field(default_factory=list)
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.answered_at - self.asked_at)
+def call_elapsed(call: Call, now: float) -> float | None:
+    """The hand's time for a finished call, the time since its (latest) start for a running one."""
+    if call.finished is not None:
+        return float(call.finished.duration or 0.0)
+    return None if call.started_at is None else max(0.0, now - call.started_at)
 
 
-@dataclass
-class SessionView:
-    """A session folded from its events for display (the loop's own fold, events.SessionState, is for driving)."""
+def error_line(call: Call) -> str:
+    lines = [line.strip() for line in ((call.finished.output if call.finished else "") or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    # The sandbox ends its output with a bracketed note ("[exit status 3]"): more telling than the first line.
+    last = lines[-1]
+    return last if last.startswith("[") and last.endswith("]") else lines[0]
 
-    session_id: str = ""
-    task: str = ""
-    model: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    started_at: float | None = None
-    last_at: float | None = None
-    turns: list[TurnView] = field(default_factory=list)
-    calls: dict[str, CallView] = field(default_factory=dict)
-    limit: dict[str, Any] | None = None
-    status: str = "running"
-    outcome: dict[str, Any] = field(default_factory=dict)
-    ended_at: float | None = None
 
-    @classmethod
-    def from_events(cls, events: list[Event]) -> SessionView:
-        view = cls()
-        for event in events:
-            view.apply(event)
-        return view
+def thinking(state: SessionState) -> bool:
+    """The model has the next move: the session runs and no call of the last turn is left."""
+    if state.status != "running" or state.started_at is None:
+        return False
+    last = state.last_turn
+    return last is None or all(c.finished is not None for c in last.calls)
 
-    def apply(self, event: Event) -> None:
-        d = event.data
-        previous, self.last_at = self.last_at, event.ts
-        self.session_id = self.session_id or event.session_id
-        if event.type == ev.SESSION_STARTED:
-            self.task, self.model, self.config = d.get("task", ""), d.get("model", ""), d.get("config", {})
-            self.started_at = event.ts
-        elif event.type == ev.MODEL_RESPONSE:
-            usage = d.get("usage") or {}
-            content = d.get("content") or []
-            synthesis = self.limit is not None
-            turn = TurnView(
-                number=len(self.turns) + 1,
-                asked_at=previous if previous is not None else event.ts,
-                answered_at=event.ts,
-                stop_reason=d.get("stop_reason"),
-                tokens_in=sum(int(usage.get(k) or 0) for k in ev.USAGE_KEYS if k != "output_tokens"),
-                tokens_out=int(usage.get("output_tokens") or 0),
-                text="".join(b.get("text", "") for b in content if b.get("type") == "text"),
-                synthesis=synthesis,
-            )
-            if d.get("stop_reason") == "tool_use" and not synthesis:
-                for block in content:
-                    if block.get("type") == "tool_use":
-                        call = CallView(block["id"], block["name"], block.get("input", {}))
-                        turn.calls.append(call)
-                        self.calls[call.call_id] = call
-            self.turns.append(turn)
-        elif event.type == ev.TOOL_CALL_STARTED:
-            call = self.calls.get(d.get("call_id"))
-            if call is not None:
-                call.started_at, call.attempts, call.finished = event.ts, call.attempts + 1, None
-        elif event.type == ev.TOOL_CALL_FINISHED:
-            call = self.calls.get(d.get("call_id"))
-            if call is not None:
-                call.finished = d
-        elif event.type == ev.LIMIT_REACHED:
-            self.limit = d
-        elif event.type in TERMINAL_STATUS:
-            self.status, self.outcome, self.ended_at = TERMINAL_STATUS[event.type], d, event.ts
 
-    # --- derived ------------------------------------------------------------------------------
-
-    @property
-    def thinking(self) -> bool:
-        """The model has the next move: the session runs and no call of the last turn is left."""
-        if self.status != "running" or self.started_at is None:
-            return False
-        last = self.turns[-1] if self.turns else None
-        return last is None or all(c.finished is not None for c in last.calls)
-
-    def elapsed(self, now: float) -> float:
-        if self.started_at is None:
-            return 0.0
-        return max(0.0, (self.ended_at if self.ended_at is not None else now) - self.started_at)
-
-    def tokens(self) -> int:
-        model = sum(t.tokens_in + t.tokens_out for t in self.turns)
-        hands = 0
-        for c in self.calls.values():
-            usage = (c.finished or {}).get("usage") or {}
-            hands += sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens", "nested_tokens"))
-        return model + hands
-
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(_MARKS, 0)
-        for call in self.calls.values():
-            out[call.state] += 1
-        return out
+def counts(state: SessionState) -> dict[str, int]:
+    out = dict.fromkeys(_MARKS, 0)
+    for call in state.calls.values():
+        out[call_state(call)] += 1
+    return out
 
 
 # --- small text helpers --------------------------------------------------------------------------
@@ -205,18 +103,6 @@ def summarize_input(name: str, value: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def human_count(n: int) -> str:
     if n < 1000:
         return str(n)
@@ -228,13 +114,13 @@ def human_count(n: int) -> str:
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def _header(view: SessionView, now: float, status: str) -> Text:
+def _header(view: SessionState, now: float, status: str) -> Text:
     header = Text()
     header.append("session ", style="bold")
     header.append(view.session_id[:12] or "starting…", style="bold")
     header.append("  ")
     header.append(status, style=_STATUS_STYLE.get(status, ""))
-    header.append(f"  {human_duration(view.elapsed(now))}", style="dim")
+    header.append(f"  {format_duration(view.elapsed(now))}", style="dim")
     task = " ".join(view.task.split())
     if task:
         header.append("\n")
@@ -242,23 +128,24 @@ def _header(view: SessionView, now: float, status: str) -> Text:
     return header
 
 
-def _turn_label(turn: TurnView) -> Text:
+def _turn_label(turn: Turn) -> Text:
     label = Text(no_wrap=True, overflow="ellipsis")
     label.append(f"turn {turn.number}", style="bold magenta" if turn.synthesis else "bold")
     if turn.synthesis:
         label.append(" (final synthesis)", style="magenta")
     label.append(f" · {turn.stop_reason or '?'}")
-    label.append(f" · {human_count(turn.tokens_in)}→{human_count(turn.tokens_out)} tokens", style="dim")
-    label.append(f" · {human_duration(turn.duration)}", style="dim")
+    label.append(f" · {human_count(turn.usage.prompt)}→{human_count(turn.usage.output_tokens)} tokens", style="dim")
+    label.append(f" · {format_duration(turn.duration)}", style="dim")
     return label
 
 
-def _state(call: CallView, live: bool) -> str:
+def _state(call: Call, live: bool) -> str:
     """A call still running in a view that no longer follows the session did not finish: say so."""
-    return "unfinished" if call.state == "running" and not live else call.state
+    state = call_state(call)
+    return "unfinished" if state == "running" and not live else state
 
 
-def _collapsed_calls(turn: TurnView, live: bool = True) -> Text:
+def _collapsed_calls(turn: Turn, live: bool = True) -> Text:
     """'fs_read ✓3 ✗1, llm_worker ✓2': a turn's calls in one line."""
     by_name: dict[str, dict[str, int]] = {}
     for call in turn.calls:
@@ -276,24 +163,22 @@ def _collapsed_calls(turn: TurnView, live: bool = True) -> Text:
     return out
 
 
-def _call_label(call: CallView, now: float, name_width: int, width: int, live: bool) -> RenderableType:
-    state = call.state
-    if state == "running" and not live:
-        state = "unfinished"
+def _call_label(call: Call, now: float, name_width: int, width: int, live: bool) -> RenderableType:
+    state = _state(call, live)
     mark, style = _MARKS[state]
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(call.name.ljust(name_width), style="bold")
-    elapsed = human_duration(call.elapsed(now)) if state != "unfinished" else "?"
+    elapsed = format_duration(call_elapsed(call, now)) if state != "unfinished" else "?"
     text.append(f" {elapsed:>6}  ", style=style if state in ("error", "unfinished") else "")
     room = max(10, width - name_width - 12)
     failed = state in ("error", "not run", "unfinished")
     text.append(summarize_input(call.name, call.input, min(28 if failed else 48, room)), style="dim")
-    if call.attempts > 1:
-        text.append(f" (attempt {call.attempts})", style="yellow")
+    if call.starts > 1:
+        text.append(f" (attempt {call.starts})", style="yellow")
     if state == "error":
-        text.append(f"  {call.error_line()}", style="red")
+        text.append(f"  {error_line(call)}", style="red")
     elif state == "not run":
-        text.append(f"  not run: {(call.finished or {}).get('reason', '')}", style="dim")
+        text.append(f"  not run: {call.finished.reason or ''}", style="dim")
     elif state == "unfinished":
         text.append("  started, no result", style="yellow")
     if state == "running":
@@ -303,31 +188,31 @@ def _call_label(call: CallView, now: float, name_width: int, width: int, live: b
     return line.append_text(text)
 
 
-def _totals(view: SessionView, now: float, live: bool = True) -> Text:
-    counts = view.counts()
+def _totals(view: SessionState, now: float, live: bool = True) -> Text:
+    by_state = counts(view)
     if not live:
-        counts["unfinished"] += counts["running"]
-        counts["running"] = 0
-    started = sum(counts[s] for s in ("running", "ok", "error", "unfinished"))
+        by_state["unfinished"] += by_state["running"]
+        by_state["running"] = 0
+    started = sum(by_state[s] for s in ("running", "ok", "error", "unfinished"))
     out = Text(style="dim")
     out.append(f"{started} call{'s' if started != 1 else ''}")
-    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "error", "not run", "unfinished") if counts[s]]
+    parts = [f"{by_state[s]} {s}" for s in ("running", "queued", "error", "not run", "unfinished") if by_state[s]]
     if parts:
         out.append(f" ({', '.join(parts)})")
     budget = int(view.config.get("token_budget") or 0)
-    used = view.tokens()
+    used = view.tokens_used()
     out.append(f" · {human_count(used)} tokens")
     if budget:
         out.append(f" of {human_count(budget)} ({100 * used / budget:.0f}%)")
     max_turns = view.config.get("max_turns")
     turns = sum(1 for t in view.turns if not t.synthesis)
     out.append(f" · turn {turns}" + (f"/{max_turns}" if max_turns else ""))
-    if view.limit:
-        out.append(f" · limit reached: {view.limit.get('reason')}", style="yellow")
+    if view.limit is not None:
+        out.append(f" · limit reached: {view.limit.reason}", style="yellow")
     return out
 
 
-def render_tree(view: SessionView, *, now: float, height: int = 40, width: int = 100, live: bool = True,
+def render_tree(view: SessionState, *, now: float, height: int = 40, width: int = 100, live: bool = True,
                 expand_all: bool = False, status: str | None = None) -> RenderableType:
     """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls."""
     tree = Tree(_header(view, now, status or view.status), guide_style="dim")
@@ -344,31 +229,31 @@ def render_tree(view: SessionView, *, now: float, height: int = 40, width: int =
         if not expand_all and len(calls) > budget:
             # Keep what changes in view: running first, then errors, then the rest in call order.
             order = {"running": 0, "error": 1, "queued": 2}
-            calls = sorted(calls, key=lambda c: order.get(c.state, 3))[: budget - 1]
+            calls = sorted(calls, key=lambda c: order.get(call_state(c), 3))[: budget - 1]
         name_width = min(24, max(len(c.name) for c in turn.calls))
         for call in calls:
             node.add(_call_label(call, now, name_width, width - 8, live))
         hidden = len(turn.calls) - len(calls)
         if hidden:
             rest = [c for c in turn.calls if c not in calls]
-            done = sum(1 for c in rest if c.state == "ok")
+            done = sum(1 for c in rest if call_state(c) == "ok")
             node.add(Text(f"… {hidden} more ({done} ok, {hidden - done} other)", style="dim"))
-    if view.thinking and live:
+    if thinking(view) and live:
         tree.add(Spinner("dots", text=Text(
-            f"turn {len(view.turns) + 1} · model thinking… {human_duration(now - (view.last_at or now))}",
+            f"turn {len(view.turns) + 1} · model thinking… {format_duration(now - (view.last_at or now))}",
             style="bold"), style="magenta"))
     return Group(tree, _totals(view, now, live))
 
 
-def render_summary(view: SessionView, *, now: float, status: str | None = None) -> RenderableType:
+def render_summary(view: SessionState, *, now: float, status: str | None = None) -> RenderableType:
     """The compact record left on the terminal when a session ends: one line per turn, then the totals."""
     status = status or view.status
     mark = {"finished": "✓", "failed": "✗", "cancelled": "⊘"}.get(status, "⊘")
     head = Text()
     head.append(f"{mark} {status}", style=f"bold {_STATUS_STYLE.get(status, '')}")
-    head.append(f" in {human_duration(view.elapsed(now))} · session {view.session_id}", style="dim")
-    if view.outcome.get("cut_short"):
-        head.append(f" · cut short ({view.outcome.get('reason')})", style="yellow")
+    head.append(f" in {format_duration(view.elapsed(now))} · session {view.session_id}", style="dim")
+    if view.outcome.cut_short:
+        head.append(f" · cut short ({view.outcome.reason})", style="yellow")
     lines: list[RenderableType] = [head]
     turns = Table.grid(padding=(0, 2))
     turns.add_column(no_wrap=True)
@@ -380,46 +265,47 @@ def render_summary(view: SessionView, *, now: float, status: str | None = None) 
         calls.no_wrap, calls.overflow = False, "fold"
         turns.add_row(Text(f"  turn {turn.number}", style="bold"),
                       Text(turn.stop_reason or "?", style="magenta" if turn.synthesis else ""),
-                      Text(human_duration(turn.duration), style="dim"), calls)
+                      Text(format_duration(turn.duration), style="dim"), calls)
     if view.turns:
         lines.append(turns)
     totals = _totals(view, now, live=False)
     totals.pad_left(2)
     lines.append(totals)
-    if status in ("failed", "cancelled") and view.outcome.get("reason"):
-        lines.append(Text(f"  {view.outcome['reason']}", style=_STATUS_STYLE[status]))
+    if status in ("failed", "cancelled") and view.outcome.reason:
+        lines.append(Text(f"  {view.outcome.reason}", style=_STATUS_STYLE[status]))
     return Group(*lines)
 
 
-def plain_line(view: SessionView, event: Event) -> str | None:
+def plain_line(view: SessionState, event: Event) -> str | None:
     """One line a person can read in a log file, for an event already applied to view."""
-    d = event.data
-    if event.type == ev.SESSION_STARTED:
+    p = ev.payload(event)
+    if isinstance(p, ev.SessionStarted):
         return f"session {event.session_id} started: {' '.join(view.task.split())[:120]}"
-    if event.type == ev.MODEL_RESPONSE:
+    if isinstance(p, ev.ModelResponse):
         turn = view.turns[-1]
         calls = f", {len(turn.calls)} tool call{'s' if len(turn.calls) != 1 else ''}" if turn.calls else ""
-        return (f"turn {turn.number}: {turn.stop_reason}{calls} · {human_count(turn.tokens_in)}→"
-                f"{human_count(turn.tokens_out)} tokens · {human_duration(turn.duration)}")
-    if event.type == ev.TOOL_CALL_STARTED:
-        call = view.calls.get(d.get("call_id"))
+        return (f"turn {turn.number}: {turn.stop_reason}{calls} · {human_count(turn.usage.prompt)}→"
+                f"{human_count(turn.usage.output_tokens)} tokens · {format_duration(turn.duration)}")
+    if isinstance(p, ev.ToolCallStarted):
+        call = view.calls.get(p.call_id)
         hint = summarize_input(call.name, call.input) if call else ""
-        again = f" (attempt {d.get('attempt')})" if (d.get("attempt") or 1) > 1 else ""
-        return f"  {d.get('name')} started{again}: {hint}"
-    if event.type == ev.TOOL_CALL_FINISHED:
-        call = view.calls.get(d.get("call_id"))
-        state = call.state if call else ("error" if d.get("is_error") else "ok")
-        note = f": {call.error_line()[:160]}" if call and state == "error" else ""
+        again = f" (attempt {p.attempt})" if p.attempt > 1 else ""
+        return f"  {p.name} started{again}: {hint}"
+    if isinstance(p, ev.ToolCallFinished):
+        call = view.calls.get(p.call_id)
+        state = call_state(call) if call else ("error" if p.is_error else "ok")
+        note = f": {error_line(call)[:160]}" if call and state == "error" else ""
         if state == "not run":
-            note = f": {d.get('reason')}"
-        return f"  {d.get('name')} {state} {human_duration(float(d.get('duration') or 0))}{note}"
-    if event.type == ev.LIMIT_REACHED:
-        return f"limit reached ({d.get('reason')}): asking the model for a final synthesis"
-    if event.type in TERMINAL_STATUS:
-        counts = view.counts()
-        return (f"session {view.status} in {human_duration(view.elapsed(event.ts))}: {len(view.turns)} turns, "
-                f"{counts['ok'] + counts['error']} calls ({counts['error']} failed), {human_count(view.tokens())} tokens"
-                + (f"; {d.get('reason')}" if view.status != "finished" and d.get("reason") else ""))
+            note = f": {p.reason}"
+        return f"  {p.name} {state} {format_duration(p.duration or 0.0)}{note}"
+    if isinstance(p, ev.LimitReached):
+        return f"limit reached ({p.reason}): asking the model for a final synthesis"
+    if isinstance(p, ev.SessionEnded):
+        by_state = counts(view)
+        reason = view.outcome.reason
+        return (f"session {view.status} in {format_duration(view.elapsed(event.ts))}: {len(view.turns)} turns, "
+                f"{by_state['ok'] + by_state['error']} calls ({by_state['error']} failed), "
+                f"{human_count(view.tokens_used())} tokens" + (f"; {reason}" if view.status != "finished" and reason else ""))
     return None
 
 
@@ -439,7 +325,7 @@ class LiveView:
                  live: bool | None = None):
         self.console = console
         self.clock = clock
-        self.view = SessionView()
+        self.view = SessionState()
         self.live = console.is_terminal if live is None else live
         self._lock = threading.Lock()
         self._live: Live | None = None

@@ -58,8 +58,9 @@ class RunResult:
     def from_state(cls, state: SessionState) -> RunResult:
         o = state.outcome
         if state.status == "finished":
-            return cls(state.session_id, "finished", o.get("result", ""), bool(o.get("cut_short")), o.get("reason"), o.get("totals", {}))
-        return cls(state.session_id, state.status, o.get("reason", state.status), False, o.get("reason"), o.get("totals", {}))
+            return cls(state.session_id, "finished", o.result, o.cut_short, o.reason, o.totals)
+        text = o.reason if o.reason is not None else state.status
+        return cls(state.session_id, state.status, text, False, o.reason, o.totals)
 
 
 class Brain:
@@ -113,14 +114,14 @@ class Brain:
             raise SessionBusy(f"session {session_id} was taken by another brain as it was created")
         driver = _Driver(self, SessionState(session_id), self.config)
         return await driver.drive(
-            first=(ev.SESSION_STARTED, {
-                "task": task,
-                "config": self.config.as_dict(),
-                "system": prompts.ORCHESTRATOR_SYSTEM,
-                "tools": tools,
-                "model": getattr(self.model, "id", ""),
-                "parent_id": parent_id,
-            })
+            first=ev.SessionStarted(
+                task=task,
+                config=self.config.as_dict(),
+                system=prompts.ORCHESTRATOR_SYSTEM,
+                tools=tools,
+                model=getattr(self.model, "id", ""),
+                parent_id=parent_id,
+            )
         )
 
     async def wake(self, session_id: str) -> RunResult:
@@ -173,7 +174,7 @@ class _Driver:
         self._writer: asyncio.Task | None = None
         self.log = log.bind(session_id=state.session_id)
 
-    async def record(self, type: str, data: dict[str, Any]) -> Event:
+    async def record(self, payload: ev.Payload) -> Event:
         """Append the event (seq = last + 1) and fold it into the state: the only way the state changes.
 
         Returns once the event is durable. Events recorded while a write is in flight go to the store
@@ -181,7 +182,7 @@ class _Driver:
         in a few commits instead of K one after another, which was most of a wide turn's wall time.
         """
         done = asyncio.get_running_loop().create_future()
-        self._queued.append((type, data, done))
+        self._queued.append((payload.TYPE, payload.to_data(), done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
         return await done
@@ -229,17 +230,13 @@ class _Driver:
         in its log, for a wake once the store is back.
         """
         store, sid, first = self.brain.store, self.state.session_id, self.state.seq + 1
-        append_many = getattr(store, "append_many", None)
         loop = asyncio.get_running_loop()
         deadline, delay, maybe_written = None, 0.1, False
         while True:
             try:
-                if append_many is not None and len(items) > 1:
-                    return await append_many(sid, first, items)
-                events = []
-                for type, data in items:
-                    events.append(await store.append(sid, first + len(events), type, data))
-                return events
+                if len(items) == 1:
+                    return [await store.append(sid, first, *items[0])]
+                return await store.append_many(sid, first, items) if items else []
             except SeqConflict:
                 if not maybe_written:
                     raise
@@ -264,7 +261,7 @@ class _Driver:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(writer)
 
-    async def drive(self, first: tuple[str, dict[str, Any]] | None = None) -> RunResult:
+    async def drive(self, first: ev.SessionStarted | None = None) -> RunResult:
         store, sid, owner = self.brain.store, self.state.session_id, self.brain.owner
         steps = asyncio.current_task()
         lost = asyncio.Event()
@@ -286,7 +283,7 @@ class _Driver:
         self.brain._driving[sid] = steps
         try:
             if first is not None:
-                await self.record(*first)
+                await self.record(first)
             while self.state.status == "running":
                 await self.step()
         except asyncio.CancelledError:
@@ -322,7 +319,7 @@ class _Driver:
             if self.brain.on_event is not None:
                 self.brain.on_event(event)
         if self.state.status == "running":
-            await self.record(ev.SESSION_CANCELLED, {"reason": reason, "totals": self.state.totals()})
+            await self.record(ev.SessionCancelled(reason=reason, totals=self.state.totals()))
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -331,14 +328,14 @@ class _Driver:
         turn = s.last_turn
         if turn is None:
             if s.limit is None and self._no_room_for_a_turn():
-                await self.record(ev.LIMIT_REACHED, self._token_limit())
+                await self.record(self._token_limit())
             return await self.ask()
         if turn.calls and any(c.finished is None for c in turn.calls):
             return await self.run_calls(turn)
         if s.limit is not None and s.limit_after_turn == len(s.turns):
             return await self.ask()  # a limit was reached after this turn: the synthesis is next, decided once
         if turn.synthesis:
-            reason = (s.limit or {}).get("reason")
+            reason = s.limit.reason if s.limit is not None else None
             text = s.final_text() or f"(the model gave no final answer after reaching the {prompts.LIMIT_NAMES.get(reason, 'limit')})"
             return await self.finish(text, cut_short=True, reason=reason)
         stop = turn.stop_reason
@@ -349,7 +346,7 @@ class _Driver:
             text = "The model refused to carry out this task." + (f" It said: {said}" if said else "")
             return await self.finish(text, cut_short=False, reason="refusal")
         if stop == "model_context_window_exceeded":
-            await self.record(ev.LIMIT_REACHED, {"reason": "context_window", "trimmed": True})
+            await self.record(ev.LimitReached(reason="context_window", trimmed=True))
             return await self.ask()
         if stop == "max_tokens" and self._continuations() > self.config.max_continuations:
             return await self.finish(s.final_text(), cut_short=True, reason="max_tokens")
@@ -358,7 +355,7 @@ class _Driver:
             return await self.finish(s.final_text(), cut_short=False, reason=None)
         limit = self._limit_hit(turn)
         if limit is not None:
-            await self.record(ev.LIMIT_REACHED, limit)
+            await self.record(limit)
         return await self.ask()
 
     def _continuations(self) -> int:
@@ -369,16 +366,15 @@ class _Driver:
             count += 1
         return count
 
-    def _limit_hit(self, turn) -> dict[str, Any] | None:
+    def _limit_hit(self, turn: ev.Turn) -> ev.LimitReached | None:
         s, c = self.state, self.config
-        skipped = [x.finished.get("status") for x in turn.calls if x.finished and x.finished.get("status") == ev.NOT_RUN]
+        skipped = [x for x in turn.calls if x.not_run]
         if skipped:
-            reason = next(x.finished["reason"] for x in turn.calls if x.finished.get("status") == ev.NOT_RUN)
-            return {"reason": reason, "not_run": len(skipped)}
+            return ev.LimitReached(reason=skipped[0].finished.reason or "", not_run=len(skipped))
         if self._no_room_for_a_turn():
             return self._token_limit()
         if s.model_turns() >= c.max_turns:
-            return {"reason": "max_turns", "limit": c.max_turns}
+            return ev.LimitReached(reason="max_turns", limit=c.max_turns)
         return None
 
     def _no_room_for_a_turn(self) -> bool:
@@ -386,8 +382,8 @@ class _Driver:
         s, c = self.state, self.config
         return tb.turn_room(c.token_budget, s.tokens_used(), tb.next_prompt(s)) < tb.TURN_FLOOR
 
-    def _token_limit(self) -> dict[str, Any]:
-        return {"reason": "token_budget", "used": self.state.tokens_used(), "limit": self.config.token_budget}
+    def _token_limit(self) -> ev.LimitReached:
+        return ev.LimitReached(reason="token_budget", used=self.state.tokens_used(), limit=self.config.token_budget)
 
     async def ask(self) -> None:
         s, c = self.state, self.config
@@ -410,28 +406,20 @@ class _Driver:
                 max_tokens=room,
             )
         except ContextWindowExceeded as exc:
-            if s.limit and s.limit.get("trimmed"):
-                await self.record(ev.SESSION_FAILED, {
-                    "reason": f"the conversation does not fit the model's context window, even trimmed ({exc})",
-                    "totals": s.totals(),
-                })
+            if s.limit is not None and s.limit.trimmed:
+                await self.record(ev.SessionFailed(
+                    reason=f"the conversation does not fit the model's context window, even trimmed ({exc})",
+                    totals=s.totals(),
+                ))
                 return
-            await self.record(ev.LIMIT_REACHED, {"reason": "context_window", "trimmed": True})
+            await self.record(ev.LimitReached(reason="context_window", trimmed=True))
             return
         except ModelError as exc:
-            await self.record(ev.SESSION_FAILED, {"reason": str(exc), "totals": s.totals()})
+            await self.record(ev.SessionFailed(reason=str(exc), totals=s.totals()))
             return
-        usage = message.usage
-        await self.record(ev.MODEL_RESPONSE, {
-            "id": message.id,
-            "model": message.model,
-            "content": [b.model_dump(mode="json", exclude_none=True) for b in message.content],
-            "stop_reason": message.stop_reason,
-            "stop_sequence": message.stop_sequence,
-            "usage": {k: getattr(usage, k, None) or 0 for k in ev.USAGE_KEYS},
-        })
+        await self.record(ev.ModelResponse.from_message(message))
 
-    async def run_calls(self, turn) -> None:
+    async def run_calls(self, turn: ev.Turn) -> None:
         """Run the turn's unfinished calls concurrently (max_parallel), logging each start and finish."""
         s, c = self.state, self.config
         earlier = s.turns[:-1]
@@ -440,22 +428,21 @@ class _Driver:
         reason = "max_tool_calls"
         # Tokens the calls may spend between them: what is left once the synthesis' prompt (this turn's
         # included) and reserve are kept back. Decided from the log up to this turn, like the rest.
-        seen = sum(turn.usage.values())
+        seen = turn.usage.total
         if tb.calls_room(c.token_budget, s.tokens_used(earlier) + seen, seen + tb.PROMPT_MARGIN) <= 0:
             allowed, reason = 0, "token_budget"
         for index, call in enumerate(turn.calls):
             if index >= allowed and call.finished is None and call.starts == 0:
                 limit = c.max_tool_calls if reason == "max_tool_calls" else c.token_budget
-                await self.record(ev.TOOL_CALL_FINISHED, {
-                    "call_id": call.call_id,
-                    "name": call.name,
-                    "output": prompts.NOT_RUN[reason].format(limit=limit),
-                    "is_error": True,
-                    "status": ev.NOT_RUN,
-                    "reason": reason,
-                    "duration": 0.0,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                })
+                await self.record(ev.ToolCallFinished(
+                    call_id=call.call_id,
+                    name=call.name,
+                    output=prompts.NOT_RUN[reason].format(limit=limit),
+                    is_error=True,
+                    status=ev.NOT_RUN,
+                    reason=reason,
+                    duration=0.0,
+                ))
         pending = [x for x in turn.calls if x.finished is None]
         slots = asyncio.Semaphore(c.max_parallel)
         # What each call may spend of what is left, so that worker agents (which cap their own budget by it
@@ -469,11 +456,11 @@ class _Driver:
 
         async def one(call) -> None:
             async with slots:
-                await self.record(ev.TOOL_CALL_STARTED, {
-                    "call_id": call.call_id, "name": call.name, "input": call.input, "attempt": call.starts + 1,
-                })
+                await self.record(ev.ToolCallStarted(
+                    call_id=call.call_id, name=call.name, input=call.input, attempt=call.starts + 1,
+                ))
                 outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input, budget=budget)
-                await self.record(ev.TOOL_CALL_FINISHED, {"call_id": call.call_id, "name": call.name, **outcome.as_dict()})
+                await self.record(outcome.finished(call.call_id, call.name))
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -483,14 +470,9 @@ class _Driver:
             # The first failure cancelled the other calls; their unfinished starts are re-issued on a wake.
             first = group.exceptions[0]
             if isinstance(first, HandsUnauthenticated):
-                await self.record(ev.SESSION_FAILED, {"reason": str(first), "totals": s.totals()})
+                await self.record(ev.SessionFailed(reason=str(first), totals=s.totals()))
                 return
             raise first from None
 
     async def finish(self, text: str, *, cut_short: bool, reason: str | None) -> None:
-        await self.record(ev.SESSION_FINISHED, {
-            "result": text,
-            "cut_short": cut_short,
-            "reason": reason,
-            "totals": self.state.totals(),
-        })
+        await self.record(ev.SessionFinished(result=text, cut_short=cut_short, reason=reason, totals=self.state.totals()))

@@ -347,12 +347,12 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         live.task.add_done_callback(self._tasks.discard)
 
     def _wake(self, sid: str, events: list[Event]) -> _Live:
-        started = events[0].data if events[0].type == ev.SESSION_STARTED else {}
+        started = ev.SessionStarted.from_data(events[0].data if events[0].type == ev.SESSION_STARTED else {})
         live = _Live(sid)
         self._live[sid] = live
         live.brain = Brain(
             target=self.hands,
-            model=self.models.for_session(started.get("model", "")),
+            model=self.models.for_session(started.model),
             store=self.store,
             config=self.config.limits,  # wake() runs the session under the limits its log recorded
             on_event=live.publish,
@@ -412,7 +412,8 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         try:
             state = SessionState.from_events(sid, await self.store.events(sid))
             if state.status == "running":
-                await self.store.append(sid, state.seq + 1, ev.SESSION_CANCELLED, {"reason": reason, "totals": state.totals()})
+                ended = ev.SessionCancelled(reason=reason, totals=state.totals())
+                await self.store.append(sid, state.seq + 1, ended.TYPE, ended.to_data())
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release_lease(sid, self.owner))
@@ -539,12 +540,12 @@ def to_pb_session(info: SessionInfo) -> brain_pb2.Session:
 
 
 def to_pb_outcome(last: Event) -> brain_pb2.SessionOutcome:
-    data = last.data
+    ended = ev.SessionEnded.from_data(last.data)
     return brain_pb2.SessionOutcome(
-        result=data.get("result", "") if last.type == ev.SESSION_FINISHED else "",
-        cut_short=bool(data.get("cut_short")),
-        reason=data.get("reason") or "",
-        totals_json=json.dumps(data.get("totals", {})),
+        result=ended.result if last.type == ev.SESSION_FINISHED else "",
+        cut_short=bool(ended.cut_short),
+        reason=ended.reason or "",
+        totals_json=json.dumps(ended.totals),
     )
 
 

@@ -25,6 +25,7 @@ from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
 from hands import metadata as md
+from hands.serving import note_call
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.auth")
@@ -255,15 +256,7 @@ class Access:
         seconds = time.perf_counter() - started
         label = self._label(hand)
         self._metrics.observe_call(label, tenant, code.name, seconds)
-        log.info(
-            "call",
-            hand=label,
-            tenant=tenant,
-            backend="",
-            code=code.name,
-            attempts=0,
-            duration_ms=round(seconds * 1000, 2),
-        )
+        note_call(hand=label, tenant=tenant, backend="", attempts=0)
         await context.abort(code, details, trailing_metadata=tuple(trailing))
 
     def _label(self, hand: str) -> str:

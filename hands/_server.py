@@ -1,9 +1,8 @@
-"""HandService over grpc.aio: validation, concurrency limit, timeouts, one log line per call."""
+"""HandService over grpc.aio: validation, concurrency limit, timeouts, what goes in the log line of a call."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -14,7 +13,7 @@ from google.protobuf.message import DecodeError
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
 from hands.config import ConfigModel, Duration, whole
-from hands.serving import RunningServer, start_server
+from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("hands")
@@ -75,7 +74,6 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         return self._describe
 
     async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
         name = "" if isinstance(request, _Malformed) else request.name
         response = None
         try:
@@ -102,14 +100,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             response = await self._run(the_hand, request, context)
             return response
         finally:
-            code = context.code()
-            log.info(
-                "call",
-                hand=name[:64],
-                code=(code.name if code is not None else ("OK" if response is not None else "CANCELLED")),
-                is_error=bool(response is not None and response.is_error),
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
 
     async def _run(self, the_hand: Hand, request, context) -> hands_pb2.ExecuteResponse:
         loop = asyncio.get_running_loop()

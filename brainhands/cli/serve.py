@@ -38,13 +38,8 @@ def _register_mcp(serve_commands) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
                    help="environment variable for the stdio server; KEY alone copies ours (repeatable)")  # fmt: skip
     p.add_argument("--cwd", help="working directory of the stdio server")
-    p.add_argument("--port", type=int, default=50071)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
     p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server")
-    p.add_argument("--max-concurrency", type=int, default=64)
-    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    hand_cli.add_service_arguments(p)  # --port, --register, limits: the flags of `serve hand`
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command that runs the MCP server on stdio")
     p.set_defaults(func=_serve_mcp)
 
@@ -67,7 +62,7 @@ def _pairs(values: list[str], sep: str, what: str) -> dict[str, str]:
 
 
 def _serve_mcp(args: argparse.Namespace) -> int:
-    from hands import HandServiceConfig, serve_async
+    from hands import serve_async
     from hands.logs import configure_logging
     from hands.mcp import McpBridge, McpBridgeConfig, McpUnavailable
 
@@ -84,9 +79,11 @@ def _serve_mcp(args: argparse.Namespace) -> int:
             headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout,
         )
-        service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
-    except ValueError as exc:  # McpConfigError, or a bad service limit naming its key
+    except ValueError as exc:  # McpConfigError names the flag
         raise CliError(str(exc)) from None
+    service = hand_cli.service_config(args)  # a bad limit is one CliError naming its key
+    port = hand_cli.DEFAULT_PORT if args.port is None else args.port
+    credentials = hand_cli.registration_credentials(args)
     configure_logging()
 
     async def run() -> None:
@@ -94,8 +91,8 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         await bridge.start()
         try:
             await serve_async(
-                bridge.hands(), host=args.host, port=args.port, config=service,
-                register=args.register, advertise=args.advertise,
+                bridge.hands(), host=args.host, port=port, config=service,
+                register=args.register, advertise=args.advertise, register_credentials=credentials,
             )  # fmt: skip
         finally:
             await bridge.close()

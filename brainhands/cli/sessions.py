@@ -139,14 +139,16 @@ def _print_session(info, events, children=()) -> None:
     from rich.padding import Padding
     from rich.text import Text
 
-    from brain.live import SessionView, human_duration, render_tree
+    from brain.events import SessionState
+    from brain.humanize import format_duration
+    from brain.live import render_tree
 
-    view = SessionView.from_events(events)
+    view = SessionState.from_events(info.id, events)
     out = Console(highlight=False, soft_wrap=False)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
     facts = Text(f"id {info.id} · started {started}", style="dim")
     if view.ended_at is not None:
-        facts.append(f" · took {human_duration(view.elapsed(view.ended_at))}")
+        facts.append(f" · took {format_duration(view.elapsed(view.ended_at))}")
     elif info.status == "running":
         held = info.lease_owner and (info.lease_expires_at or 0) > time.time()
         facts.append(f" · driven by {info.lease_owner}" if held else " · no brain drives it: `brainhands sessions wake` continues it")
@@ -157,19 +159,19 @@ def _print_session(info, events, children=()) -> None:
     out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                           status=info.status))
     out.print(facts)
+    outcome = view.outcome
     if view.status == "finished":
-        out.print(Text("result" + (f" (cut short: {view.outcome.get('reason')})" if view.outcome.get("cut_short") else "") + ":",
-                       style="bold"))
-        out.print(view.outcome.get("result", ""), markup=False, highlight=False)
+        out.print(Text("result" + (f" (cut short: {outcome.reason})" if outcome.cut_short else "") + ":", style="bold"))
+        out.print(outcome.result, markup=False, highlight=False)
     elif view.status in ("failed", "cancelled"):
-        out.print(Text(f"{view.status}: {view.outcome.get('reason', '')}", style="bold"))
+        out.print(Text(f"{view.status}: {outcome.reason if outcome.reason is not None else ''}", style="bold"))
     if children:
         out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
     for depth, child, child_events in children:
         indent = "  " * depth
         # Indented one step per level under its parent, which is the nearest line above with less indent.
         out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
-        child_view = SessionView.from_events(child_events)
+        child_view = SessionState.from_events(child.id, child_events)
         tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
                            live=False, expand_all=True, status=child.status)
         out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
@@ -212,8 +214,7 @@ async def _cancel_through_service(address: str, session_id: str, reason: str) ->
 
 
 async def _cancel_in_store(args) -> int:
-    from brain import events as ev
-    from brain.events import SessionState
+    from brain.events import SessionCancelled, SessionState
 
     sid = args.session_id
     store = await _open(args.sessions)
@@ -233,7 +234,8 @@ async def _cancel_in_store(args) -> int:
             state = SessionState.from_events(sid, await store.events(sid))
             if state.status == "running":
                 reason = args.reason or "cancelled with `brainhands sessions cancel` (no brain was driving it)"
-                await store.append(sid, state.seq + 1, ev.SESSION_CANCELLED, {"reason": reason, "totals": state.totals()})
+                ended = SessionCancelled(reason=reason, totals=state.totals())
+                await store.append(sid, state.seq + 1, ended.TYPE, ended.to_data())
         finally:
             with contextlib.suppress(Exception):
                 await store.release_lease(sid, owner)

@@ -322,14 +322,12 @@ def make_llm_hands(config: LLMWorkerConfig) -> list[Hand]:
     return [llm_worker]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50073
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The llm_worker hand configured from this process's environment."""
-    if not structlog.is_configured():
-        # `brainhands serve hand` loads hands before serve() sets logging up; the start-up
-        # warning below must still reach stderr in the service's format.
-        from hands.logs import configure_logging
-
-        configure_logging()
     config = LLMWorkerConfig.from_env()
     if not config.api_key:
         log.warning("ANTHROPIC_API_KEY is not set: llm_worker calls will fail until the service restarts with a key")
@@ -343,18 +341,7 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
     return make_llm_hands(config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hands._serve import service_main
-
-    return service_main(
-        HANDS,
-        prog="python -m hands.builtin.llm",
-        description="Serve the llm_worker hand over gRPC. Key, model and gateway come from the environment: "
-        "ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, BRAINHANDS_WORKER_MODEL, BRAINHANDS_GATEWAY, BRAINHANDS_MAX_DEPTH.",
-        default_port=50073,
-        argv=argv,
-    )
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hands.cli import module_main
+
+    raise SystemExit(module_main("hands.builtin.llm"))

@@ -6,47 +6,20 @@ import io
 
 from rich.console import Console
 
-from brain.live import LiveView, SessionView, render_tree, summarize_input
+from brain.events import SessionState
+from brain.live import LiveView, render_tree, summarize_input
 from brain.loop import RunResult
-from brain.sessions import Event
-
-SID = "5e55101d00000000000000000000abcd"
-T0 = 1_700_000_000.0
+from tests.session_log import SID, SessionLog
 
 
-class Log:
-    """Builds a session's events with a clock that moves by dt per event."""
+def session_log() -> SessionLog:
+    """A log whose model turns report 1200 tokens in and 80 out, on a clock moving with each event."""
+    return SessionLog(SID, turn_usage=(1200, 80))
 
-    def __init__(self):
-        self.events: list[Event] = []
-        self.now = T0
 
-    def add(self, type: str, data: dict, dt: float = 0.01) -> Event:
-        self.now += dt
-        event = Event(SID, len(self.events) + 1, type, data, self.now)
-        self.events.append(event)
-        return event
-
-    def start(self, task="Fix the failing tests and summarize what changed", **config):
-        return self.add("session_started", {"task": task, "model": "scripted", "config": {
-            "token_budget": 100_000, "max_turns": 20, **config}}, 0)
-
-    def turn(self, calls=(), text="", stop=None, dt=1.5, usage=(1200, 80)):
-        content = [{"type": "text", "text": text}] if text else []
-        content += [{"type": "tool_use", "id": cid, "name": name, "input": inp} for cid, name, inp in calls]
-        return self.add("model_response", {
-            "stop_reason": stop or ("tool_use" if calls else "end_turn"), "content": content,
-            "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-        }, dt)
-
-    def started(self, cid, name, attempt=1):
-        return self.add("tool_call_started", {"call_id": cid, "name": name, "input": {}, "attempt": attempt})
-
-    def finished(self, cid, name, output="ok", is_error=False, duration=0.5, dt=0.5, usage=(0, 0), status="OK"):
-        return self.add("tool_call_finished", {
-            "call_id": cid, "name": name, "output": output, "is_error": is_error, "status": status,
-            "duration": duration, "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-        }, dt)
+def start(log: SessionLog) -> SessionLog:
+    return log.start("Fix the failing tests and summarize what changed", model="scripted",
+                     config={"token_budget": 100_000, "max_turns": 20})
 
 
 def terminal(width=100, height=40) -> Console:
@@ -58,21 +31,29 @@ def shown(view: LiveView) -> str:
     return view.console.export_text()
 
 
-def fan_out(log: Log) -> None:
-    log.start()
-    log.turn([
+def fan_out(log: SessionLog) -> None:
+    start(log)
+    log.model([
         ("c1", "fs_read", {"path": "src/app.py"}),
         ("c2", "sandbox_shell", {"command": "pytest -q tests/"}),
         ("c3", "llm_worker", {"task": "Summarize the module structure of the project in three bullet points"}),
     ])
     for cid, name in (("c1", "fs_read"), ("c2", "sandbox_shell"), ("c3", "llm_worker")):
         log.started(cid, name)
-    log.finished("c1", "fs_read", duration=0.02)
+    log.finished("c1", "fs_read", output="ok", duration=0.02)
     log.finished("c2", "sandbox_shell", output="collected 3 items\n[exit status 1]", is_error=True, duration=2.5)
 
 
+def finished_fan_out() -> SessionLog:
+    """The fan-out to its end: the worker finishes, the model answers, the session finishes."""
+    log = session_log()
+    fan_out(log)
+    log.finished("c3", "llm_worker", output="ok", duration=3.5)
+    return log.model(text="All fixed.").finish("All fixed.", dt=0.01)
+
+
 def test_a_running_fan_out_shows_each_hand_its_input_and_its_state():
-    log = Log()
+    log = session_log()
     fan_out(log)
     view = LiveView(terminal(), clock=lambda: log.now + 1.0)
     for event in log.events:
@@ -94,7 +75,7 @@ def test_a_running_fan_out_shows_each_hand_its_input_and_its_state():
 
 
 def test_elapsed_time_of_a_running_call_ticks_with_the_clock():
-    log = Log()
+    log = session_log()
     fan_out(log)
     now = [log.now + 1.0]
     view = LiveView(terminal(), clock=lambda: now[0])
@@ -106,12 +87,12 @@ def test_elapsed_time_of_a_running_call_ticks_with_the_clock():
 
 
 def test_when_the_calls_are_done_the_model_is_shown_thinking_and_earlier_turns_fold_to_one_line():
-    log = Log()
+    log = session_log()
     fan_out(log)
-    log.finished("c3", "llm_worker", duration=3.5, usage=(500, 100))
-    log.turn([("c4", "fs_edit", {"path": "src/app.py", "old": "a", "new": "b"})])
+    log.finished("c3", "llm_worker", output="ok", duration=3.5, usage=(500, 100))
+    log.model([("c4", "fs_edit", {"path": "src/app.py", "old": "a", "new": "b"})])
     log.started("c4", "fs_edit")
-    log.finished("c4", "fs_edit", duration=0.01)
+    log.finished("c4", "fs_edit", output="ok", duration=0.01)
     view = LiveView(terminal(), clock=lambda: log.now + 2.0)
     for event in log.events:
         view.on_event(event)
@@ -125,14 +106,13 @@ def test_when_the_calls_are_done_the_model_is_shown_thinking_and_earlier_turns_f
 
 
 def test_a_fan_out_taller_than_the_terminal_keeps_the_running_calls_in_view():
-    log = Log()
-    log.start()
+    log = start(session_log())
     calls = [(f"c{i}", "llm_worker", {"task": f"Translate chapter {i}"}) for i in range(40)]
-    log.turn(calls)
+    log.model(calls)
     for cid, name, _ in calls:
         log.started(cid, name)
     for cid, name, _ in calls[:-3]:
-        log.finished(cid, name)
+        log.finished(cid, name, output="ok")
     view = LiveView(terminal(height=20), clock=lambda: log.now)
     for event in log.events:
         view.on_event(event)
@@ -144,11 +124,7 @@ def test_a_fan_out_taller_than_the_terminal_keeps_the_running_calls_in_view():
 
 
 def test_the_summary_left_at_the_end_has_a_line_per_turn_and_the_totals():
-    log = Log()
-    fan_out(log)
-    log.finished("c3", "llm_worker", duration=3.5)
-    log.turn(text="All fixed.")
-    log.add("session_finished", {"result": "All fixed.", "cut_short": False, "reason": None, "totals": {}})
+    log = finished_fan_out()
     console = terminal()
     with LiveView(console, clock=lambda: log.now) as view:
         for event in log.events:
@@ -164,7 +140,7 @@ def test_the_summary_left_at_the_end_has_a_line_per_turn_and_the_totals():
 
 
 def test_leaving_the_view_while_the_session_runs_says_it_was_interrupted():
-    log = Log()
+    log = session_log()
     fan_out(log)
     console = terminal()
     try:
@@ -180,11 +156,7 @@ def test_leaving_the_view_while_the_session_runs_says_it_was_interrupted():
 
 
 def test_off_a_terminal_each_event_is_one_plain_line():
-    log = Log()
-    fan_out(log)
-    log.finished("c3", "llm_worker", duration=3.5)
-    log.turn(text="All fixed.")
-    log.add("session_finished", {"result": "All fixed.", "cut_short": False, "reason": None, "totals": {}})
+    log = finished_fan_out()
     out = io.StringIO()
     view = LiveView(Console(file=out, width=100))
     with view:
@@ -200,12 +172,12 @@ def test_off_a_terminal_each_event_is_one_plain_line():
 
 
 def test_a_woken_session_continues_the_numbering_of_its_log():
-    log = Log()
+    log = session_log()
     fan_out(log)
     before = list(log.events)
     log.started("c3", "llm_worker", attempt=2)
-    log.finished("c3", "llm_worker", duration=1.0)
-    log.turn(text="Done.")
+    log.finished("c3", "llm_worker", output="ok", duration=1.0)
+    log.model(text="Done.")
     out = io.StringIO()
     view = LiveView(Console(file=out, width=100))
     view.replay(before)
@@ -217,12 +189,11 @@ def test_a_woken_session_continues_the_numbering_of_its_log():
 
 
 def test_calls_cut_by_a_limit_show_as_not_run_and_a_session_with_unfinished_calls_shows_them():
-    log = Log()
-    log.start()
-    log.turn([("c1", "fs_read", {"path": "a"}), ("c2", "fs_read", {"path": "b"})])
+    log = start(session_log())
+    log.model([("c1", "fs_read", {"path": "a"}), ("c2", "fs_read", {"path": "b"})])
     log.finished("c2", "fs_read", output="over the limit", is_error=True, status="NOT_RUN", duration=0.0)
     log.started("c1", "fs_read")
-    view = SessionView.from_events(log.events)
+    view = SessionState.from_events(SID, log.events)
     console = terminal()
     console.print(render_tree(view, now=log.now, live=False, expand_all=True))
     text = console.export_text()

@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-from brain.sessions import Event, SessionInfo, open_store
+from brain.sessions import open_store
 from brain.timeline import CALL_OUTCOMES, load_timeline, render_timeline
+from tests.session_log import SessionLog
 
 T0 = 1_750_000_000.0
 VOID = {"meta", "br", "img", "link", "input", "hr", "source", "wbr", "area", "base", "col", "embed", "track"}
@@ -87,64 +88,34 @@ def facts(elements: list[Element]) -> dict[str, str]:
 # --- building session logs ---------------------------------------------------------------------------
 
 
-class Log:
-    """Events of one session at chosen times (seconds after T0)."""
-
-    def __init__(self, session_id: str = "sess-1", task: str = "Survey the twelve modules.", status: str = "finished",
-                 parent_id: str | None = None, start: float = 0.0):
-        self.session_id, self.task, self.status, self.parent_id, self.start = session_id, task, status, parent_id, start
-        self.events: list[Event] = []
-        self.add("session_started", start, task=task, model="claude-test-1", config={}, system="s", tools=[])
-
-    def add(self, type: str, at: float, **data) -> Log:
-        self.events.append(Event(self.session_id, len(self.events) + 1, type, data, T0 + at))
-        return self
-
-    def model(self, at: float, calls: list[tuple[str, str, dict]] = (), text: str = "", stop: str | None = None,
-              usage: dict | None = None) -> Log:
-        content = [{"type": "text", "text": text}] if text else []
-        content += [{"type": "tool_use", "id": cid, "name": name, "input": inp} for cid, name, inp in calls]
-        return self.add("model_response", at, content=content, stop_reason=stop or ("tool_use" if calls else "end_turn"),
-                        usage=usage or {"input_tokens": 100, "output_tokens": 20}, model="claude-test-1")
-
-    def started(self, at: float, cid: str, name: str = "worker", attempt: int = 1) -> Log:
-        return self.add("tool_call_started", at, call_id=cid, name=name, input={}, attempt=attempt)
-
-    def finished(self, at: float, cid: str, output: str = "done", is_error: bool = False, status: str = "OK",
-                 name: str = "worker", duration: float = 0.1, usage: dict | None = None) -> Log:
-        return self.add("tool_call_finished", at, call_id=cid, name=name, output=output, is_error=is_error,
-                        status=status, duration=duration, usage=usage or {"input_tokens": 0, "output_tokens": 0})
-
-    def end(self, at: float, type: str = "session_finished", **data) -> Log:
-        data = {"result": "All done.", "cut_short": False, "reason": None, **data} if type == "session_finished" else data
-        return self.add(type, at, **data)
-
-    def info(self) -> SessionInfo:
-        ts = [e.ts for e in self.events]
-        return SessionInfo(self.session_id, self.task, self.status, min(ts), max(ts), len(self.events), self.parent_id)
-
-    def render(self, **kwargs) -> list[Element]:
-        return parse_html(render_timeline(self.info(), self.events, **kwargs))
+def session(session_id: str = "sess-1", task: str = "Survey the twelve modules.", parent_id: str | None = None,
+            start: float = 0.0) -> SessionLog:
+    """A session's log, started at `start` seconds; every event below is placed with at= (seconds after T0)."""
+    return SessionLog(session_id, t0=T0, parent_id=parent_id).start(task, at=start)
 
 
-def fan_out(n: int = 12, slow: int = 7) -> Log:
+def render(log: SessionLog, **kwargs) -> list[Element]:
+    return parse_html(render_timeline(log.info(), log.events, **kwargs))
+
+
+def fan_out(n: int = 12, slow: int = 7) -> SessionLog:
     """One turn asking for n calls that run at once (call `slow` takes longest), then the synthesis."""
-    log = Log()
+    log = session()
     ids = [f"toolu_{i:02d}" for i in range(n)]
-    log.model(0.8, [(cid, "worker", {"item": i}) for i, cid in enumerate(ids)])
+    log.model([(cid, "worker", {"item": i}) for i, cid in enumerate(ids)], at=0.8)
     for i, cid in enumerate(ids):
-        log.started(0.81 + i * 0.002, cid)
+        log.started(cid, at=0.81 + i * 0.002)
     finish = sorted((3.0 if i == slow else 1.0 + i * 0.05, cid) for i, cid in enumerate(ids))
     for at, cid in finish:
-        log.finished(at, cid, output=f"result of {cid}")
-    return log.model(3.6, text="Twelve findings, synthesized.").end(3.6)
+        log.finished(cid, output=f"result of {cid}", at=at)
+    return log.model(text="Twelve findings, synthesized.", at=3.6).finish(at=3.6)
 
 
 # --- tests -------------------------------------------------------------------------------------------
 
 
 def test_a_twelve_call_fan_out_sits_in_twelve_parallel_rows_between_its_turn_and_the_synthesis():
-    els = fan_out().render()
+    els = render(fan_out())
     bars = find(els, data_kind="tool-call")
     assert len(bars) == 12
     assert len({b.attrs["data-row"] for b in bars}) == 12
@@ -175,15 +146,15 @@ def test_a_twelve_call_fan_out_sits_in_twelve_parallel_rows_between_its_turn_and
 
 
 def test_calls_that_do_not_overlap_share_a_row_so_rows_show_the_parallelism():
-    log = Log()
+    log = session()
     ids = [f"c{i}" for i in range(6)]
-    log.model(0.5, [(cid, "worker", {}) for cid in ids])
+    log.model([(cid, "worker", {}) for cid in ids], at=0.5)
     for wave in range(2):  # two waves of three, as max_parallel=3 would run them
         for i in range(3):
-            log.started(1.0 + wave * 1.0 + i * 0.01, ids[wave * 3 + i])
+            log.started(ids[wave * 3 + i], at=1.0 + wave * 1.0 + i * 0.01)
         for i in range(3):
-            log.finished(1.5 + wave * 1.0 + i * 0.01, ids[wave * 3 + i])
-    els = log.model(3.0, text="ok").end(3.0).render()
+            log.finished(ids[wave * 3 + i], at=1.5 + wave * 1.0 + i * 0.01)
+    els = render(log.model(text="ok", at=3.0).finish(at=3.0))
     bars = find(els, data_kind="tool-call")
     assert len(bars) == 6
     assert len({b.attrs["data-row"] for b in bars}) == 3
@@ -192,18 +163,17 @@ def test_calls_that_do_not_overlap_share_a_row_so_rows_show_the_parallelism():
 
 
 def test_each_outcome_has_its_own_status_and_colour_and_errors_are_counted():
-    log = Log()
+    log = session()
     calls = ["ok1", "iserr", "deadline", "cancel", "skipped"]
-    log.model(0.2, [(c, "worker", {}) for c in calls])
+    log.model([(c, "worker", {}) for c in calls], at=0.2)
     for c in calls[:4]:
-        log.started(0.3, c)
-    log.finished(0.5, "ok1")
-    log.finished(0.6, "iserr", output="file not found", is_error=True)
-    log.finished(0.7, "deadline", output="hand worker did not finish", is_error=True, status="DEADLINE_EXCEEDED")
-    log.finished(0.8, "cancel", output="cancelled", is_error=True, status="CANCELLED")
-    log.add("tool_call_finished", 0.3, call_id="skipped", name="worker", output="not run: over max_tool_calls",
-            is_error=True, status="NOT_RUN", reason="max_tool_calls", duration=0.0)
-    els = log.model(1.0, text="partial").end(1.0).render()
+        log.started(c, at=0.3)
+    log.finished("ok1", at=0.5)
+    log.finished("iserr", output="file not found", is_error=True, at=0.6)
+    log.finished("deadline", output="hand worker did not finish", is_error=True, status="DEADLINE_EXCEEDED", at=0.7)
+    log.finished("cancel", output="cancelled", is_error=True, status="CANCELLED", at=0.8)
+    log.not_run("skipped", reason="max_tool_calls", at=0.3)
+    els = render(log.model(text="partial", at=1.0).finish(at=1.0))
     status = {b.attrs["data-call-id"]: (b.attrs["data-status"], b.attrs["data-code"]) for b in find(els, data_kind="tool-call")}
     assert status == {
         "ok1": ("ok", "OK"),
@@ -227,10 +197,10 @@ def test_each_outcome_has_its_own_status_and_colour_and_errors_are_counted():
 
 
 def test_an_unfinished_call_is_drawn_to_the_session_end_and_marked_never_finished():
-    log = Log(status="failed")
-    log.model(0.2, [("a", "worker", {}), ("b", "stuck", {})])
-    log.started(0.3, "a").started(0.3, "b", name="stuck").finished(0.9, "a")
-    els = log.end(5.0, type="session_failed", reason="the brain lost its gateway").render()
+    log = session()
+    log.model([("a", "worker", {}), ("b", "stuck", {})], at=0.2)
+    log.started("a", at=0.3).started("b", name="stuck", at=0.3).finished("a", at=0.9)
+    els = render(log.fail("the brain lost its gateway", at=5.0))
     [stuck] = find(els, data_call_id="b")
     assert stuck.attrs["data-status"] == "unfinished" and stuck.attrs["data-code"] == ""
     assert float(stuck.attrs["data-end-ms"]) == 5000.0
@@ -241,18 +211,18 @@ def test_an_unfinished_call_is_drawn_to_the_session_end_and_marked_never_finishe
 
 
 def test_calls_in_flight_when_the_session_was_cancelled_are_drawn_cancelled():
-    log = Log(status="cancelled")
-    log.model(0.2, [("a", "worker", {})]).started(0.3, "a")
-    els = log.end(2.0, type="session_cancelled", reason="user asked").render()
+    log = session()
+    log.model([("a", "worker", {})], at=0.2).started("a", at=0.3)
+    els = render(log.cancel("user asked", at=2.0))
     [bar] = find(els, data_kind="tool-call")
     assert bar.attrs["data-status"] == "cancelled" and float(bar.attrs["data-end-ms"]) == 2000.0
 
 
 def test_a_call_re_issued_after_a_wake_shows_the_abandoned_attempt_and_the_one_that_finished():
-    log = Log()
-    log.model(0.2, [("a", "worker", {})]).started(0.3, "a")
-    log.started(40.0, "a", attempt=2).finished(41.0, "a")
-    els = log.model(41.5, text="done").end(41.5).render()
+    log = session()
+    log.model([("a", "worker", {})], at=0.2).started("a", at=0.3)
+    log.started("a", attempt=2, at=40.0).finished("a", at=41.0)
+    els = render(log.model(text="done", at=41.5).finish(at=41.5))
     first, second = sorted(find(els, data_call_id="a"), key=lambda b: float(b.attrs["data-start-ms"]))
     assert first.attrs["data-status"] == "unfinished" and float(first.attrs["data-end-ms"]) == 40000.0
     assert "re-issued after a wake" in first.text
@@ -261,12 +231,12 @@ def test_a_call_re_issued_after_a_wake_shows_the_abandoned_attempt_and_the_one_t
 
 
 def test_a_synthesis_after_a_limit_is_the_last_row_and_the_header_says_cut_short():
-    log = Log()
-    log.model(0.2, [("a", "worker", {}), ("b", "worker", {})]).started(0.3, "a").finished(0.5, "a")
-    log.finished(0.5, "b", output="not run", is_error=True, status="NOT_RUN")
-    log.add("limit_reached", 0.5, reason="max_tool_calls", not_run=1)
-    log.model(1.5, text="What I found so far.")
-    els = log.end(1.5, result="What I found so far.", cut_short=True, reason="max_tool_calls").render()
+    log = session()
+    log.model([("a", "worker", {}), ("b", "worker", {})], at=0.2).started("a", at=0.3).finished("a", at=0.5)
+    log.finished("b", output="not run", is_error=True, status="NOT_RUN", at=0.5)
+    log.limit("max_tool_calls", not_run=1, at=0.5)
+    log.model(text="What I found so far.", at=1.5)
+    els = render(log.finish("What I found so far.", cut_short=True, reason="max_tool_calls", at=1.5))
     rows = [e for e in els if e.attrs.get("data-kind", "").endswith("-row")]
     assert rows[-1].attrs["data-kind"] == "synthesis-row"
     assert "Synthesis" in rows[-1].text and "after max_tool_calls" in rows[-1].text
@@ -275,11 +245,11 @@ def test_a_synthesis_after_a_limit_is_the_last_row_and_the_header_says_cut_short
 
 def test_untrusted_text_is_escaped_everywhere_and_creates_no_elements():
     evil = '<script>alert(1)</script><img src=x onerror=alert(2)>"\'&'
-    log = Log(task=f"Task {evil}")
-    log.model(0.2, [("a", "worker", {"q": evil})], text=f"thinking {evil}")
-    log.started(0.3, "a").finished(0.5, "a", output=f"out {evil}", is_error=True)
-    log.model(0.8, text=f"final {evil}")
-    page = render_timeline(log.info(), log.end(0.8, result=f"result {evil}").events)
+    log = session(task=f"Task {evil}")
+    log.model([("a", "worker", {"q": evil})], text=f"thinking {evil}", at=0.2)
+    log.started("a", at=0.3).finished("a", output=f"out {evil}", is_error=True, at=0.5)
+    log.model(text=f"final {evil}", at=0.8)
+    page = render_timeline(log.info(), log.finish(f"result {evil}", at=0.8).events)
     els = parse_html(page)
     assert [e for e in els if e.tag in ("script", "img")] == []
     assert not any(k.startswith("on") for e in els for k in e.attrs)
@@ -299,15 +269,15 @@ def test_the_page_is_self_contained():
 
 
 def test_sub_agent_sessions_are_drawn_as_nested_lanes_on_the_same_axis():
-    parent = Log()
-    parent.model(0.2, [("spawn", "llm_worker", {"task": "dig"})]).started(0.3, "spawn")
-    parent.finished(4.0, "spawn", name="llm_worker").model(4.5, text="done").end(4.5)
-    child = Log("sess-child", task="Dig into module 3.", parent_id="sess-1", start=0.4)
-    child.model(1.0, [("k1", "fs_read", {}), ("k2", "fs_grep", {})])
-    child.started(1.1, "k1", "fs_read").started(1.1, "k2", "fs_grep")
-    child.finished(2.0, "k1", name="fs_read").finished(3.0, "k2", name="fs_grep")
-    child.model(3.8, text="module 3 is fine").end(3.8)
-    els = parent.render(children={"sess-child": (child.info(), child.events)})
+    parent = session()
+    parent.model([("spawn", "llm_worker", {"task": "dig"})], at=0.2).started("spawn", at=0.3)
+    parent.finished("spawn", name="llm_worker", at=4.0).model(text="done", at=4.5).finish(at=4.5)
+    child = session("sess-child", task="Dig into module 3.", parent_id="sess-1", start=0.4)
+    child.model([("k1", "fs_read", {}), ("k2", "fs_grep", {})], at=1.0)
+    child.started("k1", "fs_read", at=1.1).started("k2", "fs_grep", at=1.1)
+    child.finished("k1", name="fs_read", at=2.0).finished("k2", name="fs_grep", at=3.0)
+    child.model(text="module 3 is fine", at=3.8).finish(at=3.8)
+    els = render(parent, children={"sess-child": (child.info(), child.events)})
     [lane] = find(els, data_kind="session-row")
     assert lane.attrs["data-session"] == "sess-child" and "Dig into module 3." in lane.text
     child_bars = find(els, data_kind="tool-call", data_session="sess-child")
@@ -320,8 +290,7 @@ def test_sub_agent_sessions_are_drawn_as_nested_lanes_on_the_same_axis():
 
 
 def test_a_session_with_no_turns_yet_renders():
-    log = Log(status="running")
-    els = log.render()
+    els = render(session())
     assert find(els, data_kind="tool-call") == [] and facts(els)["status"] == "running"
     assert any("No turns recorded yet" in e.text for e in els if e.tag == "p")
 
@@ -332,12 +301,9 @@ async def test_load_timeline_reads_the_session_and_its_sub_agents_from_a_store(t
         parent = await store.create_session("Parent task", {})
         child = await store.create_session("Child task", {}, parent_id=parent)
         other = await store.create_session("Unrelated", {})
-        for sid in (parent, child, other):
-            await store.append(sid, 1, "session_started", {"task": "t", "model": "m", "system": "s"})
-        await store.append(child, 2, "model_response", {
-            "content": [{"type": "tool_use", "id": "cc1", "name": "fs_read", "input": {}}], "stop_reason": "tool_use",
-            "usage": {}})
-        await store.append(child, 3, "tool_call_started", {"call_id": "cc1", "name": "fs_read", "input": {}})
+        for sid in (parent, other):
+            await SessionLog(sid).start("t", model="m").append_to(store)
+        await SessionLog(child).start("t", model="m").model([("cc1", "fs_read", {})]).started("cc1", "fs_read").append_to(store)
         els = parse_html(await load_timeline(store, parent))
         assert [e.attrs["data-session"] for e in find(els, data_kind="session-row")] == [child]
         [bar] = find(els, data_kind="tool-call")
@@ -347,14 +313,14 @@ async def test_load_timeline_reads_the_session_and_its_sub_agents_from_a_store(t
         await store.close()
 
 
-def axis_labels(log: Log) -> list[str]:
+def axis_labels(log: SessionLog) -> list[str]:
     page = render_timeline(log.info(), log.events)
     axis = re.search(r'data-kind="axis">(.*?)</div></div>', page).group(1)
     return re.findall(r">([^<]+)</span>", axis)
 
 
 def test_the_time_axis_is_labelled_in_units_that_fit_the_session_length():
-    assert axis_labels(Log().model(0.7, text="hi").end(0.7)) == [f"{ms} ms" for ms in range(0, 701, 100)]
+    assert axis_labels(session().model(text="hi", at=0.7).finish(at=0.7)) == [f"{ms} ms" for ms in range(0, 701, 100)]
     assert axis_labels(fan_out()) == [f"{s / 2:.1f} s" for s in range(8)]  # 3.6 s: every half second
-    assert axis_labels(Log().model(400, text="hi").end(400)) == ["0 s"] + [f"{m} m" for m in range(1, 7)]  # 6 m 40 s: every minute
-    assert axis_labels(Log().model(150, text="hi").end(150))[:4] == ["0 s", "30 s", "1 m", "1 m 30 s"]
+    assert axis_labels(session().model(text="hi", at=400).finish(at=400)) == ["0 s"] + [f"{m} m" for m in range(1, 7)]  # 6 m 40 s: every minute
+    assert axis_labels(session().model(text="hi", at=150).finish(at=150))[:4] == ["0 s", "30 s", "1 m", "1 m 30 s"]

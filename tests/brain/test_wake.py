@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from brain import LeaseLost, ScriptedModel, SessionBusy, SessionNotFound
+from tests.session_log import SessionLog
 
 FAN_OUT = [
     {"tool_calls": [["echo", {"text": str(i)}] for i in range(3)] + [["hangs_once", {}] for _ in range(3)]},
@@ -66,7 +67,7 @@ async def test_waking_an_unknown_session_says_so(make_brain):
 
 async def test_a_session_held_by_another_brain_cannot_be_woken(make_brain, store):
     sid = await store.create_session("t", {})
-    await store.append(sid, 1, "session_started", {"task": "t", "system": "s", "tools": [], "config": {}})
+    await SessionLog(sid).start("t").append_to(store)
     assert await store.acquire_lease(sid, "another-brain", ttl=60)
     with pytest.raises(SessionBusy, match="another-brain"):
         await make_brain(ScriptedModel([{"text": "x"}])).wake(sid)

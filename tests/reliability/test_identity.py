@@ -473,8 +473,8 @@ def test_the_sandbox_will_not_start_without_bubblewrap_unless_told_limits_only(t
         _, stderr = proc.communicate()
     done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     refused = done.returncode == 2 and "will not start without bubblewrap" in done.stderr
-    record(SECTION, "sandbox service started without bubblewrap (no --isolation)", "refused" if refused else "started",
+    record(SECTION, "sandbox service started without bubblewrap (no BRAINHANDS_SANDBOX_ISOLATION)", "refused" if refused else "started",
            expected="refused")
     assert refused, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert "--isolation limits-only" in last and "Traceback" not in done.stderr
+    assert "BRAINHANDS_SANDBOX_ISOLATION=limits-only" in last and "Traceback" not in done.stderr

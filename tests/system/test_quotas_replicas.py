@@ -17,6 +17,7 @@ import grpc
 import pytest
 import yaml
 
+from brainhands.procs import free_port
 from gateway.tenants import hash_key
 from hands import HandClient
 from tests.services import IN_CI
@@ -193,12 +194,6 @@ async def test_a_killed_gateways_concurrency_slots_come_back_within_the_lease(st
         for task in holders:
             task.cancel()
         await asyncio.gather(*holders, return_exceptions=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnRedis:

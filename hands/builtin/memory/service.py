@@ -171,24 +171,13 @@ def make_memory_hands(config: MemoryConfig = MemoryConfig(), store: MemoryStore 
     return [memory_put, memory_get, memory_search]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50074
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The memory hands configured from this process's environment (BRAINHANDS_MEMORY)."""
     config = MemoryConfig.from_env()
     kind = "postgresql" if config.store.startswith(("postgresql://", "postgres://")) else "sqlite"
     log.info("memory hands configured", store=kind if kind == "postgresql" else config.store)
     return make_memory_hands(config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hands._serve import service_main
-
-    return service_main(
-        HANDS,
-        prog="python -m hands.builtin.memory",
-        description="Serve memory_put, memory_get and memory_search. Store: BRAINHANDS_MEMORY (a SQLite path, "
-        "default ~/.local/state/brainhands/memory.db, or a postgresql:// URL). Serve it only behind the gateway.",
-        default_port=50074,
-        argv=argv,
-    )
-
-

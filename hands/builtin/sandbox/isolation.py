@@ -69,7 +69,7 @@ class Isolation:
         if self.mode == BUBBLEWRAP:
             return ("Isolation: bubblewrap (no network, read-only system directories, only the working "
                     "directory writable, separate process tree) plus resource limits.")
-        return ("Isolation: LIMITS ONLY (chosen with --isolation limits-only; no bubblewrap). The code runs as "
+        return ("Isolation: LIMITS ONLY (chosen with BRAINHANDS_SANDBOX_ISOLATION=limits-only; no bubblewrap). The code runs as "
                 "an ordinary process: it can reach the network and every service this machine can (Redis, "
                 "PostgreSQL, the gateway, other hands on loopback), read every file the service's user can read "
                 "(the workspace, home directories, /etc), see other processes in /proc and signal those of its "
@@ -147,6 +147,6 @@ def probe(config: SandboxConfig, uid: int | None) -> Isolation:
     # machine. Running it that way is a choice the operator makes out loud.
     raise IsolationUnavailable(
         f"the sandbox will not start without bubblewrap: {reason}. Install bubblewrap, or accept that code "
-        "reaches this machine's network, files and services by starting it with --isolation limits-only "
-        "(BRAINHANDS_SANDBOX_ISOLATION=limits-only)"
+        "reaches this machine's network, files and services by starting it with "
+        "BRAINHANDS_SANDBOX_ISOLATION=limits-only"
     )
