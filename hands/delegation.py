@@ -50,13 +50,12 @@ class CallerClient(HandClient):
         self._client = _shared(target)
         self._channel = self._client.channel
         self._stub = self._client._stub
-        self._metadata_base = ()
 
     @property
     def delegation(self) -> str | None:
         return self._ctx.metadata.get(md.DELEGATION)
 
-    def _metadata(self, extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    def _caller_metadata(self, extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         ctx = self._ctx
         meta: dict[str, str] = {md.DEPTH: str(ctx.depth + 1)}
         for key in (md.TRACEPARENT, md.BUDGET_TOKENS, md.BUDGET_CALLS):
@@ -89,7 +88,7 @@ class CallerClient(HandClient):
             input = json.dumps(input)
         call_id = call_id or uuid.uuid4().hex
         session_id = self._ctx.session_id if session_id is None else session_id
-        meta = [*self._metadata(metadata), (md.CALL_ID, call_id)]
+        meta = [*self._caller_metadata(metadata), (md.CALL_ID, call_id)]
         if session_id:
             meta.append((md.SESSION_ID, session_id))
         request = hands_pb2.ExecuteRequest(name=name, input=input, call_id=call_id, session_id=session_id)
@@ -99,7 +98,7 @@ class CallerClient(HandClient):
 
     async def describe(self, *, timeout: float | None = None) -> list[hands_pb2.HandSpec]:
         response = await self._stub.Describe(
-            hands_pb2.DescribeRequest(), timeout=self._timeout(timeout), metadata=self._metadata()
+            hands_pb2.DescribeRequest(), timeout=self._timeout(timeout), metadata=self._caller_metadata()
         )
         return list(response.hands)
 
