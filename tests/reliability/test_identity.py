@@ -32,6 +32,7 @@ def procs():
     started = []
 
     def _start(args, **kwargs):
+        kwargs.setdefault("timeout", 60.0)  # several Python start-ups at once on a loaded machine
         service = start_service(args, **kwargs)
         started.append(service)
         return service
