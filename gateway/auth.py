@@ -19,12 +19,22 @@ from gateway.config import GatewayConfig
 from gateway.context import current_forward, current_tenant
 from gateway.delegation import Delegation, DelegationError, Delegations, StaticKeys
 from gateway.metrics import GatewayMetrics
-from gateway.quotas import ADMITTED, Decision, QuotaStore, QuotaStoreUnavailable, holding, open_store
+from gateway.quotas import (
+    ADMITTED,
+    Decision,
+    Lease,
+    QuotaStore,
+    QuotaStoreUnavailable,
+    holding,
+    open_store,
+    reservations,
+)
 from gateway.roles import Operator, owner_of
 from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
 from hands import metadata as md
+from hands import tracing
 from hands.serving import note_call
 from hands.v1 import hands_pb2
 
@@ -172,23 +182,32 @@ class Access:
         return owner_of(bearer_token(meta.get(md.AUTHORIZATION)), self.operators)
 
     async def admit(self, tenant: Tenant, hand: str, rules, context, started: float) -> Decision:
-        """Admit the call against every matching rule, or abort RESOURCE_EXHAUSTED / UNAVAILABLE."""
+        """Admit the call against every matching rule, or abort RESOURCE_EXHAUSTED / UNAVAILABLE.
+
+        A token rule's reservation is the call's own budget (x-brainhands-budget-tokens) or the rule's
+        reserve, the tighter of the two; the outer call of a nested one (depth > 0) has reserved for it.
+        """
         try:
-            decision = await self.store.admit(rules, uuid.uuid4().hex)
+            reserve = reservations(rules, _call_budget(md.as_dict(context.invocation_metadata())))
+            decision = await self.store.admit(rules, uuid.uuid4().hex, reserve)
         except QuotaStoreUnavailable as exc:
             if self.fail_open:
+                tracing.set_attributes(brainhands__quota__decision="admitted_fail_open")
                 self.store_errors.labels("admitted").inc()
                 log.warning("quota store down; admitting without a quota check (fail_open: true)", error=str(exc))
                 return ADMITTED
             self.store_errors.labels("refused").inc()
+            tracing.set_attributes(brainhands__quota__decision="refused_store_down")
             log.error("quota store down; refusing the call (fail_open: false)", error=str(exc))
             await self.refuse(
                 context, grpc.StatusCode.UNAVAILABLE, f"the quota store is down, so calls are refused: {exc}",
                 hand, tenant.name, started,
             )  # fmt: skip
         if decision.admitted:
+            tracing.set_attributes(brainhands__quota__decision="admitted")
             return decision
         rule = decision.rule
+        tracing.set_attributes(brainhands__quota__decision="denied", brainhands__quota__rule=rule.id)
         label = self._label(hand)
         self.denials.labels(tenant.name, label, rule.id).inc()
         retry_ms = decision.retry_after_ms
@@ -217,8 +236,8 @@ class Access:
         )  # fmt: skip
         raise AssertionError("unreachable: abort raises")
 
-    async def charge(self, rules, response, hand: str) -> None:
-        """Charge the tokens a finished call reports in its usage to the call's token rules."""
+    async def charge(self, rules, response, hand: str, leases: tuple[Lease, ...] = ()) -> None:
+        """Charge the tokens a finished call reports in its usage to its token rules, settling its reservations."""
         if not any(rule.kind == "tokens" for rule in rules):
             return
         try:
@@ -227,9 +246,9 @@ class Access:
             else:
                 tokens = response.usage.input_tokens + response.usage.output_tokens
         except DecodeError:
-            return
+            return  # the reservations are released with the call's other leases
         try:
-            await self.store.charge_tokens(rules, tokens)
+            await self.store.charge_tokens(rules, tokens, leases)
         except QuotaStoreUnavailable as exc:
             self.store_errors.labels("uncharged").inc()
             log.error(
@@ -256,6 +275,11 @@ class Access:
         seconds = time.perf_counter() - started
         label = self._label(hand)
         self._metrics.observe_call(label, tenant, code.name, seconds)
+        if tracing.enabled():  # the call's span, named as a routed call's is, with why it was refused
+            span = tracing.current_span()
+            if span is not None:
+                span.update_name(f"gateway {label}")
+            tracing.set_attributes(brainhands__hand=label, brainhands__tenant=tenant, brainhands__code=code.name)
         note_call(hand=label, tenant=tenant, backend="", attempts=0)
         await context.abort(code, details, trailing_metadata=tuple(trailing))
 
@@ -293,11 +317,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 current_forward.set(access.forward_metadata(tenant, context))
                 rules = tenant.rules_for(name)
                 if not rules:
+                    tracing.set_attributes(brainhands__quota__decision="no_quota")
                     return await inner(request, context)
                 decision = await access.admit(tenant, name, rules, context, started)
                 async with holding(access.store, decision.leases):
                     response = await inner(request, context)
-                await access.charge(rules, response, name)
+                    # Settled while still held: a reservation leaves in the same step its real usage arrives.
+                    await access.charge(rules, response, name, decision.leases)
                 return response
 
             return handler._replace(unary_unary=execute)
@@ -377,6 +403,15 @@ def _count(value: str | None) -> int | None:
     except ValueError:
         return None
     return number if number >= 0 else None
+def _call_budget(meta: dict[str, str]) -> int | None:
+    """The tokens a call says it may spend (x-brainhands-budget-tokens); None for a nested or unbudgeted call."""
+    try:
+        if int(meta.get(md.DEPTH, "0")) > 0:
+            return None  # the brain's call to the hand that made this one reserved the budget it handed down
+    except ValueError:
+        pass
+    raw = meta.get(md.BUDGET_TOKENS, "")
+    return int(raw) if raw.isdigit() else None
 
 
 def _pack(message) -> any_pb2.Any:

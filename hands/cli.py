@@ -57,6 +57,16 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn")
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry")
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument(
+        "--dedupe-ttl", type=float, default=3600.0, metavar="SECONDS",
+        help="how long a non-idempotent call's result answers a repeat of its call id (0: off; default 3600)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dedupe-store", default=os.environ.get("BRAINHANDS_DEDUPE_STORE", "memory"), metavar="memory|redis://...",
+        help="where those results live: this process, or a Redis shared by replicas (env BRAINHANDS_DEDUPE_STORE)",
+    )  # fmt: skip
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_hand_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,12 +91,19 @@ def service_config(args: argparse.Namespace):
     """The HandServiceConfig the service flags describe."""
     from hands import HandServiceConfig
 
+    _check_metrics_address(args)
+    if args.dedupe_ttl < 0:
+        raise CliError(f"--dedupe-ttl: expected seconds >= 0, got {args.dedupe_ttl:g}")
+    if args.dedupe_store != "memory" and not args.dedupe_store.startswith(("redis://", "rediss://", "unix://")):
+        raise CliError(f"--dedupe-store: expected 'memory' or a redis:// URL, got {args.dedupe_store!r}")
     try:
         return HandServiceConfig(
             max_input_bytes=args.max_input_bytes,
             max_concurrency=args.max_concurrency,
             default_timeout=args.timeout,
             gateway=os.environ.get("BRAINHANDS_GATEWAY") or None,  # where ctx.client() calls other hands
+            dedupe_ttl=args.dedupe_ttl,
+            dedupe_store=args.dedupe_store,
         )
     except ValueError as exc:  # a bad limit: one line naming the key
         raise CliError(str(exc)) from None
@@ -112,6 +129,17 @@ def registration_credentials(args: argparse.Namespace, environ=None):
         raise CliError(str(exc)) from None
 
 
+def _check_metrics_address(args: argparse.Namespace) -> None:
+    """--metrics HOST:PORT, checked with the other flags so a typo is one line before anything starts."""
+    if getattr(args, "metrics", None):
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+
 def serve_hand(args: argparse.Namespace) -> int:
     from hands import serve_async
     from hands._load import HandLoadError, load_hand_module
@@ -128,8 +156,9 @@ def serve_hand(args: argparse.Namespace) -> int:
         raise CliError(str(exc) if getattr(args, "named_by_prog", False) else f"{args.spec}: {exc}") from None
     port = args.port if args.port is not None else getattr(module, "DEFAULT_PORT", DEFAULT_PORT)
     try:
-        asyncio.run(serve_async(found, port=port, host=args.host, config=config, register=args.register,
-                                advertise=args.advertise, register_credentials=credentials))
+        asyncio.run(serve_async(found, port=port, host=args.host, config=config,
+                                register=args.register, advertise=args.advertise, register_credentials=credentials,
+                                metrics=args.metrics, otel=args.otel))
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0

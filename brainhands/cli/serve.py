@@ -92,7 +92,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         try:
             await serve_async(
                 bridge.hands(), host=args.host, port=port, config=service,
-                register=args.register, advertise=args.advertise, register_credentials=credentials,
+                register=args.register, advertise=args.advertise, register_credentials=credentials, metrics=args.metrics, otel=args.otel,
             )  # fmt: skip
         finally:
             await bridge.close()
@@ -118,6 +118,8 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
     p.add_argument("--config", metavar="FILE", help="tenants (API keys, caps on runs) and TLS, as YAML; "
                    "without it one local tenant, no key")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_brain_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.set_defaults(func=_serve_brain)
 
 
@@ -139,9 +141,16 @@ def _serve_brain(args: argparse.Namespace) -> int:
                        "give it --config with tenants (API keys) to listen elsewhere")
     if not config.scripted and not config.anthropic_api_key:
         raise CliError(f"model {config.model} needs ANTHROPIC_API_KEY; set it, or pass --model scripted:PATH to run offline")
+    if args.metrics:
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     configure_logging()
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, metrics=args.metrics, otel=args.otel, tenant=os.environ.get("BRAINHANDS_TENANT") or "default"))
     except ValueError as exc:  # a bad sessions URL or model script
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -149,12 +158,14 @@ def _serve_brain(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config) -> None:
+async def _serve(config, *, metrics: str | None = None, otel: str | None = None, tenant: str = "default") -> None:
     import structlog
 
+    from brain.metrics import BrainMetrics
     from brain.service import start_brain_service
     from brain.sessions import default_sessions_path, open_store, redacted_url
     from hands.serving import run_until_signalled
+    from hands.tracing import configure_tracing
 
     where = redacted_url(config.sessions or default_sessions_path())
     try:
@@ -163,9 +174,13 @@ async def _serve(config) -> None:
         raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         raise CliError(f"cannot open the session store {where}: {exc}") from None
+    configure_tracing("brainhands-brain", otel)  # off without --otel or OTEL_EXPORTER_OTLP_ENDPOINT
+    counters = BrainMetrics(tenant=tenant) if metrics else None
     try:
+        if counters is not None:
+            counters.serve(metrics)
         try:
-            running = await start_brain_service(config, store=store)
+            running = await start_brain_service(config, store=store, metrics=counters)
         except RuntimeError as exc:  # grpcio reports a port it cannot bind as a RuntimeError
             if "Failed to bind" not in str(exc):
                 raise
@@ -174,7 +189,10 @@ async def _serve(config) -> None:
             "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
             tenants=[t.name for t in config.access.tenants] or "one local tenant (no key)",
             tls=config.access.tls.cert is not None,
+            **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{counters.port}"} if counters else {}),
         )
         await run_until_signalled(running)
     finally:
+        if counters is not None:
+            counters.close()
         await store.close()
