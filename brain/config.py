@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from hands.config import ConfigModel, Duration, whole
 
@@ -20,6 +20,9 @@ class BrainConfig(ConfigModel):
     max_continuations: whole(0) = 1  # times the model may continue after hitting max_tokens in a row
     lease_ttl: Duration = 30.0  # seconds a brain holds a session without renewing (renewed every ttl/3)
     describe_timeout: Duration = 10.0
+    #: Anthropic server tools the model runs itself instead of the hands of the same name, and how often per request
+    server_tools: tuple[Literal["web_search", "web_fetch"], ...] = ()
+    server_tool_max_uses: whole(1) = 5
     store_retry: Duration = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
 
     def as_dict(self) -> dict[str, Any]:

@@ -98,6 +98,20 @@ class ModelUsage(_Usage):
     output_tokens: int = _counter(always=True)
     cache_creation_input_tokens: int = _counter(always=True)
     cache_read_input_tokens: int = _counter(always=True)
+    #: Anthropic server tools the model ran itself (the API's usage.server_tool_use): tool calls, not tokens
+    web_search_requests: int = _counter(tokens=False)
+    web_fetch_requests: int = _counter(tokens=False)
+
+    @classmethod
+    def from_counts(cls, source: Any) -> ModelUsage:
+        """From the Messages API's usage, whose server tool counts sit one level down, in server_tool_use."""
+        server = getattr(source, "server_tool_use", None)
+        values = [int(getattr(source, name, None) or getattr(server, name, None) or 0) for name in cls._NAMES]
+        return cls(*values)
+
+    @property
+    def server_tool_requests(self) -> int:
+        return self.web_search_requests + self.web_fetch_requests
 
     @property
     def prompt(self) -> int:
@@ -227,22 +241,46 @@ class LimitReached(Payload):
 
 
 @_record(kw_only=True)
+class Citations:
+    """The [n] citations of a finished session's answer, checked against the URLs its hands returned or fetched
+    (its sub-sessions' included). Each entry is {"n": int, "url": str | None}; an unknown one also says why."""
+
+    checked: list[dict[str, Any]] = field(default_factory=list)
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Citations:
+        return cls(checked=list(data.get("checked") or []), unknown=list(data.get("unknown") or []))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"checked": self.checked, "unknown": self.unknown}
+
+
+@_record(kw_only=True)
 class SessionEnded(Payload):
     """How a session ended; SessionFinished, SessionFailed and SessionCancelled write the keys each one has."""
 
-    KEYS: ClassVar[tuple[str, ...]] = ("result", "cut_short", "reason", "totals")
+    KEYS: ClassVar[tuple[str, ...]] = ("result", "cut_short", "reason", "totals", "citations")
 
     result: str = ""  # the answer (finished only)
     cut_short: bool = False  # a limit ended the work early (finished only)
     reason: str | None = None  # why it was cut short, failed or was cancelled
     totals: dict[str, Any] = field(default_factory=dict)  # SessionState.totals() when it ended
+    #: the answer's [n] citations and whether each names a URL the session saw (finished only; None: none cited)
+    citations: Citations | None = field(default=None, metadata={"parse": Citations.from_data})
 
     @property
     def status(self) -> str:
         return TERMINAL_STATUS.get(self.TYPE, "running")
 
     def to_data(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.KEYS}
+        out = {key: getattr(self, key) for key in self.KEYS}
+        if "citations" in out:
+            if out["citations"] is None:
+                del out["citations"]
+            else:
+                out["citations"] = out["citations"].to_data()
+        return out
 
 
 class SessionFinished(SessionEnded):
@@ -384,6 +422,7 @@ class SessionState:
     earliest_at: float | None = None  # the earliest and latest event times: after a wake on another machine,
     latest_at: float | None = None  # seq order and clock order may disagree a little
     ended_at: float | None = None
+    citations: Citations | None = None  # the answer's citations, checked when the session finished
 
     @classmethod
     def from_events(cls, session_id: str, events: Iterable[Event]) -> SessionState:
@@ -429,7 +468,7 @@ class SessionState:
             self.limit = p
             self.limit_after_turn = len(self.turns)
         elif isinstance(p, SessionEnded):
-            self.status, self.outcome, self.ended_at = p.status, p, ts
+            self.status, self.outcome, self.ended_at, self.citations = p.status, p, ts, p.citations
 
     # --- derived views --------------------------------------------------------------------------
 
@@ -442,7 +481,10 @@ class SessionState:
 
     def calls_run(self, turns: list[Turn] | None = None) -> int:
         """Tool calls run, counting those a worker agent made for this session (reported in its usage)."""
-        return sum(1 + c.usage.tool_calls for t in (self.turns if turns is None else turns) for c in t.calls if c.ran)
+        turns = self.turns if turns is None else turns
+        # The server tools the model ran itself count as tool calls too.
+        return sum(1 + c.usage.tool_calls for t in turns for c in t.calls if c.ran) + sum(
+            t.usage.server_tool_requests for t in turns)
 
     def brain_usage(self, turns: list[Turn] | None = None) -> ModelUsage:
         return ModelUsage.sum(t.usage for t in (self.turns if turns is None else turns))
@@ -456,13 +498,18 @@ class SessionState:
         return self.brain_usage(turns).total + self.hand_usage(turns).total
 
     def totals(self) -> dict[str, Any]:
-        return {
+        brain = self.brain_usage()
+        out = {
             "turns": len(self.turns),
             "tool_calls": self.calls_run(),
-            "model_usage": self.brain_usage().tokens(),
+            "model_usage": brain.tokens(),
             "hand_usage": self.hand_usage().tokens(),
             "total_tokens": self.tokens_used(),
         }
+        if brain.server_tool_requests:
+            out["server_tool_use"] = {"web_search_requests": brain.web_search_requests,
+                                      "web_fetch_requests": brain.web_fetch_requests}
+        return out
 
     def elapsed(self, now: float) -> float:
         """Seconds from the start to the end, or to now while the session runs."""

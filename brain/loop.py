@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from brain import budget as tb
+from brain import citations as cites
 from brain import events as ev
 from brain import prompts
 from brain import tracing as traces
@@ -30,6 +31,34 @@ log = structlog.get_logger("brain")
 
 #: stop reasons after which the model is done and its text is the result
 _DONE = ("end_turn", "stop_sequence")
+
+
+async def record_citations(store: SessionStore, state: SessionState, text: str) -> ev.Citations | None:
+    """The answer's citations checked against what this session and its sub-sessions saw (read from the store)."""
+    cited, sources = cites.parse(text)
+    if not cited and not sources and not cites.server_citation_urls(state):
+        return None
+    from brain.timeline.tree import session_tree
+
+    subs = []
+    try:
+        for _, info in await session_tree(store, state.session_id):
+            subs.append(SessionState.from_events(info.id, await store.events(info.id)))
+    except Exception as exc:  # a store hiccup: check against this session's own calls rather than not at all
+        log.warning("cannot read the sub-sessions to check citations", session_id=state.session_id, error=str(exc))
+    return cites.check_session(state, text, subs)
+
+
+def server_tool_definitions(config: BrainConfig) -> list[dict[str, Any]]:
+    """The Messages API's definitions of the Anthropic server tools the config enables, each with a use limit."""
+    kinds = {"web_search": "web_search_20250305", "web_fetch": "web_fetch_20250910"}
+    out = []
+    for name in config.server_tools:
+        tool: dict[str, Any] = {"type": kinds[name], "name": name, "max_uses": config.server_tool_max_uses}
+        if name == "web_fetch":
+            tool["citations"] = {"enabled": True}
+        out.append(tool)
+    return out
 
 
 class SessionBusy(Exception):
@@ -50,6 +79,7 @@ class RunResult:
     cut_short: bool = False  # a limit ended the work early: the text is a synthesis of what was known
     reason: str | None = None  # why it was cut short, refused or failed
     usage: dict[str, Any] = field(default_factory=dict)  # turns, tool_calls, model_usage, hand_usage, total_tokens
+    citations: ev.Citations | None = None  # the answer's [n] citations, checked (finished only; None: it cites none)
 
     @property
     def ok(self) -> bool:
@@ -59,7 +89,7 @@ class RunResult:
     def from_state(cls, state: SessionState) -> RunResult:
         o = state.outcome
         if state.status == "finished":
-            return cls(state.session_id, "finished", o.result, o.cut_short, o.reason, o.totals)
+            return cls(state.session_id, "finished", o.result, o.cut_short, o.reason, o.totals, state.citations)
         text = o.reason if o.reason is not None else state.status
         return cls(state.session_id, state.status, text, False, o.reason, o.totals)
 
@@ -109,6 +139,10 @@ class Brain:
         tools = await self._dispatcher(self.config).tools(timeout=self.config.describe_timeout)
         if self.allowed_tools is not None:
             tools = [t for t in tools if t["name"] in self.allowed_tools]
+        if self.config.server_tools:
+            # The model's own web tools stand in for the hands of the same name (two tools cannot share one).
+            tools = [t for t in tools if t["name"] not in self.config.server_tools]
+            tools += server_tool_definitions(self.config)
         owner = {"tenant": tenant} if tenant else {}  # the BrainService tenant that started it
         session_id = await self.store.create_session(task, self.config.as_dict(), parent_id, **owner)
         if not await self.store.acquire_lease(session_id, self.owner, self.config.lease_ttl):
@@ -496,4 +530,6 @@ class _Driver:
             raise first from None
 
     async def finish(self, text: str, *, cut_short: bool, reason: str | None) -> None:
-        await self.record(ev.SessionFinished(result=text, cut_short=cut_short, reason=reason, totals=self.state.totals()))
+        citations = await record_citations(self.brain.store, self.state, text)
+        await self.record(ev.SessionFinished(result=text, cut_short=cut_short, reason=reason, totals=self.state.totals(),
+                                             citations=citations))

@@ -27,6 +27,9 @@ error says what went wrong: retry with a fix, work around it, or go on without i
 a failing call unchanged.
 - Check before you conclude. If results disagree or leave a gap that matters, send a focused \
 follow-up; otherwise stop calling tools.
+- Cite web sources. Have research workers return the URLs they used; mark each claim from the \
+web with [n] and end with one `[n] URL` line per source, only URLs a tool returned or fetched \
+(they are checked).
 - Finish with the answer. When you have enough, reply without tool calls: a direct, complete \
 answer to the task, built from the results, saying plainly what is uncertain or missing.
 """

@@ -188,6 +188,52 @@ def tool_results(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [block for block in content if isinstance(block, dict) and block.get("type") == "tool_result"]
 
 
+def web_search_blocks(query: str, results: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A web search the API ran itself: its server_tool_use block and its web_search_tool_result block.
+
+    results: (url, title) pairs, each becoming a web_search_result in the documented shape.
+    """
+    use_id = _new_id("srvtoolu")
+    return [
+        {"type": "server_tool_use", "id": use_id, "name": "web_search", "input": {"query": query}},
+        {"type": "web_search_tool_result", "tool_use_id": use_id, "content": [
+            {"type": "web_search_result", "url": url, "title": title, "encrypted_content": _new_id("enc"),
+             "page_age": "April 30, 2026"}
+            for url, title in results
+        ]},
+    ]
+
+
+def web_fetch_blocks(url: str, text: str, title: str = "") -> list[dict[str, Any]]:
+    """A page the API fetched itself: its server_tool_use block and its web_fetch_tool_result block."""
+    use_id = _new_id("srvtoolu")
+    return [
+        {"type": "server_tool_use", "id": use_id, "name": "web_fetch", "input": {"url": url}},
+        {"type": "web_fetch_tool_result", "tool_use_id": use_id, "content": {
+            "type": "web_fetch_result", "url": url, "retrieved_at": "2026-04-30T12:00:00Z",
+            "content": {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text},
+                        "title": title or None, "citations": {"enabled": True}},
+        }},
+    ]
+
+
+def cited_text(text: str, url: str, title: str, quoted: str) -> dict[str, Any]:
+    """A text block citing a search result (a web_search_result_location citation)."""
+    return {"type": "text", "text": text, "citations": [
+        {"type": "web_search_result_location", "url": url, "title": title, "cited_text": quoted,
+         "encrypted_index": _new_id("idx")},
+    ]}
+
+
+def server_tool_reply(content: list[dict[str, Any]], *, stop_reason: str = "end_turn", **kwargs: Any) -> dict[str, Any]:
+    """A response whose content holds server tool blocks; usage.server_tool_use counts them, as the API does."""
+    body = message(content, stop_reason=stop_reason, **kwargs)
+    uses = [b.get("name") for b in content if b.get("type") == "server_tool_use"]
+    body["usage"]["server_tool_use"] = {"web_search_requests": uses.count("web_search"),
+                                        "web_fetch_requests": uses.count("web_fetch")}
+    return body
+
+
 def _halves(index: int, delta_type: str, field: str, value: str) -> list[tuple[str, dict[str, Any]]]:
     """Two content_block_delta events carrying value, so a client that keeps only the last fragment is caught."""
     half = len(value) // 2

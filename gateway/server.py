@@ -17,6 +17,7 @@ from gateway.auth import Access
 from gateway.backends import STATIC, Backend
 from gateway.config import GatewayConfig
 from gateway.context import current_forward, current_tenant
+from gateway.dns import DnsRoutes, Resolver, is_dns_target
 from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry, RegistryAccess
@@ -86,6 +87,8 @@ class FrontService:
         self._table = table
         self._config = config
         self._metrics = metrics
+        # Until then a name nobody has registered yet may just be a replica still re-registering.
+        self._grace_until = time.monotonic() + config.startup_grace
 
     def handler(self) -> grpc.GenericRpcHandler:
         # No (de)serializers: the front gets and returns bytes, so a routed call parses the request once
@@ -142,6 +145,12 @@ class FrontService:
             return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"hand name {name[:80]!r} must match {NAME_RE.pattern}")
         if self._table.known_but_down(name):
             return _Refusal(_UNAVAILABLE, f"no healthy replica of {name} right now; try again shortly")
+        if time.monotonic() < self._grace_until:
+            return _Refusal(
+                _UNAVAILABLE,
+                f"the gateway started less than {self._config.startup_grace:g}s ago and does not know {name!r} "
+                "yet; its replicas may still be registering; try again shortly",
+            )
         known = ", ".join(self._table.hand_names()[:50]) or "(none)"
         return _Refusal(grpc.StatusCode.NOT_FOUND, f"no hand named {name[:64]!r}; the gateway knows: {known}")
 
@@ -265,6 +274,7 @@ class GatewayServer(RunningServer):
     table: RouteTable | None = None
     registry: Registry | None = None
     checker: HealthChecker | None = None
+    dns: DnsRoutes | None = None
     metrics: GatewayMetrics | None = None
     metrics_port: int | None = None
     access: Access | None = None
@@ -287,6 +297,8 @@ class GatewayServer(RunningServer):
             return
         self._closed = True
         await self.close_mcp()
+        if self.dns is not None:
+            await self.dns.close()
         await self.checker.close()
         await self.registry.close()
         for backend in list(self.table.backends.values()):
@@ -305,6 +317,7 @@ async def start_gateway(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     servicers: Sequence[ServicerHook] = (),
     credentials: grpc.ServerCredentials | None = None,
+    resolver: Resolver | None = None,
 ) -> GatewayServer:
     """Start the gateway in the running loop: front HandService, RegistryService, health, reflection, metrics.
 
@@ -319,13 +332,18 @@ async def start_gateway(
     for route in config.routes:
         for address in route.backends:
             globs_by_address.setdefault(address, []).extend(route.hands)
+    dns = DnsRoutes(table, checker, config, resolver)
     for address, globs in globs_by_address.items():
-        table.backends[address] = Backend(address, config, source=STATIC, allow=globs)
+        if is_dns_target(address):
+            dns.add(address, globs)  # one backend per address the name resolves to, kept up to date
+        else:
+            table.backends[address] = Backend(address, config, source=STATIC, allow=globs)
     table.set_static_globs(g for route in config.routes for g in route.hands)
     # Learn the static backends' hands before taking calls; one that is down now joins when it comes up.
     statics = list(table.backends.values())
     if statics:
         await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
+    await dns.refresh()  # resolved and probed before the first call, watched from now on
     table.rebuild()
     front = FrontService(table, config, metrics)
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
@@ -350,7 +368,8 @@ async def start_gateway(
             credentials=credentials or config.tls.server_credentials(),
         )
     except BaseException:
-        for backend in statics:
+        await checker.close()
+        for backend in list(table.backends.values()):
             await backend.close()
         await access.close()
         raise
@@ -358,6 +377,7 @@ async def start_gateway(
     for backend in statics:
         checker.watch(backend)
     registry.start()
+    dns.start()
     gateway = GatewayServer(
         server=running.server,
         port=running.port,
@@ -367,6 +387,7 @@ async def start_gateway(
         table=table,
         registry=registry,
         checker=checker,
+        dns=dns,
         metrics=metrics,
         metrics_port=metrics_port,
         access=access,

@@ -132,11 +132,19 @@ def _header(s: Lane, subs: list[Lane]) -> str:
     ]
     if subs:
         facts.append(("sub-agents", str(len(subs))))
+    cited = s.state.citations
+    if cited is not None:
+        facts.append(("citations", f"{len(cited.checked)} checked"
+                      + (f' · <span class="bad">{len(cited.unknown)} unknown</span>' if cited.unknown else "")))
+    server = s.state.brain_usage()
+    if server.server_tool_requests:
+        facts.append(("server tools", f"{server.web_search_requests} searches · {server.web_fetch_requests} fetches"))
     result = ""
     if s.status == "finished" and outcome.result:
         result = f'<details><summary>Result</summary><pre>{_e(_excerpt(outcome.result, _RESULT_EXCERPT))}</pre></details>'
     elif s.status in ("failed", "cancelled") and reason:
         result = f'<p class="reason bad">{_e(s.status)}: {_e(_excerpt(str(reason), _RESULT_EXCERPT))}</p>'
+    result += _citations_html(cited)
     parent = f' <span class="muted">sub-agent of <code>{_e(s.info.parent_id)}</code></span>' if s.info.parent_id else ""
     return (
         '<header class="head">'
@@ -145,6 +153,21 @@ def _header(s: Lane, subs: list[Lane]) -> str:
         '<dl class="facts">' + "".join(f"<div><dt>{_e(k)}</dt><dd>{v}</dd></div>" for k, v in facts) + "</dl>"
         f"{result}</header>"
     )
+
+
+def _citations_html(cited) -> str:
+    """The answer's citations as checked: each [n], its URL, and for those the session never saw, why."""
+    if cited is None:
+        return ""
+
+    def item(entry, ok: bool) -> str:
+        n = f"[{entry['n']}]" if entry.get("n") is not None else "(API citation)"
+        why = "" if ok else f' <span class="bad">unknown: {_e(entry.get("why", ""))}</span>'
+        return f"<li><code>{_e(n)}</code> {_e(entry.get('url') or '(no URL)')}{why}</li>"
+
+    items = [item(e, True) for e in cited.checked] + [item(e, False) for e in cited.unknown]
+    summary = f"Citations: {len(cited.checked)} checked, {len(cited.unknown)} unknown"
+    return f'<details class="citations"{" open" if cited.unknown else ""}><summary>{summary}</summary><ul>{"".join(items)}</ul></details>'
 
 
 def _legend() -> str:

@@ -40,6 +40,8 @@ def register(commands) -> None:
     run.add_argument("--lease-ttl", type=float, metavar="SECONDS", default=30.0, help="seconds a crashed brain holds the session (default 30)")
     run.add_argument("--store-retry", type=float, metavar="SECONDS", default=30.0,
                      help="seconds to retry writing the session log while its store is unreachable (default 30)")
+    run.add_argument("--server-tools", metavar="NAMES", default="",
+                     help="Anthropic server tools the model runs itself instead of the hands: web_search,web_fetch")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
@@ -306,9 +308,14 @@ def _finish(result, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"type": "result", "session_id": result.session_id, "status": result.status,
                           "text": result.text, "cut_short": result.cut_short, "reason": result.reason,
-                          "usage": result.usage}, ensure_ascii=False), flush=True)
+                          "usage": result.usage,
+                          **({"citations": result.citations.to_data()} if result.citations else {})},
+                         ensure_ascii=False), flush=True)
     elif result.ok:
         print(result.text, flush=True)
+        if result.citations and result.citations.unknown:
+            bad = ", ".join(f"[{c['n']}]" if c["n"] is not None else str(c["url"]) for c in result.citations.unknown)
+            print(f"brainhands: citations that name no URL the session saw: {bad}", file=sys.stderr)
         if result.cut_short:
             print(f"brainhands: the result was cut short ({result.reason}); session {result.session_id}", file=sys.stderr)
     if not result.ok:
@@ -337,7 +344,7 @@ def _run(args) -> int:
         args.config_obj = BrainConfig(
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
-            store_retry=args.store_retry,
+            store_retry=args.store_retry, server_tools=_server_tools(args.server_tools),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -347,6 +354,14 @@ def _run(args) -> int:
         _workspace(args)
     _quiet_logs()
     return asyncio.run(_drive(args, lambda brain: brain.run(args.task)))
+
+
+def _server_tools(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in ("web_search", "web_fetch")]
+    if unknown:
+        raise CliError(f"--server-tools {','.join(unknown)}: unknown; the server tools are web_search and web_fetch")
+    return names
 
 
 def _wake(args) -> int:

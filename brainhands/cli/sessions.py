@@ -163,10 +163,17 @@ def _print_session(info, events, children=()) -> None:
     out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                           status=info.status))
     out.print(facts)
+    server = _server_tool_lines(view)
+    if server:
+        out.print(Text("server tools (run by the model API):", style="bold"))
+        for line in server:
+            out.print(line, markup=False, highlight=False)
     outcome = view.outcome
     if view.status == "finished":
         out.print(Text("result" + (f" (cut short: {outcome.reason})" if outcome.cut_short else "") + ":", style="bold"))
         out.print(outcome.result, markup=False, highlight=False)
+        for line in _citation_lines(view):
+            out.print(line, markup=False, highlight=False)
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {outcome.reason if outcome.reason is not None else ''}", style="bold"))
     if children:
@@ -179,6 +186,46 @@ def _print_session(info, events, children=()) -> None:
         tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
                            live=False, expand_all=True, status=child.status)
         out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
+
+
+def _citation_lines(view) -> list[str]:
+    """The answer's citations as the brain checked them: which name a URL the session saw, which do not."""
+    c = view.citations
+    if c is None:
+        return []
+    lines = [f"citations: {len(c.checked)} checked, {len(c.unknown)} unknown"]
+    for entry in c.checked:
+        lines.append(f"  ok       {_cite(entry)} {entry['url']}")
+    for entry in c.unknown:
+        lines.append(f"  UNKNOWN  {_cite(entry)} {entry.get('url') or '(no URL)'}: {entry.get('why', '')}")
+    return lines
+
+
+def _cite(entry) -> str:
+    return f"[{entry['n']}]" if entry.get("n") is not None else "(cited by the API)"
+
+
+def _server_tool_lines(view) -> list[str]:
+    """Each server tool the model ran (server_tool_use) and what its result block held, turn by turn."""
+    lines = []
+    for turn in view.turns:
+        results = {b.get("tool_use_id"): b for b in turn.content if str(b.get("type", "")).endswith("_tool_result")}
+        for block in turn.content:
+            if block.get("type") != "server_tool_use":
+                continue
+            arg = block.get("input", {}).get("query") or block.get("input", {}).get("url") or ""
+            result = results.get(block.get("id"))
+            content = result.get("content") if result else None
+            if isinstance(content, list):
+                got = f"{len(content)} results: " + ", ".join(str(r.get("url")) for r in content if isinstance(r, dict))
+            elif isinstance(content, dict) and content.get("url"):
+                got = f"fetched {content['url']}"
+            elif isinstance(content, dict):
+                got = f"error: {content.get('error_code', '?')}"
+            else:
+                got = "no result"
+            lines.append(f"  turn {turn.number}: {block.get('name')} {arg!r} -> {got}")
+    return lines
 
 
 def _cancel(args) -> int:
