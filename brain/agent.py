@@ -57,7 +57,8 @@ class AgentConfig(ConfigModel):
     }
 
     gateway: str | None = None  # where the agent's brain calls hands (its tools); required
-    gateway_api_key: str | None = Field(None, repr=False)  # the agent's own key for the gateway
+    # Not used for calls: the agent calls as its caller (the delegation of the call it serves), never as itself.
+    gateway_api_key: str | None = Field(None, repr=False)
     sessions: str | None = None  # the session store its sessions are written to (None: the default SQLite file)
     model: Text = DEFAULT_MODEL
     api_key: str | None = Field(None, repr=False)
@@ -86,14 +87,11 @@ class Agent:
         self._model = model
         self._store = store
         self._own_store = store is None
-        self._gateway: HandClient | None = None
         self._lock = asyncio.Lock()
 
     async def _resources(self):
         # Made on first use, inside the serving loop: channels and pools belong to the loop that made them.
         async with self._lock:
-            if self._gateway is None:
-                self._gateway = HandClient(self.config.gateway, api_key=self.config.gateway_api_key)
             if self._model is None:
                 import anthropic
 
@@ -105,11 +103,9 @@ class Agent:
                 from brain import open_store
 
                 self._store = await open_store(self.config.sessions)
-        return self._gateway, self._model, self._store
+        return self._model, self._store
 
     async def close(self) -> None:
-        if self._gateway is not None:
-            await self._gateway.close()
         if self._own_store and self._store is not None:
             await self._store.close()
 
@@ -150,7 +146,8 @@ class Agent:
         limits = self.limits(ctx)
         if isinstance(limits, str):
             return HandResult(limits, is_error=True)
-        gateway, model, store = await self._resources()
+        model, store = await self._resources()
+        gateway = ctx.client(c.gateway)  # every nested call as the caller: its delegation, never the agent's key
         if tools:
             missing = await self._missing(gateway, tools)
             if missing:

@@ -132,7 +132,7 @@ class Brain:
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
         return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth)
 
-    async def run(self, task: str, *, parent_id: str | None = None) -> RunResult:
+    async def run(self, task: str, *, parent_id: str | None = None, tenant: str | None = None) -> RunResult:
         """Start a session for the task and drive it to its end."""
         if not task.strip():
             raise ValueError("the task is empty")
@@ -143,7 +143,8 @@ class Brain:
             # The model's own web tools stand in for the hands of the same name (two tools cannot share one).
             tools = [t for t in tools if t["name"] not in self.config.server_tools]
             tools += server_tool_definitions(self.config)
-        session_id = await self.store.create_session(task, self.config.as_dict(), parent_id)
+        owner = {"tenant": tenant} if tenant else {}  # the BrainService tenant that started it
+        session_id = await self.store.create_session(task, self.config.as_dict(), parent_id, **owner)
         if not await self.store.acquire_lease(session_id, self.owner, self.config.lease_ttl):
             raise SessionBusy(f"session {session_id} was taken by another brain as it was created")
         driver = _Driver(self, SessionState(session_id), self.config)

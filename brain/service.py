@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field, field_validator
 
 from brain import events as ev
+from brain.auth import LOCAL, BrainAccess, BrainAuthInterceptor, BrainTenant, check_caps, current_tenant
 from brain.config import BrainConfig
 from brain.dispatch import HandsUnauthenticated, HandsUnreachable
 from brain.events import SessionState
@@ -70,6 +71,8 @@ class BrainServiceConfig(ConfigModel):
     anthropic_api_key: str | None = Field(None, repr=False)  # ANTHROPIC_API_KEY
     anthropic_base_url: str | None = None  # ANTHROPIC_BASE_URL: a compatible local endpoint works
     limits: BrainConfig = BrainConfig()  # defaults a RunRequest's limits override
+    # Tenants (API keys, caps) and TLS from `--config FILE` (brain/auth.py); none: the one local tenant.
+    access: BrainAccess = BrainAccess()
 
     @field_validator("gateway")
     @classmethod
@@ -240,8 +243,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
     async def Run(self, request: brain_pb2.RunRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[brain_pb2.SessionEvent]:
         if not request.task.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task: must not be empty")
+        tenant = _caller()
         try:
-            limits = self._limits(request.limits)
+            limits = self._limits(request.limits, tenant, request.model)
             model = self.models.get(request.model)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -250,7 +254,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         live.on_started = lambda started: self._live.__setitem__(started.session_id, started)
         live.brain = Brain(target=self.hands, model=model, store=self.store, config=limits, on_event=self._on_event(live), owner=self.owner)
         queue = live.subscribe()  # before the session starts: the stream sees every event from session_started
-        self._start(live, live.brain.run(request.task))
+        self._start(live, live.brain.run(request.task, tenant=tenant.name))
         async for event in self._follow(live, queue, context, after_seq=0, backlog=[]):
             yield event
 
@@ -261,6 +265,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         if after < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"after_seq: must not be negative, got {after}")
         await self._refuse_when_closed(context)
+        await self._info(sid, context)  # NOT_FOUND unless the caller's tenant owns it
         live = self._live.get(sid)
         if live is None:
             events = await self._events(sid, context)
@@ -304,7 +309,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             status = _PB_TO_STATUS.get(request.status)
             if status is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"status: unknown value {request.status}")
-        sessions = await self.store.list_sessions(limit=size, status=status)
+        sessions = await self.store.list_sessions(limit=size, status=status, tenant=_caller().name)
         return brain_pb2.ListSessionsResponse(sessions=[to_pb_session(s) for s in sessions])
 
     async def Cancel(self, request: brain_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> brain_pb2.CancelResponse:
@@ -312,6 +317,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         if not sid:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
         reason = request.reason.strip() or "cancelled through the BrainService API"
+        await self._info(sid, context)  # NOT_FOUND unless the caller's tenant owns it
         live = self._live.get(sid)
         if live is not None:
             await self._cancel_live(live, reason)
@@ -425,7 +431,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _limits(self, limits: brain_pb2.RunLimits) -> BrainConfig:
+    def _limits(self, limits: brain_pb2.RunLimits, tenant: BrainTenant = LOCAL, model: str = "") -> BrainConfig:
         overrides: dict[str, Any] = {
             name: getattr(limits, name)
             for name in ("max_turns", "max_parallel", "max_tool_calls", "token_budget")
@@ -434,9 +440,12 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         if limits.HasField("call_timeout"):
             overrides["call_timeout"] = limits.call_timeout.ToTimedelta().total_seconds()
         try:
-            return self.config.limits.replace(**overrides)
+            config = self.config.limits.replace(**overrides)
         except ConfigError as exc:
             raise ValueError(f"limits.{exc.key}: {exc.reason}") from None
+        # The tenant's caps: a request over one is refused naming it; a default over one is lowered to it.
+        lowered = check_caps(tenant, overrides, config.model_dump(), model)
+        return config.replace(**lowered) if lowered else config
 
     async def _events(self, sid: str, context: grpc.aio.ServicerContext, after_seq: int = 0) -> list[Event]:
         try:
@@ -445,8 +454,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {sid!r}")
 
     async def _info(self, sid: str, context: grpc.aio.ServicerContext) -> SessionInfo:
+        """The session, if the caller's tenant owns it; another tenant's is NOT_FOUND in the same words as none."""
         info = await self.store.get_session(sid)
-        if info is None:
+        if info is None or info.tenant != _caller().name:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {sid!r}")
         return info
 
@@ -478,6 +488,11 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):
                 await close()
+
+
+def _caller() -> BrainTenant:
+    """The tenant the auth interceptor authenticated for this call (the local one when none is configured)."""
+    return current_tenant.get() or LOCAL
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -569,7 +584,10 @@ async def start_brain_service(
             await close()
         raise
     try:
-        running = await start_server(servicer.register, host=config.host, port=config.port)
+        running = await start_server(
+            servicer.register, host=config.host, port=config.port,
+            interceptors=[BrainAuthInterceptor(config.access)], credentials=config.access.tls.server_credentials(),
+        )  # fmt: skip
     except BaseException:
         await servicer.close()
         raise

@@ -39,13 +39,15 @@ def spawn(
     cwd: str | os.PathLike | None = None,
     own_session: bool = False,
     die_with_parent: bool = False,
+    inherit_env: bool = True,
 ) -> subprocess.Popen:
     """Start argv with no stdin, stdout and stderr appended to log_path (a file: a full pipe nobody reads would
     block a service that logs a line per call) and JSON logs.
 
     own_session puts the child in its own session, so a Ctrl-C at the terminal reaches only us and we
     stop the children in order; die_with_parent sends it SIGTERM when the thread that started it ends
-    (Linux ties that to the thread, so only for children started from the main thread).
+    (Linux ties that to the thread, so only for children started from the main thread). inherit_env=False: the
+    child gets env alone (plus the log settings), not this process's environment.
     """
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
@@ -54,7 +56,8 @@ def spawn(
             stdout=log_file,
             stderr=log_file,
             cwd=cwd,
-            env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**(os.environ if inherit_env else {}), "BRAINHANDS_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+                 **(env or {})},
             start_new_session=own_session,
             preexec_fn=_die_with_parent if die_with_parent else None,
         )

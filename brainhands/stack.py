@@ -30,6 +30,42 @@ BUILTIN_HANDS = {
 }
 
 
+#: What every child gets: what any program needs to run, never a key.
+_BASE_VARS = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "PYTHONPATH", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "LC_", "OTEL_",
+    "COVERAGE_", "BRAINHANDS_LOG_FORMAT", "BRAINHANDS_DEDUPE_", "BRAINHANDS_TRACING",
+)  # fmt: skip
+#: What each service of the stack needs beyond that (a name ending in _ is a prefix). Only the llm and agent
+#: hands and the brain see the model key; only the web hands their search providers' keys.
+SERVICE_VARS: dict[str, tuple[str, ...]] = {
+    "gateway": (),
+    "fs": ("BRAINHANDS_WORKSPACE", "BRAINHANDS_FS_"),
+    "sandbox": ("BRAINHANDS_SANDBOX_",),
+    "llm": ("ANTHROPIC_", "BRAINHANDS_WORKER_", "BRAINHANDS_GATEWAY", "BRAINHANDS_MAX_DEPTH"),
+    "agent": ("ANTHROPIC_", "BRAINHANDS_AGENT_", "BRAINHANDS_MODEL", "BRAINHANDS_SESSIONS", "BRAINHANDS_GATEWAY",
+              "BRAINHANDS_MAX_DEPTH"),
+    "memory": ("BRAINHANDS_MEMORY",),
+    "web": ("BRAINHANDS_WEB_", "BRAINHANDS_BRAVE_", "BRAINHANDS_TAVILY_", "BRAINHANDS_EXA_", "BRAINHANDS_SEARXNG_",
+            "BRAVE_API_KEY", "TAVILY_API_KEY", "EXA_API_KEY"),
+    "brain": ("ANTHROPIC_", "BRAINHANDS_MODEL", "BRAINHANDS_SESSIONS", "BRAINHANDS_GATEWAY", "BRAINHANDS_API_KEY"),
+}  # fmt: skip
+
+
+def child_env(service: str, environ: dict[str, str]) -> dict[str, str]:
+    """The environment one service of the stack starts with: the base variables and only those it uses.
+
+    So code in a sandbox (or anything else that reads a process's environment) finds no key a service did
+    not need, and a service that is not the llm hand never holds the model key.
+    """
+    wanted = (*_BASE_VARS, *SERVICE_VARS.get(service, ()))
+
+    def keep(name: str) -> bool:
+        return any(name == w or (w.endswith("_") and name.startswith(w)) for w in wanted)
+
+    return {name: value for name, value in environ.items() if keep(name)}
+
+
 class StackError(RuntimeError):
     """A service of the local stack did not come up; the message names it and quotes its last log lines."""
 
@@ -71,7 +107,9 @@ class LocalStack:
 
 def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, Path]:
     log_path = log_dir / f"{name}.log"
-    proc = spawn([sys.executable, "-m", "brainhands", *args], log_path, env=env, own_session=True, die_with_parent=True)
+    # Only what this service uses: the model key reaches the llm hand and no other child.
+    proc = spawn([sys.executable, "-m", "brainhands", *args], log_path, env=child_env(name, {**os.environ, **env}),
+                 inherit_env=False, own_session=True, die_with_parent=True)  # fmt: skip
     return proc, log_path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from grpc_status import rpc_status
 from prometheus_client import Counter
 
 from gateway.config import GatewayConfig
-from gateway.context import current_tenant
+from gateway.context import current_forward, current_tenant
+from gateway.delegation import Delegation, DelegationError, Delegations, StaticKeys
 from gateway.metrics import GatewayMetrics
 from gateway.quotas import (
     ADMITTED,
@@ -27,6 +29,7 @@ from gateway.quotas import (
     open_store,
     reservations,
 )
+from gateway.roles import Operator, owner_of
 from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
@@ -36,6 +39,11 @@ from hands.serving import note_call
 from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.auth")
+
+#: The verified delegation the current call presented (None: it came with a key).
+current_delegation: contextvars.ContextVar[Delegation | None] = contextvars.ContextVar("current_delegation", default=None)
+#: The operator making the current QuotaService call ("" for a tenant).
+current_operator: contextvars.ContextVar[str] = contextvars.ContextVar("current_operator", default="")
 
 EXECUTE = "/hands.v1.HandService/Execute"
 DESCRIBE = "/hands.v1.HandService/Describe"
@@ -63,8 +71,12 @@ class Access:
         *,
         fail_open: bool = False,
         known_hand: Callable[[str], bool] = lambda name: True,
+        delegations: Delegations | None = None,
+        operators: tuple[Operator, ...] = (),
     ):
         self.tenants = tenants
+        self.delegations = delegations or Delegations(StaticKeys())
+        self.operators = operators
         self.store = store
         self.fail_open = fail_open
         self._metrics = metrics
@@ -89,7 +101,11 @@ class Access:
         cls, config: GatewayConfig, metrics: GatewayMetrics, *, known_hand: Callable[[str], bool] = lambda name: True
     ) -> Access:
         store = open_store(config.quota_store, lease_seconds=config.quota_lease)
-        return cls(config.tenants, store, metrics, fail_open=config.fail_open, known_hand=known_hand)
+        delegations = Delegations(StaticKeys(config.delegation_key), ttl=config.delegation_ttl)
+        return cls(
+            config.tenants, store, metrics, fail_open=config.fail_open, known_hand=known_hand,
+            delegations=delegations, operators=config.operators,
+        )  # fmt: skip
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         """Add QuotaService to the gateway's server."""
@@ -102,18 +118,68 @@ class Access:
     # -- the steps of a call -------------------------------------------------------------------------
 
     async def authenticate(self, context: grpc.aio.ServicerContext, started: float | None = None) -> Tenant:
-        """The caller's tenant, set as the call's tenant; aborts UNAUTHENTICATED. Keys are never logged."""
+        """The caller's tenant, set as the call's tenant; aborts UNAUTHENTICATED. Keys are never logged.
+
+        A call presenting a delegation (a hand calling for its caller) is the delegation's tenant's, whatever
+        key came with it: a worker's own key never widens what its caller may do.
+        """
         meta = md.as_dict(context.invocation_metadata())
-        tenant = self.tenants.authenticate(bearer_token(meta.get(md.AUTHORIZATION)))
-        if tenant is None:
+        current_delegation.set(None)
+        token = meta.get(md.DELEGATION)
+        if token is not None:
+            tenant, why = self._delegated(token)
+        else:
+            tenant = self.tenants.authenticate(bearer_token(meta.get(md.AUTHORIZATION)))
             why = "the API key is not valid" if md.AUTHORIZATION in meta else "no API key"
+        if tenant is None:
             details = f"{why}: send 'authorization: Bearer <key>' with a key from the gateway's tenants"
+            if token is not None:
+                details = f"{why}; a hand calling for its caller must present the delegation of the call it serves"
             if started is None:  # not an Execute: no call to count
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
             await self.refuse(context, grpc.StatusCode.UNAUTHENTICATED, details, "", UNAUTHENTICATED, started)
         current_tenant.set(tenant.name)
         structlog.contextvars.bind_contextvars(tenant=tenant.name)
         return tenant
+
+    def _delegated(self, token: str) -> tuple[Tenant | None, str]:
+        try:
+            delegation = self.delegations.verify(token)
+        except DelegationError as exc:
+            return None, str(exc)
+        if self.tenants.open:
+            tenant = Tenant(name=ANONYMOUS) if delegation.tenant == ANONYMOUS else None
+        else:
+            tenant = self.tenants.get(delegation.tenant)
+        if tenant is None:
+            return None, "the delegation names a tenant this gateway does not have"
+        current_delegation.set(delegation)
+        structlog.contextvars.bind_contextvars(delegated_depth=delegation.depth)
+        return tenant, ""
+
+    def forward_metadata(self, tenant: Tenant, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+        """The delegation for the call about to be forwarded, with the depth and budget it allows."""
+        meta = md.as_dict(context.invocation_metadata())
+        delegation = self.delegations.for_forward(
+            tenant.name,
+            incoming=current_delegation.get(),
+            session=meta.get(md.SESSION_ID, ""),
+            depth=_count(meta.get(md.DEPTH)) or 0,
+            time_remaining=context.time_remaining(),
+            budget_tokens=_count(meta.get(md.BUDGET_TOKENS)),
+            budget_calls=_count(meta.get(md.BUDGET_CALLS)),
+        )
+        out = [(md.DELEGATION, self.delegations.sign(delegation)), (md.DEPTH, str(delegation.depth))]
+        if delegation.budget_tokens is not None:
+            out.append((md.BUDGET_TOKENS, str(delegation.budget_tokens)))
+        if delegation.budget_calls is not None:
+            out.append((md.BUDGET_CALLS, str(delegation.budget_calls)))
+        return tuple(out)
+
+    def operator(self, context: grpc.aio.ServicerContext) -> Operator | None:
+        """The operator whose key the call carries, if any."""
+        meta = md.as_dict(context.invocation_metadata())
+        return owner_of(bearer_token(meta.get(md.AUTHORIZATION)), self.operators)
 
     async def admit(self, tenant: Tenant, hand: str, rules, context, started: float) -> Decision:
         """Admit the call against every matching rule, or abort RESOURCE_EXHAUSTED / UNAVAILABLE.
@@ -248,6 +314,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                         context, grpc.StatusCode.PERMISSION_DENIED,
                         f"tenant {tenant.name!r} may not use the hand {name[:64]!r}", name, tenant.name, started,
                     )  # fmt: skip
+                current_forward.set(access.forward_metadata(tenant, context))
                 rules = tenant.rules_for(name)
                 if not rules:
                     tracing.set_attributes(brainhands__quota__decision="no_quota")
@@ -274,7 +341,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(f"/{QUOTA_SERVICE}/"):
 
             async def authenticated(request, context):
-                await access.authenticate(context)
+                operator = access.operator(context)
+                if operator is not None:  # an operator reads any tenant's usage
+                    current_operator.set(operator.name)
+                else:
+                    current_operator.set("")
+                    await access.authenticate(context)
                 return await inner(request, context)
 
             return handler._replace(unary_unary=authenticated)
@@ -288,10 +360,13 @@ class QuotaServicer(gateway_pb2_grpc.QuotaServiceServicer):
         self._access = access
 
     async def GetUsage(self, request: gateway_pb2.GetUsageRequest, context) -> gateway_pb2.GetUsageResponse:
+        operator = current_operator.get()
         caller = current_tenant.get()
         wanted = request.tenant or caller
+        if operator and not request.tenant:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant: required when an operator asks")
         tenants = self._access.tenants
-        if wanted != caller and not tenants.open:
+        if wanted != caller and not tenants.open and not operator:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"tenant {caller!r} may read only its own usage, not {wanted[:64]!r}"
             )
@@ -319,6 +394,15 @@ class QuotaServicer(gateway_pb2_grpc.QuotaServiceServicer):
         return out
 
 
+def _count(value: str | None) -> int | None:
+    """A whole number from metadata, or None when absent or not one."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if number >= 0 else None
 def _call_budget(meta: dict[str, str]) -> int | None:
     """The tokens a call says it may spend (x-brainhands-budget-tokens); None for a nested or unbudgeted call."""
     try:

@@ -92,16 +92,19 @@ class Backend:
     def ejected(self) -> bool:
         return bool(self.ejected_until) and self.ejected_until > time.monotonic()
 
+    async def describe(self, timeout: float) -> list[hands_pb2.HandSpec]:
+        """Every hand the backend's Describe names, before its route's (or registrant's) globs filter them."""
+        response = await self._describe(hands_pb2.DescribeRequest(), timeout=timeout)
+        return list(response.hands)
+
+    def keep_specs(self, hands: Sequence[hands_pb2.HandSpec]) -> dict[str, hands_pb2.HandSpec]:
+        """Route to the hands of a Describe that the backend's globs allow."""
+        self.specs = {s.name: s for s in hands if any(fnmatch.fnmatchcase(s.name, pattern) for pattern in self.allow)}
+        return self.specs
+
     async def refresh_specs(self, timeout: float) -> dict[str, hands_pb2.HandSpec]:
         """Ask the backend's Describe which hands it serves, keeping those its route allows."""
-        response = await self._describe(hands_pb2.DescribeRequest(), timeout=timeout)
-        specs = {
-            s.name: s
-            for s in response.hands
-            if any(fnmatch.fnmatchcase(s.name, pattern) for pattern in self.allow)
-        }
-        self.specs = specs
-        return specs
+        return self.keep_specs(await self.describe(timeout))
 
     async def check_health(self, timeout: float) -> bool:
         """One grpc.health.v1 Check: True when the backend says SERVING."""

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from gateway.roles import Operator, Registrant
 from gateway.tenants import Tenants
 from gateway.tls import TlsConfig
 from hands.config import ConfigError, ConfigModel, Duration, Flag, invalid, seconds, string_list, whole
@@ -45,6 +46,20 @@ def _addresses(value: Any) -> tuple[str, ...]:
     if not isinstance(items, list | tuple) or not items or not all(is_address(b) for b in items):
         raise ValueError(f"must be a list of host:port, got {value!r}")
     return tuple(items)
+
+
+def _secret_from_env(value: Any, info) -> bytes | None:
+    """A secret named as ``env:VAR`` (never written in the file), read now; at least 32 bytes."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if not isinstance(value, str) or not value.startswith("env:") or not value[4:].strip():
+        raise ValueError("expected 'env:VAR' naming an environment variable that holds the key")
+    var = value[4:].strip()
+    environ = (info.context or {}).get("environ") or os.environ
+    secret = environ.get(var, "")
+    if len(secret.encode()) < 32:
+        raise ValueError(f"environment variable {var} must hold at least 32 bytes (it has {len(secret.encode())})")
+    return secret.encode()
 
 
 def _quota_store(value: Any) -> str:
@@ -132,13 +147,21 @@ class GatewayConfig(ConfigModel):
     quota_lease: Duration = 30.0  # how long a dead gateway's concurrency slots stay taken
     fail_open: Flag = False  # admit calls when the quota store is down
     mcp: Address | None = None  # host:port of the MCP front (streamable HTTP, gateway/mcp_front.py); None: no MCP front
+    # Who may register backends (and for which hands), and who may list them (gateway/roles.py). With no
+    # registrants, RegistryService takes only loopback callers: the embedded stack.
+    registrants: tuple[Registrant, ...] = ()
+    operators: tuple[Operator, ...] = ()
+    # The HMAC key of the delegations the gateway signs for forwarded calls (gateway/delegation.py); None: a
+    # random key per start, which replicas do not share (give them all the same env:VAR).
+    delegation_key: Annotated[bytes | None, BeforeValidator(_secret_from_env)] = Field(None, repr=False)
+    delegation_ttl: Duration = 600.0  # longest a delegation lives; a call's deadline bounds it further
 
     @field_validator("metrics", "mcp", mode="before")
     @classmethod
     def _false_is_off(cls, value: Any) -> Any:
         return None if value is False else value
 
-    @field_validator("routes", "tls", "tenants", mode="before")
+    @field_validator("routes", "tls", "tenants", "registrants", "operators", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any, info) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value
@@ -148,6 +171,11 @@ class GatewayConfig(ConfigModel):
         if self.mcp is not None and self.tls.cert is not None:
             # The MCP front reaches the gRPC front on loopback with the caller's key, over plaintext for now.
             raise invalid("mcp", "the MCP front needs a plaintext gRPC front; remove tls.cert or the mcp key")
+        names = [r.name for r in self.registrants]
+        if len(set(names)) != len(names):
+            raise invalid("registrants", "two registrants have the same name")
+        if any(r.cert_subjects for r in self.registrants) and self.tls.client_ca is None:
+            raise invalid("registrants", "cert_subjects need client certificates; set tls.client_ca")
         if self.default_lease_ttl > self.max_lease_ttl:
             raise invalid("default_lease_ttl", f"must be at most max_lease_ttl ({self.max_lease_ttl:g}s)")
         return self

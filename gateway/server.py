@@ -16,11 +16,11 @@ from google.protobuf.message import DecodeError
 from gateway.auth import Access
 from gateway.backends import STATIC, Backend
 from gateway.config import GatewayConfig
-from gateway.context import current_tenant
+from gateway.context import current_forward, current_tenant
 from gateway.dns import DnsRoutes, Resolver, is_dns_target
 from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
-from gateway.registry import Registry
+from gateway.registry import Registry, RegistryAccess
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
@@ -159,8 +159,12 @@ class FrontService:
         table = self._table
         # The tenant the access interceptor authenticated, in a key the caller cannot set: an incoming
         # x-brainhands-tenant is not in _PROPAGATED, so it is dropped here and replaced by the real one.
+        # The access interceptor's delegation, depth and budget replace the caller's own values of those keys.
+        forward = current_forward.get()
+        replaced = {k for k, _ in forward}
         metadata = (
-            *((k, v) for k, v in context.invocation_metadata() if k in _PROPAGATED),
+            *((k, v) for k, v in context.invocation_metadata() if k in _PROPAGATED and k not in replaced),
+            *forward,
             (md.TENANT, current_tenant.get()),
         )
         tried: list[Backend] = []
@@ -344,6 +348,7 @@ async def start_gateway(
     front = FrontService(table, config, metrics)
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
     access = Access.from_config(config, metrics, known_hand=lambda name: name in table.routes)
+    registry_access = RegistryAccess(config)
 
     def register(server: grpc.aio.Server) -> list[str]:
         server.add_generic_rpc_handlers((front.handler(),))
@@ -358,7 +363,7 @@ async def start_gateway(
             register,
             host=config.listen_host,
             port=config.listen_port,
-            interceptors=[access.interceptor, *interceptors],
+            interceptors=[access.interceptor, registry_access, *interceptors],
             max_message_bytes=config.max_message_bytes,
             credentials=credentials or config.tls.server_credentials(),
         )
@@ -403,5 +408,7 @@ async def start_gateway(
         metrics=f"{config.metrics.rpartition(':')[0]}:{metrics_port}" if metrics_port else None,
         hands=table.hand_names(),
         backends=sorted(table.backends),
+        registration=registry_access.describe(),
+        delegation_key="generated for this process" if getattr(access.delegations.keys, "generated", False) else "shared",
     )
     return gateway

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +24,10 @@ from pydantic import (
 )
 
 from hands.config import ConfigError, ConfigModel, config_error, invalid, string_list
+from hands.keys import bearer_token, hash_key
+from hands.keys import key_digest as _key_digest
+
+__all__ = ["ANONYMOUS", "QuotaRule", "Tenant", "TenantConfigError", "Tenants", "bearer_token", "hash_key", "parse_tenants"]
 
 #: The tenant of an open gateway (no tenants configured): may use every hand, no quotas.
 ANONYMOUS = "anonymous"
@@ -104,30 +107,6 @@ def _tenant_name(value: Any) -> str:
     if not isinstance(value, str) or not _TENANT_NAME.match(value):
         raise ValueError(f"expected a name like 'team-a' (letters, digits, _ . -), got {value!r}")
     return value
-
-
-def _key_digest(value: Any, info: ValidationInfo) -> bytes:
-    """The sha256 digest of a key given as ``sha256:<hex>`` or ``env:VAR`` (read from the context's environ, once)."""
-    if isinstance(value, bytes) and len(value) == hashlib.sha256().digest_size:
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected {_KEY_FORMS}")
-    if value.startswith("sha256:"):
-        hexdigest = value[len("sha256:") :].strip().lower()
-        if not _SHA256.match(hexdigest):
-            raise ValueError("expected 'sha256:' followed by 64 hex digits")
-        return bytes.fromhex(hexdigest)
-    if value.startswith("env:"):
-        var = value[len("env:") :].strip()
-        if not var:
-            raise ValueError("expected 'env:VAR' naming an environment variable")
-        environ = (info.context or {}).get("environ")
-        key = (os.environ if environ is None else environ).get(var)
-        if not key:
-            raise ValueError(f"environment variable {var} is not set (or empty)")
-        return hashlib.sha256(key.encode()).digest()
-    # Never echo the value: it may be a plain key pasted by mistake.
-    raise ValueError(f"expected {_KEY_FORMS} (plain keys are not accepted)")
 
 
 PerWindow = Annotated[tuple[int, float], BeforeValidator(_per_window)]
@@ -259,21 +238,6 @@ class Tenants(RootModel[tuple[Tenant, ...]]):
 
     def get(self, name: str) -> Tenant | None:
         return next((t for t in self.root if t.name == name), None)
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The key in an ``authorization: Bearer <key>`` value, or None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def hash_key(api_key: str) -> str:
-    """The config form of a key: ``sha256:<hex>`` (what `brainhands` users put in gateway.yaml)."""
-    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def parse_tenants(raw: Any, environ: Mapping[str, str] | None = None, where: str = "tenants") -> Tenants:

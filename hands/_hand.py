@@ -51,11 +51,25 @@ class Context:
     metadata: Mapping[str, str]
     logger: Any
     depth: int = 0
+    gateway: str | None = None  # the gateway this hand service calls other hands through (BRAINHANDS_GATEWAY)
 
     def time_remaining(self) -> float | None:
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def client(self, target: str | None = None):
+        """A client that calls other hands through the gateway as this call's caller, never as this hand.
+
+        It presents the delegation the gateway signed for this call (so the caller's allow list, quotas and
+        memory apply), one level deeper, within this call's deadline. target overrides the service's gateway.
+        """
+        from hands.delegation import CallerClient, NoGateway
+
+        target = target or self.gateway
+        if not target:
+            raise NoGateway("this hand service has no gateway to call other hands through; set BRAINHANDS_GATEWAY")
+        return CallerClient(self, target)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ async def serve_async(
     config: HandServiceConfig = HandServiceConfig(),
     register: str | None = None,
     advertise: str | None = None,
+    register_credentials=None,
     grace: float = 30.0,
     metrics: str | None = None,
     otel: str | None = None,
@@ -51,7 +52,9 @@ async def serve_async(
     if register:
         from hands.registration import keep_registered  # the gateway owns the registry contract
 
-        await keep_registered(running, register, advertise or f"{host}:{running.port}")
+        await keep_registered(
+            running, register, advertise or f"{host}:{running.port}", credentials=register_credentials
+        )
     await run_until_signalled(running, grace=grace)
 
 

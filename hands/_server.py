@@ -33,6 +33,7 @@ class HandServiceConfig(ConfigModel):
     max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
     max_concurrency: whole(1) = 64
     default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
+    gateway: str | None = None  # where ctx.client() calls other hands (BRAINHANDS_GATEWAY); None: nowhere
     dedupe_ttl: NonNegativeFloat = dedupe.DEFAULT_TTL  # seconds a finished call's result answers repeats (0: off)
     dedupe_store: str = "memory"  # or redis://host:port/db, shared by replicas of the service
     # A longer output comes back is_error with its first part and a note: it must fit every hop's message limit.
@@ -156,6 +157,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
                 metadata=meta,
                 logger=log.bind(hand=the_hand.name),
                 depth=depth,
+                gateway=self._config.gateway,
             )
         try:
             async with asyncio.timeout(budget):

@@ -48,6 +48,12 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
     p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
+    p.add_argument("--register-key", metavar="KEY", help="registrant key for --register (default: $BRAINHANDS_REGISTER_KEY)")
+    p.add_argument("--register-tls-ca", metavar="PEM", help="dial --register over TLS, trusting this CA "
+                   "(default: $BRAINHANDS_REGISTER_TLS_CA)")
+    p.add_argument("--register-tls-cert", metavar="PEM", help="client certificate for an mTLS gateway front "
+                   "(default: $BRAINHANDS_REGISTER_TLS_CERT)")
+    p.add_argument("--register-tls-key", metavar="PEM", help="its private key (default: $BRAINHANDS_REGISTER_TLS_KEY)")
     p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn")
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry")
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
@@ -95,10 +101,31 @@ def service_config(args: argparse.Namespace):
             max_input_bytes=args.max_input_bytes,
             max_concurrency=args.max_concurrency,
             default_timeout=args.timeout,
+            gateway=os.environ.get("BRAINHANDS_GATEWAY") or None,  # where ctx.client() calls other hands
             dedupe_ttl=args.dedupe_ttl,
             dedupe_store=args.dedupe_store,
         )
     except ValueError as exc:  # a bad limit: one line naming the key
+        raise CliError(str(exc)) from None
+
+
+def registration_credentials(args: argparse.Namespace, environ=None):
+    """The key and TLS files --register dials with, from flags or the environment; CliError for a bad set."""
+    from hands.registration import RegistrationCredentials
+
+    env = os.environ if environ is None else environ
+
+    def pick(flag: str | None, var: str) -> str | None:
+        return flag or env.get(var) or None
+
+    try:
+        return RegistrationCredentials.load(
+            key=pick(getattr(args, "register_key", None), "BRAINHANDS_REGISTER_KEY"),
+            ca=pick(getattr(args, "register_tls_ca", None), "BRAINHANDS_REGISTER_TLS_CA"),
+            cert=pick(getattr(args, "register_tls_cert", None), "BRAINHANDS_REGISTER_TLS_CERT"),
+            private_key=pick(getattr(args, "register_tls_key", None), "BRAINHANDS_REGISTER_TLS_KEY"),
+        )
+    except ValueError as exc:
         raise CliError(str(exc)) from None
 
 
@@ -119,6 +146,7 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands.logs import configure_logging
 
     config = service_config(args)  # a bad limit is refused before anything loads
+    credentials = registration_credentials(args)
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         module, found = load_hand_module(args.spec)
@@ -129,7 +157,7 @@ def serve_hand(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else getattr(module, "DEFAULT_PORT", DEFAULT_PORT)
     try:
         asyncio.run(serve_async(found, port=port, host=args.host, config=config,
-                                register=args.register, advertise=args.advertise,
+                                register=args.register, advertise=args.advertise, register_credentials=credentials,
                                 metrics=args.metrics, otel=args.otel))
     except OSError as exc:
         raise CliError(str(exc)) from None

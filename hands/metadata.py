@@ -13,6 +13,9 @@ BUDGET_CALLS = "x-brainhands-budget-calls"
 #: The authenticated tenant, set by the gateway on each call it forwards. Never propagated as it came in:
 #: a caller could write any tenant there, so the gateway drops an incoming one and sets its own.
 TENANT = "x-brainhands-tenant"
+#: The gateway's signed delegation for the call a hand serves (gateway/delegation.py). A hand calling other hands
+#: for its caller presents it (ctx.client()) instead of a key; the gateway replaces it on every call it forwards.
+DELEGATION = "x-brainhands-delegation"
 
 #: Keys a gateway passes on to a backend as they came in.
 PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS)

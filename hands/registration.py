@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -19,14 +20,66 @@ _RPC_TIMEOUT = 5.0
 _CHANNEL_OPTIONS = reconnect_options(500)
 
 
+@dataclass(frozen=True)
+class RegistrationCredentials:
+    """What a hand service presents to the gateway it registers with: a registrant key, TLS trust, a client cert."""
+
+    key: str | None = field(default=None, repr=False)
+    ca: bytes | None = field(default=None, repr=False)
+    cert: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, *, key=None, ca=None, cert=None, private_key=None) -> RegistrationCredentials:
+        """From a key and PEM file paths; ValueError naming the flag for a file that cannot be read or a lone cert."""
+        if (cert is None) != (private_key is None):
+            raise ValueError("--register-tls-cert and --register-tls-key go together; give both or neither")
+        if cert is not None and ca is None:
+            raise ValueError("--register-tls-cert needs --register-tls-ca (mTLS is TLS with a client certificate)")
+
+        def read(path, flag):
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+            if b"-----BEGIN" not in data:
+                raise ValueError(f"{flag}: {path} is not a PEM file")
+            return data
+
+        return cls(key=key, ca=read(ca, "--register-tls-ca"), cert=read(cert, "--register-tls-cert"),
+                   private_key=read(private_key, "--register-tls-key"))  # fmt: skip
+
+    def channel(self, gateway: str, options) -> grpc.aio.Channel:
+        if self.ca is None:
+            return grpc.aio.insecure_channel(gateway, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.private_key, certificate_chain=self.cert
+        )
+        return grpc.aio.secure_channel(gateway, credentials, options=options)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"),) if self.key else ()
+
+
 class Registration:
     """A lease on one gateway, kept alive by a background task until close()."""
 
-    def __init__(self, gateway: str, advertise: str, lease_ttl: float | None = None):
+    def __init__(
+        self,
+        gateway: str,
+        advertise: str,
+        lease_ttl: float | None = None,
+        credentials: RegistrationCredentials | None = None,
+    ):
         self.gateway = gateway
         self.advertise = advertise
         self._asked_ttl = lease_ttl
-        self._channel = grpc.aio.insecure_channel(gateway, options=_CHANNEL_OPTIONS)
+        credentials = credentials or RegistrationCredentials()
+        self._metadata = credentials.metadata()
+        self._channel = credentials.channel(gateway, _CHANNEL_OPTIONS)
         self._stub = gateway_pb2_grpc.RegistryServiceStub(self._channel)
         self.lease_id = ""
         self.lease_ttl = 0.0
@@ -36,7 +89,7 @@ class Registration:
         request = gateway_pb2.RegisterRequest(address=self.advertise)
         if self._asked_ttl:
             request.lease_ttl.FromMilliseconds(int(self._asked_ttl * 1000))
-        reply = await self._stub.Register(request, timeout=_RPC_TIMEOUT)
+        reply = await self._stub.Register(request, timeout=_RPC_TIMEOUT, metadata=self._metadata)
         self.lease_id = reply.lease_id
         self.lease_ttl = reply.lease_ttl.ToMilliseconds() / 1000
         log.info("registered", gateway=self.gateway, address=self.advertise, hands=list(reply.hands), lease_ttl_s=self.lease_ttl)
@@ -59,7 +112,9 @@ class Registration:
                     continue
             await asyncio.sleep(max(0.05, self.lease_ttl / 3))
             try:
-                await self._stub.Heartbeat(gateway_pb2.HeartbeatRequest(lease_id=self.lease_id), timeout=_RPC_TIMEOUT)
+                await self._stub.Heartbeat(
+                    gateway_pb2.HeartbeatRequest(lease_id=self.lease_id), timeout=_RPC_TIMEOUT, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:
                     log.warning("lease lost; registering again", gateway=self.gateway)
@@ -75,7 +130,9 @@ class Registration:
                 await self._task
         if self.lease_id:
             try:
-                await self._stub.Deregister(gateway_pb2.DeregisterRequest(lease_id=self.lease_id), timeout=2.0)
+                await self._stub.Deregister(
+                    gateway_pb2.DeregisterRequest(lease_id=self.lease_id), timeout=2.0, metadata=self._metadata
+                )
                 log.info("deregistered", gateway=self.gateway)
             except grpc.aio.AioRpcError as exc:
                 log.warning("deregister failed", gateway=self.gateway, code=exc.code().name, details=exc.details())
@@ -84,14 +141,19 @@ class Registration:
 
 
 async def keep_registered(
-    running: RunningServer, gateway: str, advertise: str, *, lease_ttl: float | None = None
+    running: RunningServer,
+    gateway: str,
+    advertise: str,
+    *,
+    lease_ttl: float | None = None,
+    credentials: RegistrationCredentials | None = None,
 ) -> Registration:
     """Register running with the gateway, keep the lease alive, and deregister when it drains.
 
     The first attempt happens here so a wrong address shows at start-up; if the gateway is
     not up yet the background task keeps trying.
     """
-    registration = Registration(gateway, advertise, lease_ttl)
+    registration = Registration(gateway, advertise, lease_ttl, credentials)
     try:
         await registration.register()
     except grpc.aio.AioRpcError as exc:

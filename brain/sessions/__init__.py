@@ -14,6 +14,9 @@ TERMINAL_STATUS = {
     "session_cancelled": "cancelled",
 }
 STATUSES = ("running", "finished", "failed", "cancelled")
+#: The tenant of sessions started without one: a brain service with no tenants configured, and every session
+#: written before sessions had tenants (the stores' migrations give existing rows this one).
+DEFAULT_TENANT = "local"
 
 
 class SessionStoreError(Exception):
@@ -63,13 +66,16 @@ class SessionInfo:
     config: dict[str, Any] = field(default_factory=dict)
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    tenant: str = DEFAULT_TENANT  # who started it: only that tenant sees it through BrainService
 
     @classmethod
     def from_row(cls, row) -> SessionInfo:
-        """From a store's row: id, task, status, created_at, updated_at, last_seq, parent_id, config JSON, lease owner, expiry."""
+        """From a store's row: id, task, status, created_at, updated_at, last_seq, parent_id, config JSON, lease owner,
+        expiry, tenant."""
         return cls(
             id=row[0], task=row[1], status=row[2], created_at=row[3], updated_at=row[4], last_seq=row[5],
             parent_id=row[6], config=json.loads(row[7]), lease_owner=row[8], lease_expires_at=row[9],
+            tenant=row[10],
         )
 
 
@@ -86,7 +92,9 @@ class SessionStore(Protocol):
     - acquire_lease succeeds when the lease is free, expired, or already the caller's.
     """
 
-    async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str: ...
+    async def create_session(
+        self, task: str, config: dict[str, Any], parent_id: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> str: ...
 
     async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event: ...
 
@@ -98,7 +106,9 @@ class SessionStore(Protocol):
 
     async def get_session(self, session_id: str) -> SessionInfo | None: ...
 
-    async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]: ...
+    async def list_sessions(
+        self, limit: int = 50, status: str | None = None, tenant: str | None = None
+    ) -> list[SessionInfo]: ...
 
     async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
 
@@ -143,6 +153,7 @@ async def open_store(url: str | None = None) -> SessionStore:
 
 
 __all__ = [
+    "DEFAULT_TENANT",
     "STATUSES",
     "TERMINAL_STATUS",
     "Event",

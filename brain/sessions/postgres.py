@@ -12,7 +12,15 @@ from urllib.parse import urlparse
 
 import asyncpg
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, StoreUnavailable
+from brain.sessions import (
+    DEFAULT_TENANT,
+    TERMINAL_STATUS,
+    Event,
+    SeqConflict,
+    SessionInfo,
+    SessionNotFound,
+    StoreUnavailable,
+)
 
 #: Forward migrations, applied in order on open; the database records the last one it ran.
 #: Add a new (version, sql) at the end; never edit one that has shipped.
@@ -44,6 +52,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # Sessions belong to the tenant that started them; those written before are the default tenant's.
+        """
+        ALTER TABLE brain_sessions ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'local';
+        CREATE INDEX IF NOT EXISTS brain_sessions_by_tenant ON brain_sessions (tenant, created_at);
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -54,7 +70,7 @@ _MIGRATION_LOCK = zlib.crc32(b"brainhands.brain.sessions.migrations")
 _EPOCH = "extract(epoch FROM {})::float8"
 _SELECT = (
     "SELECT id, task, status, " + _EPOCH.format("created_at") + ", " + _EPOCH.format("updated_at") + ","
-    " last_seq, parent_id, config, lease_owner, " + _EPOCH.format("lease_expires_at") + " FROM brain_sessions"
+    " last_seq, parent_id, config, lease_owner, " + _EPOCH.format("lease_expires_at") + ", tenant FROM brain_sessions"
 )
 
 
@@ -125,13 +141,15 @@ class PostgresSessionStore:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str:
+    async def create_session(
+        self, task: str, config: dict[str, Any], parent_id: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> str:
         session_id = uuid.uuid4().hex
         async with _reachable():
             await self._pool.execute(
-                "INSERT INTO brain_sessions (id, parent_id, task, config, status, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, 'running', clock_timestamp(), clock_timestamp())",
-                session_id, parent_id, task, json.dumps(config),
+                "INSERT INTO brain_sessions (id, parent_id, task, config, status, created_at, updated_at, tenant)"
+                " VALUES ($1, $2, $3, $4, 'running', clock_timestamp(), clock_timestamp(), $5)",
+                session_id, parent_id, task, json.dumps(config), tenant,
             )
         return session_id
 
@@ -191,11 +209,16 @@ class PostgresSessionStore:
         row = await self._pool.fetchrow(_SELECT + " WHERE id = $1", session_id)
         return SessionInfo.from_row(row) if row else None
 
-    async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
-        if status is None:
-            rows = await self._pool.fetch(_SELECT + " ORDER BY created_at DESC LIMIT $1", limit)
-        else:
-            rows = await self._pool.fetch(_SELECT + " WHERE status = $2 ORDER BY created_at DESC LIMIT $1", limit, status)
+    async def list_sessions(
+        self, limit: int = 50, status: str | None = None, tenant: str | None = None
+    ) -> list[SessionInfo]:
+        where, args = [], [limit]
+        for column, value in (("status", status), ("tenant", tenant)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at DESC LIMIT $1"
+        rows = await self._pool.fetch(sql, *args)
         return [SessionInfo.from_row(r) for r in rows]
 
     # --- leases ---------------------------------------------------------------------------------

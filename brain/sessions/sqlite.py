@@ -11,7 +11,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, SessionStoreError
+from brain.sessions import (
+    DEFAULT_TENANT,
+    TERMINAL_STATUS,
+    Event,
+    SeqConflict,
+    SessionInfo,
+    SessionNotFound,
+    SessionStoreError,
+)
 
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes: a damaged page, a file that is not SQLite
 
@@ -24,7 +32,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -52,6 +61,12 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     return "malformed" in str(exc) or "not a database" in str(exc)
+def _add_tenant_column(conn: sqlite3.Connection) -> None:
+    """Migrate a store written before sessions had tenants: its sessions become the default tenant's."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+    if "tenant" not in columns:
+        conn.execute(f"ALTER TABLE sessions ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'")
+    conn.execute("CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions (tenant, created_at)")
 
 
 class SqliteSessionStore:
@@ -85,6 +100,7 @@ class SqliteSessionStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
+        _add_tenant_column(conn)
         self._conn = conn
 
     async def _run(self, fn, *args):
@@ -116,15 +132,17 @@ class SqliteSessionStore:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str:
+    async def create_session(
+        self, task: str, config: dict[str, Any], parent_id: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> str:
         session_id = uuid.uuid4().hex
         now = time.time()
 
         def go():
             self._conn.execute(
-                "INSERT INTO sessions (id, parent_id, task, config, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?)",
-                (session_id, parent_id, task, json.dumps(config), now, now),
+                "INSERT INTO sessions (id, parent_id, task, config, status, created_at, updated_at, tenant)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (session_id, parent_id, task, json.dumps(config), now, now, tenant),
             )
 
         await self._run(go)
@@ -186,20 +204,27 @@ class SqliteSessionStore:
 
     _SELECT = (
         "SELECT s.id, s.task, s.status, s.created_at, s.updated_at, s.last_seq, s.parent_id, s.config,"
-        " l.owner, l.expires_at FROM sessions s LEFT JOIN leases l ON l.session_id = s.id"
+        " l.owner, l.expires_at, s.tenant FROM sessions s LEFT JOIN leases l ON l.session_id = s.id"
     )
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
         row = await self._run(lambda: self._conn.execute(self._SELECT + " WHERE s.id = ?", (session_id,)).fetchone())
         return SessionInfo.from_row(row) if row else None
 
-    async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
+    async def list_sessions(
+        self, limit: int = 50, status: str | None = None, tenant: str | None = None
+    ) -> list[SessionInfo]:
+        where, args = [], []
+        if status is not None:
+            where.append("s.status = ?")
+            args.append(status)
+        if tenant is not None:
+            where.append("s.tenant = ?")
+            args.append(tenant)
+        sql = self._SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY s.created_at DESC LIMIT ?"
+
         def go():
-            if status is None:
-                return self._conn.execute(self._SELECT + " ORDER BY s.created_at DESC LIMIT ?", (limit,)).fetchall()
-            return self._conn.execute(
-                self._SELECT + " WHERE s.status = ? ORDER BY s.created_at DESC LIMIT ?", (status, limit)
-            ).fetchall()
+            return self._conn.execute(sql, (*args, limit)).fetchall()
 
         return [SessionInfo.from_row(r) for r in await self._run(go)]
 

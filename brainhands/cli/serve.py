@@ -83,6 +83,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     service = hand_cli.service_config(args)  # a bad limit is one CliError naming its key
     port = hand_cli.DEFAULT_PORT if args.port is None else args.port
+    credentials = hand_cli.registration_credentials(args)
     configure_logging()
 
     async def run() -> None:
@@ -91,7 +92,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         try:
             await serve_async(
                 bridge.hands(), host=args.host, port=port, config=service,
-                register=args.register, advertise=args.advertise, metrics=args.metrics, otel=args.otel,
+                register=args.register, advertise=args.advertise, register_credentials=credentials, metrics=args.metrics, otel=args.otel,
             )  # fmt: skip
         finally:
             await bridge.close()
@@ -115,22 +116,29 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
+    p.add_argument("--config", metavar="FILE", help="tenants (API keys, caps on runs) and TLS, as YAML; "
+                   "without it one local tenant, no key")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_brain_*) here")
     p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.set_defaults(func=_serve_brain)
 
 
 def _serve_brain(args: argparse.Namespace) -> int:
+    from brain.auth import load_access
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
     try:
+        access = load_access(args.config) if args.config else None
         config = BrainServiceConfig.from_env(
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
-            host=args.host, port=args.port,
+            host=args.host, port=args.port, access=access,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):
+        raise CliError(f"--host {config.host}: a brain service without tenants serves only this machine; "
+                       "give it --config with tenants (API keys) to listen elsewhere")
     if not config.scripted and not config.anthropic_api_key:
         raise CliError(f"model {config.model} needs ANTHROPIC_API_KEY; set it, or pass --model scripted:PATH to run offline")
     if args.metrics:
@@ -179,6 +187,8 @@ async def _serve(config, *, metrics: str | None = None, otel: str | None = None,
             raise CliError(f"cannot listen on {config.host}:{config.port}: is the port in use?") from None
         structlog.get_logger("brain.service").info(
             "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
+            tenants=[t.name for t in config.access.tenants] or "one local tenant (no key)",
+            tls=config.access.tls.cert is not None,
             **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{counters.port}"} if counters else {}),
         )
         await run_until_signalled(running)

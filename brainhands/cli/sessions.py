@@ -242,14 +242,22 @@ async def _cancel_through_service(address: str, session_id: str, reason: str) ->
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = brain_pb2_grpc.BrainServiceStub(channel)
+        # BRAINHANDS_BRAIN_KEY is the brain service's key; without it the gateway's BRAINHANDS_API_KEY is tried
+        # (one key for both, the common single-tenant case).
+        key = os.environ.get("BRAINHANDS_BRAIN_KEY") or os.environ.get("BRAINHANDS_API_KEY")
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
         try:
-            reply = await stub.Cancel(brain_pb2.CancelRequest(session_id=session_id, reason=reason), timeout=30)
+            reply = await stub.Cancel(
+                brain_pb2.CancelRequest(session_id=session_id, reason=reason), timeout=30, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise CliError(f"cannot reach the brain service at {address}: is `brainhands serve brain` running there?") from None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise CliError(f"the brain service at {address} has no session {session_id}") from None
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise CliError(f"the brain service at {address} refused the key: set BRAINHANDS_BRAIN_KEY") from None
             raise CliError(f"the brain service at {address} did not cancel {session_id}: {exc.details()}") from None
     status = brain_pb2.SessionStatus.Name(reply.session.status).removeprefix("SESSION_STATUS_").lower()
     print(f"session {session_id}: {status}")

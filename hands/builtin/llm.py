@@ -13,7 +13,6 @@ import structlog
 from pydantic import Field
 
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
-from hands import metadata as md
 from hands.config import DEFAULT_MODEL, ConfigModel, Duration, Text, whole
 
 log = structlog.get_logger("hands.llm")
@@ -94,7 +93,8 @@ class LLMWorkerConfig(ConfigModel):
     base_url: str | None = None  # None: the SDK's default endpoint
     model: Text = DEFAULT_MODEL
     gateway: str | None = None  # where the worker's tools are called; None: no tools
-    gateway_api_key: str | None = Field(None, repr=False)  # the worker's own key for the gateway
+    # Not used for calls: a worker calls as its caller (the delegation of the call it serves), never as itself.
+    gateway_api_key: str | None = Field(None, repr=False)
     max_depth: whole(0) = 3  # deepest nesting of workers allowed; the brain's direct calls are depth 0
     max_turns: whole(1) = 8  # model calls per task, tool loop included
     max_tokens: whole(1) = 8192  # per model call
@@ -174,7 +174,6 @@ class LLMWorker:
     def __init__(self, config: LLMWorkerConfig):
         self.config = config
         self._client: anthropic.AsyncAnthropic | None = None
-        self._gateway: HandClient | None = None
 
     def client(self) -> anthropic.AsyncAnthropic:
         # Made on first use, inside the serving loop, so its connection pool belongs to that loop.
@@ -186,19 +185,14 @@ class LLMWorker:
             )
         return self._client
 
-    def gateway(self) -> HandClient:
-        if self._gateway is None:
-            assert self.config.gateway is not None
-            self._gateway = HandClient(self.config.gateway, api_key=self.config.gateway_api_key)
-        return self._gateway
+    def gateway(self, ctx: Context) -> HandClient:
+        """The gateway as the caller of ctx's call: its delegation, never this worker's own key."""
+        return ctx.client(self.config.gateway)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        if self._gateway is not None:
-            await self._gateway.close()
-            self._gateway = None
 
     async def run(
         self, task: str, context: str, output_format: str, tools: Sequence[str], ctx: Context
@@ -269,7 +263,7 @@ class LLMWorker:
         if self.config.gateway is None:
             return f"tools {list(names)} were requested, but this llm hand has no gateway to call them (set BRAINHANDS_GATEWAY)"
         try:
-            specs = await self.gateway().describe(timeout=min(10.0, ctx.time_remaining() or 10.0))
+            specs = await self.gateway(ctx).describe(timeout=min(10.0, ctx.time_remaining() or 10.0))
         except grpc.aio.AioRpcError as exc:
             return f"the worker cannot list its tools at the gateway {self.config.gateway}: {exc.code().name}: {exc.details()}"
         by_name = {spec.name: spec for spec in specs}
@@ -296,19 +290,9 @@ class LLMWorker:
 
         if use.name not in allowed:
             return result(f"tool {use.name!r} was not given to this worker", is_error=True)
-        metadata = {md.DEPTH: str(ctx.depth + 1)}
-        if md.TRACEPARENT in ctx.metadata:
-            metadata[md.TRACEPARENT] = ctx.metadata[md.TRACEPARENT]
-        remaining = ctx.time_remaining()
-        timeout = self.config.tool_timeout if remaining is None else min(self.config.tool_timeout, remaining)
-        try:
-            response = await self.gateway().execute(
-                use.name,
-                use.input,
-                call_id=use.id,
-                session_id=ctx.session_id,
-                timeout=timeout,
-                metadata=metadata,
+        try:  # one level deeper, within the call's deadline, as the caller (ctx.client())
+            response = await self.gateway(ctx).execute(
+                use.name, use.input, call_id=use.id, session_id=ctx.session_id, timeout=self.config.tool_timeout
             )
         except grpc.aio.AioRpcError as exc:
             ctx.logger.info("worker tool call failed", tool=use.name, code=exc.code().name)

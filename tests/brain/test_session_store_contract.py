@@ -143,3 +143,36 @@ async def test_open_store_understands_paths_and_sqlite_urls(tmp_path):
     await s.close()
     with pytest.raises(ValueError, match="sessions URL"):
         await open_store("mysql://x")
+
+
+async def test_sessions_belong_to_a_tenant_and_list_by_it(store):
+    a = await store.create_session("a's task", {}, tenant="a")
+    b = await store.create_session("b's task", {}, tenant="b")
+    local = await store.create_session("no tenant given", {})
+    assert (await store.get_session(a)).tenant == "a"
+    assert (await store.get_session(local)).tenant == "local"
+    assert [s.id for s in await store.list_sessions(tenant="b")] == [b]
+    assert [s.id for s in await store.list_sessions(tenant="a", status="running")] == [a]
+    assert {s.id for s in await store.list_sessions()} >= {a, b, local}
+
+
+async def test_a_sqlite_store_from_before_tenants_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)  # the sessions table as the first release made it, with a session in it
+    conn.executescript(
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, parent_id TEXT, task TEXT NOT NULL, config TEXT NOT NULL,"
+        " status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO sessions VALUES ('old', NULL, 'an old task', '{}', 'finished', 1.0, 1.0, 0);"
+    )
+    conn.commit()
+    conn.close()
+    store = await open_store(str(path))
+    try:
+        assert (await store.get_session("old")).tenant == "local"
+        new = await store.create_session("t", {}, tenant="a")
+        assert [s.id for s in await store.list_sessions(tenant="a")] == [new]
+        assert [s.id for s in await store.list_sessions(tenant="local")] == ["old"]
+    finally:
+        await store.close()

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from brain.sessions import SeqConflict, open_store
-from brain.sessions.postgres import SCHEMA_VERSION, PostgresSessionStore
+from brain.sessions.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresSessionStore
 from tests.pg_schema import private_schema
 
 
@@ -53,12 +53,34 @@ async def test_the_schema_is_created_once_and_reopening_keeps_the_data(pg_url):
         assert [e.data for e in await stores[0].events(sid)] == [{"task": "t"}]
         conn = await asyncpg.connect(pg_url)
         try:
-            assert await conn.fetch("SELECT version FROM brain_schema_version") == [(SCHEMA_VERSION,)]
+            versions = await conn.fetch("SELECT version FROM brain_schema_version ORDER BY version")
+            assert [tuple(v) for v in versions] == [(v,) for v, _ in MIGRATIONS]
         finally:
             await conn.close()
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_sessions_written_before_tenants_become_the_default_tenants(pg_url):
+    conn = await asyncpg.connect(pg_url)
+    try:  # the tables as the first release made them, with a session in them
+        await conn.execute("CREATE TABLE brain_schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(MIGRATIONS[0][1])
+        await conn.execute("INSERT INTO brain_schema_version (version) VALUES (1)")
+        await conn.execute("INSERT INTO brain_sessions (id, task, config, status, created_at, updated_at)"
+                           " VALUES ('old', 'an old task', '{}', 'finished', now(), now())")
+    finally:
+        await conn.close()
+    store = await open_store(pg_url)
+    try:
+        assert (await store.get_session("old")).tenant == "local"
+        new = await store.create_session("a's task", {}, tenant="a")
+        assert [s.id for s in await store.list_sessions(tenant="a")] == [new]
+        assert [s.id for s in await store.list_sessions(tenant="local")] == ["old"]
+        assert {s.id for s in await store.list_sessions()} == {"old", new}
+    finally:
+        await store.close()
 
 
 async def test_tables_from_a_newer_brainhands_are_refused(pg_url):

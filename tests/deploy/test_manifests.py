@@ -24,7 +24,7 @@ COMMANDS = {
     "hands-fs": ["serve", "hand", "hands.builtin.fs", "--host", "0.0.0.0", "--port", "50071"],
     "hands-sandbox": ["serve", "hand", "hands.builtin.sandbox", "--host", "0.0.0.0", "--port", "50072"],
     "hands-llm": ["serve", "hand", "hands.builtin.llm", "--host", "0.0.0.0", "--port", "50073"],
-    "brain": ["serve", "brain", "--host", "0.0.0.0", "--port", "50061"],
+    "brain": ["serve", "brain", "--host", "0.0.0.0", "--port", "50061", "--config", "/etc/brainhands/brain.yaml"],
 }
 GRPC_PORTS = {"gateway": 50051, "hands-fs": 50071, "hands-sandbox": 50072, "hands-llm": 50073, "brain": 50061}
 METRICS_PORT = 9464
@@ -160,8 +160,12 @@ def test_kubectl_kustomize_renders_the_whole_base():
     # Generated ConfigMaps get a content hash suffix; everything else keeps its name.
     names = {(d["kind"], re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"]) if d["kind"] == "ConfigMap" else d["metadata"]["name"]) for d in rendered}
     assert names == {(d["kind"], d["metadata"]["name"]) for d in BASE}
-    (config_map,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+    (config_map,) = [d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("gateway-config")]
     assert config_map["metadata"]["name"] != "gateway-config", "the config map name should carry a content hash"
+    (brain_map,) = [d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("brain-config")]
+    (brain,) = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "brain"]
+    brain_volumes = {v["name"]: v for v in brain["spec"]["template"]["spec"]["volumes"]}
+    assert brain_volumes["config"]["configMap"]["name"] == brain_map["metadata"]["name"] != "brain-config"
     assert config_map["data"]["gateway.yaml"] == GATEWAY_CONFIG_TEXT
     # kustomize rewrote the gateway's volume to the hashed name, so a config change rolls the pods.
     (gateway,) = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway"]
@@ -395,7 +399,8 @@ def test_compose_and_k8s_gateway_configs_agree():
 
 
 def test_gateway_config_listens_where_the_pod_and_service_expect():
-    assert set(GATEWAY_CONFIG) <= {"listen", "metrics", "quota_store", "fail_open", "tenants", "routes"}
+    assert set(GATEWAY_CONFIG) <= {"listen", "metrics", "quota_store", "fail_open", "tenants", "routes",
+                                   "registrants", "operators", "delegation_key"}
     assert GATEWAY_CONFIG["listen"] == f"0.0.0.0:{GRPC_PORTS['gateway']}"
     assert GATEWAY_CONFIG["metrics"] == f"0.0.0.0:{METRICS_PORT}"
     assert GATEWAY_CONFIG["fail_open"] is False
@@ -421,34 +426,53 @@ def test_gateway_routes_reach_the_hand_services_that_serve_those_hands():
     assert routed == set(HANDS)
 
 
-def test_every_tenant_key_the_gateway_reads_is_set_from_the_secret_and_in_compose():
+def _config_keys(config: dict) -> list[str]:
+    """Every key the gateway config reads: tenants', registrants', operators' and the delegation key."""
+    entries = [*config["tenants"], *config.get("registrants", []), *config.get("operators", [])]
+    return [key for entry in entries for key in entry["api_keys"]] + [config["delegation_key"]]
+
+
+def test_every_key_the_gateway_reads_is_set_from_the_secret_and_in_compose():
     env = {e["name"]: e for e in _container("gateway")["env"]}
     compose_env = COMPOSE["services"]["gateway"]["environment"]
-    for tenant in GATEWAY_CONFIG["tenants"]:
-        for key in tenant["api_keys"]:
-            assert key.startswith("env:"), f"{tenant['name']}: keys come from the environment, never the file"
-            var = key.removeprefix("env:")
-            assert "secretKeyRef" in env[var]["valueFrom"], var
-            assert var in compose_env, var
+    for key in _config_keys(GATEWAY_CONFIG):
+        assert key.startswith("env:"), f"{key}: keys come from the environment, never the file"
+        var = key.removeprefix("env:")
+        assert "secretKeyRef" in env[var]["valueFrom"], var
+        assert var in compose_env, var
 
 
-def test_the_llm_hand_presents_the_workers_key_and_the_brain_the_default_key():
+def test_the_brain_presents_the_default_key_and_the_llm_hand_none_it_calls_as_its_caller():
     tenants = {t["name"]: t for t in GATEWAY_CONFIG["tenants"]}
 
     def ref(deployment, var):
         (entry,) = [e for e in _container(deployment)["env"] if e["name"] == var]
         return entry["valueFrom"]["secretKeyRef"]["key"]
 
-    def tenant_key(tenant):
-        (key,) = tenants[tenant]["api_keys"]
-        return ref("gateway", key.removeprefix("env:"))
-
-    assert ref("brain", "BRAINHANDS_API_KEY") == tenant_key("default")
-    assert ref("hands-llm", "BRAINHANDS_API_KEY") == tenant_key("workers")
-    assert not any(fnmatch.fnmatchcase("llm_worker", glob) for glob in tenants["workers"]["allow"])
+    (key,) = tenants["default"]["api_keys"]
+    assert ref("brain", "BRAINHANDS_API_KEY") == ref("gateway", key.removeprefix("env:"))
+    # Workers present the delegation of the call they serve; a key of their own would widen what a caller may do.
+    assert "BRAINHANDS_API_KEY" not in _env_names(_container("hands-llm"))
+    assert list(tenants) == ["default"]
     compose = COMPOSE["services"]
-    assert compose["hands-llm"]["environment"]["BRAINHANDS_API_KEY"] == compose["gateway"]["environment"]["BRAINHANDS_WORKER_API_KEY"]
+    assert "BRAINHANDS_API_KEY" not in compose["hands-llm"]["environment"]
     assert compose["brain"]["environment"]["BRAINHANDS_API_KEY"] == compose["gateway"]["environment"]["BRAINHANDS_API_KEY"]
+
+
+def test_the_brain_is_bound_behind_a_key_from_the_secret():
+    from brain.auth import load_access
+
+    for command in (_container("brain")["args"], COMPOSE["services"]["brain"]["command"]):
+        assert command[command.index("--config") + 1] == "/etc/brainhands/brain.yaml"
+    mounts = {m["name"]: m["mountPath"] for m in _container("brain")["volumeMounts"]}
+    volumes = {v["name"]: v for v in DEPLOYMENTS["brain"]["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["config"] == "/etc/brainhands" and volumes["config"]["configMap"]["name"] == "brain-config"
+    assert "./brain.yaml:/etc/brainhands/brain.yaml:ro" in COMPOSE["services"]["brain"]["volumes"]
+    assert (K8S / "config" / "brain.yaml").read_text().split("\n", 1)[1] == (DEPLOY / "brain.yaml").read_text().split("\n", 1)[1]
+    key = SECRET["stringData"][[e for e in _container("brain")["env"] if e["name"] == "BRAINHANDS_BRAIN_KEY"][0]
+                                ["valueFrom"]["secretKeyRef"]["key"]]
+    access = load_access(K8S / "config" / "brain.yaml", environ={"BRAINHANDS_BRAIN_KEY": key})
+    assert access.authenticate(key).name == "default" and access.authenticate("another key") is None
 
 
 def _secret_env(deployment: str) -> dict[str, str]:
@@ -472,7 +496,8 @@ def test_the_gateway_accepts_the_deployed_config(path, monkeypatch):
     assert config.quota_store == "redis://redis:6379/0"
     assert [r.backends for r in config.routes] == [("hands-fs:50071",), ("hands-sandbox:50072",), ("hands-llm:50073",)]
     assert config.tenants.authenticate(SECRET["stringData"]["brainhands-api-key"]).name == "default"
-    assert config.tenants.authenticate(SECRET["stringData"]["worker-api-key"]).name == "workers"
+    assert [r.name for r in config.registrants] == ["hands"] and [o.name for o in config.operators] == ["ops"]
+    assert config.delegation_key == SECRET["stringData"]["delegation-key"].encode()
 
 
 # --- secrets ---------------------------------------------------------------------------------------

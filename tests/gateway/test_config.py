@@ -81,3 +81,25 @@ def test_a_changed_copy_is_validated_like_a_new_config():
     assert (moved.listen, moved.max_attempts, config.listen) == ("0.0.0.0:6000", 5, "127.0.0.1:50051")
     with pytest.raises(ConfigError, match=r"^listen: must be host:port, got 'nowhere'$"):
         config.replace(listen="nowhere")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"registrants": [{"name": "fs", "hands": ["fs_*"]}]}, "registrants[0].api_keys: expected a non-empty list"),
+        ({"registrants": [{"name": "fs", "api_keys": ["plain-key"], "hands": ["fs_*"]}]},
+         "registrants[0].api_keys[0]: expected 'sha256:<hex>' or 'env:VAR' (plain keys are not accepted)"),
+        ({"registrants": [{"name": "fs", "api_keys": ["env:NO_SUCH_VAR_FOR_BRAINHANDS"], "hands": []}]},
+         "registrants[0].api_keys[0]: environment variable NO_SUCH_VAR_FOR_BRAINHANDS is not set"),
+        ({"registrants": [{"name": "fs", "cert_subjects": ["fs-hand"], "hands": ["fs_*"]}]},
+         "registrants: cert_subjects need client certificates; set tls.client_ca"),
+        ({"operators": [{"name": "ops"}]}, "operators[0].api_keys: missing"),
+        ({"delegation_key": "a literal key in the file"}, "delegation_key: expected 'env:VAR'"),
+        ({"delegation_key": "env:SHORT_DELEGATION_KEY"}, "delegation_key: environment variable SHORT_DELEGATION_KEY must hold at least 32 bytes"),
+    ],
+)
+def test_a_bad_role_or_delegation_key_is_one_error_naming_the_key(raw, message, monkeypatch):
+    monkeypatch.setenv("SHORT_DELEGATION_KEY", "too short")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert str(caught.value).startswith(message), str(caught.value)

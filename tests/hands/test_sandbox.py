@@ -263,18 +263,19 @@ async def test_fresh_working_directory_removed_afterwards(sandbox, work_root, is
 async def test_describe_and_log_say_which_isolation(hand_service, hand_client, monkeypatch, tmp_path):
     with structlog.testing.capture_logs() as logs:
         limited = make_sandbox_hands(SandboxConfig(isolation="limits-only"))
-    assert [e["isolation"] for e in logs if e["event"] == "sandbox isolation"] == ["limits-only"]
-    specs = await hand_client((await hand_service(limited)).address).describe()
-    assert all("LIMITS ONLY" in s.description for s in specs)
-
-    # bwrap missing from PATH: auto falls back, and says why
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with structlog.testing.capture_logs() as logs:
-        fallback = make_sandbox_hands(SandboxConfig(isolation="auto"))
     (line,) = [e for e in logs if e["event"] == "sandbox isolation"]
-    assert line["isolation"] == "limits-only" and "bwrap is not on PATH" in line["reason"]
-    assert "LIMITS ONLY" in fallback[0].description
-    with pytest.raises(RuntimeError, match="bubblewrap was required"):
+    assert line["isolation"] == "limits-only"
+    # Chosen out loud, and the log says what code can then reach.
+    assert "network" in line["code_can_reach"] and "Redis" in line["code_can_reach"]
+    specs = await hand_client((await hand_service(limited)).address).describe()
+    assert all("LIMITS ONLY" in s.description and "every file the service's user can read" in s.description
+               for s in specs)
+
+    # bwrap missing from PATH: auto refuses to start, saying why and how to choose limits-only
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="will not start without bubblewrap: bwrap is not on PATH.*BRAINHANDS_SANDBOX_ISOLATION=limits-only"):
+        make_sandbox_hands(SandboxConfig(isolation="auto"))
+    with pytest.raises(ValueError, match="bubblewrap was required"):
         make_sandbox_hands(SandboxConfig(isolation="bubblewrap"))
 
 

@@ -51,6 +51,10 @@ os.execv(argv[0], argv)
 """
 
 
+class IsolationUnavailable(ValueError):
+    """The isolation asked for (or bubblewrap, by default) cannot be had here: the sandbox does not start."""
+
+
 @dataclass(frozen=True)
 class Isolation:
     """The isolation in force and how to build a run's command line under it."""
@@ -65,8 +69,12 @@ class Isolation:
         if self.mode == BUBBLEWRAP:
             return ("Isolation: bubblewrap (no network, read-only system directories, only the working "
                     "directory writable, separate process tree) plus resource limits.")
-        return ("Isolation: LIMITS ONLY (bubblewrap unavailable: the code can reach the network and read "
-                "the system's files); resource limits and a scrubbed environment still apply.")
+        return ("Isolation: LIMITS ONLY (chosen with BRAINHANDS_SANDBOX_ISOLATION=limits-only; no bubblewrap). The code runs as "
+                "an ordinary process: it can reach the network and every service this machine can (Redis, "
+                "PostgreSQL, the gateway, other hands on loopback), read every file the service's user can read "
+                "(the workspace, home directories, /etc), see other processes in /proc and signal those of its "
+                "own user. It cannot read the environment of brainhands services (they are non-dumpable) and "
+                "gets a scrubbed environment with no keys; resource limits apply.")
 
     def wrap(self, argv: list[str], workdir: str, env: dict[str, str], *, scratch: tuple[str, str] | None = None,
              tmpfs_bytes: int = 64 * 1024 * 1024) -> tuple[list[str], str]:
@@ -147,5 +155,11 @@ def probe(config: SandboxConfig, uid: int | None) -> Isolation:
         except (OSError, subprocess.TimeoutExpired) as exc:
             reason = f"bwrap probe failed: {exc}"
     if config.isolation == BUBBLEWRAP:
-        raise RuntimeError(f"sandbox isolation=bubblewrap was required but {reason}")
-    return Isolation(LIMITS_ONLY, reason, None, prefix)
+        raise IsolationUnavailable(f"sandbox isolation=bubblewrap was required but {reason}")
+    # No silent fallback: code without bubblewrap reaches the network, the files and the services of this
+    # machine. Running it that way is a choice the operator makes out loud.
+    raise IsolationUnavailable(
+        f"the sandbox will not start without bubblewrap: {reason}. Install bubblewrap, or accept that code "
+        "reaches this machine's network, files and services by starting it with "
+        "BRAINHANDS_SANDBOX_ISOLATION=limits-only"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 
@@ -12,6 +11,7 @@ from hands import Context, Hand, HandError, HandResult, hand
 from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
 from hands.builtin.sandbox.runner import RunResult, Sandbox, claim_uids, probe_disk_budget
+from hands.serving import set_not_dumpable
 
 log = structlog.get_logger("hands.sandbox")
 
@@ -58,13 +58,6 @@ def _render(result: RunResult, timeout: float, config: SandboxConfig) -> HandRes
     return HandResult(out + sep + note, is_error=True)
 
 
-def _not_dumpable() -> None:
-    """Make /proc/<this pid>/environ unreadable to the sandbox's processes when they share our uid."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_dumpable = 4
-    libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
-
-
 def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
     """sandbox_python and sandbox_shell under config; probes bubblewrap once, here."""
     as_root = os.geteuid() == 0
@@ -84,9 +77,9 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
     if isolation.mode == BUBBLEWRAP:
         log.info("sandbox isolation", isolation=isolation.mode, per_run_uid=as_root, **limits)
     else:
-        log.warning("sandbox isolation", isolation=isolation.mode, reason=isolation.reason, per_run_uid=as_root, **limits)
-        if not as_root:
-            _not_dumpable()
+        log.warning("sandbox isolation", isolation=isolation.mode, reason=isolation.reason, per_run_uid=as_root,
+                    code_can_reach=isolation.description, **limits)
+        set_not_dumpable()  # before any run: code of our own uid must not read our environment
     sandbox = Sandbox(config, isolation, uids, disk_problem)
     mib = config.disk_bytes // (1024 * 1024)
     if disk_problem is None:
