@@ -1,0 +1,154 @@
+"""The web console in a real headless Chromium, over a real brain process, hand process and scripted Messages API."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from brain.v1 import brain_pb2
+from brainhands.scripted_api import text_reply, tool_reply
+from tests.console.conftest import fan_out, screenshot
+from tests.procs import poll
+
+pytestmark = pytest.mark.system
+
+KEY = "tenant-a-key"
+EVIL = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+def by_css(browser, css):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_elements(By.CSS_SELECTOR, css)
+
+
+async def sign_in(browser, console, key: str = KEY) -> None:
+    def go():
+        browser.get(console.url + "/login")
+        [field] = by_css(browser, 'input[name="key"]')
+        field.send_keys(key)
+        by_css(browser, '#login button[type="submit"]')[0].click()
+
+    await asyncio.to_thread(go)
+    await poll(lambda: _true(browser.current_url.endswith("/sessions")), "the sessions page after signing in")
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def open_page(browser, url: str) -> None:
+    await asyncio.to_thread(browser.get, url)
+
+
+def js(browser, script: str):
+    return browser.execute_script(script)
+
+
+async def test_a_request_without_a_key_sees_the_login_page(console, browser):
+    await open_page(browser, console.url + "/sessions/some-session")
+    assert browser.current_url.endswith("/login")
+    assert by_css(browser, '#login input[name="key"]')
+    assert not by_css(browser, "#sessions")
+    screenshot(browser, "login")
+    # The live stream and the forms refuse a request without a key too.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(console.url + "/sessions/some-session/live", timeout=10)
+    assert err.value.code == 401
+
+
+async def test_sessions_page_lists_a_finished_and_a_running_session(console, browser, scripts, runs):
+    done = await runs.start(scripts.add("Answer at once.", text_reply("Here you are.")))
+    running = await runs.start(scripts.add("Take your time.", tool_reply([("slow", {"seconds": 60})]), text_reply("late")))
+    await poll(lambda: _status_is(runs, done, brain_pb2.SESSION_STATUS_FINISHED), "the first session to finish")
+    await sign_in(browser, console)
+    rows = {r.get_attribute("data-session"): r.get_attribute("data-status") for r in by_css(browser, "#sessions tbody tr")}
+    assert rows == {done: "finished", running: "running"}
+    order = [r.get_attribute("data-session") for r in by_css(browser, "#sessions tbody tr")]
+    assert order == [running, done]  # sessions that may need a person come first
+    assert "Answer at once." in browser.page_source and "Take your time." in browser.page_source
+    screenshot(browser, "sessions")
+    await open_page(browser, console.url + "/sessions?status=finished")
+    assert [r.get_attribute("data-session") for r in by_css(browser, "#sessions tbody tr")] == [done]
+
+
+async def _status_is(runs, session_id, status) -> bool:
+    return await runs.status(session_id) == status
+
+
+async def test_a_running_fan_out_updates_live_until_it_finishes(console, browser, scripts, runs):
+    sid = await runs.start(scripts.add("Fan out to six slow workers.", *fan_out(1, 2, 3, 4, 5, 6, text="All six are back.")))
+    await sign_in(browser, console)
+    await open_page(browser, f"{console.url}/sessions/{sid}")
+    js(browser, "window.sameDocument = 'yes';")  # gone if the page reloads
+    seen = []
+
+    async def finished() -> bool:
+        # One script reads both, so a live redraw cannot come between them (or replace an element being read).
+        ok, status = js(browser, "return [document.querySelectorAll('#timeline [data-kind=\"tool-call\"]"
+                                 "[data-status=\"ok\"]').length, document.getElementById('status').dataset.status]")
+        if not seen or seen[-1] != ok:
+            seen.append(ok)
+            if 0 < ok < 6 and not any(0 < n < 6 for n in seen[:-1]):
+                screenshot(browser, "fan-out-live")
+        return status == "finished"
+
+    await poll(finished, "the page to show the session finished", timeout=60)
+    assert js(browser, "return window.sameDocument") == "yes"
+    assert seen[-1] == 6
+    assert any(0 < n < 6 for n in seen), f"the page went from {seen[0]} to 6 finished calls without showing any between"
+    assert "All six are back." in by_css(browser, "#result")[0].text
+    assert len(by_css(browser, "#tree .call-item")) == 6
+    screenshot(browser, "fan-out-finished")
+
+
+async def test_a_script_in_a_hands_output_is_shown_as_text_and_never_runs(console, browser, scripts, runs):
+    sid = await runs.start(scripts.add("Echo something nasty.", tool_reply([("echo", {"text": EVIL})]),
+                                       text_reply("The hand said: " + EVIL)))
+    await poll(lambda: _status_is(runs, sid, brain_pb2.SESSION_STATUS_FINISHED), "the session to finish")
+    await sign_in(browser, console)
+    await open_page(browser, f"{console.url}/sessions/{sid}")
+    [output] = by_css(browser, "#tree pre.output")
+    assert output.text == EVIL
+    assert EVIL in by_css(browser, "#result")[0].text
+    assert js(browser, "return window.pwned === undefined")
+    assert js(browser, "return Array.from(document.scripts).map(s => s.getAttribute('src'))") == ["/static/console.js"]
+    assert not by_css(browser, "#live img")
+    screenshot(browser, "escaped-output")
+    with urllib.request.urlopen(console.url + "/login", timeout=10) as response:
+        policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+async def test_the_cancel_button_stops_a_running_session(console, browser, scripts, runs):
+    sid = await runs.start(scripts.add("Wait for a very long time.", tool_reply([("slow", {"seconds": 120})]), text_reply("never")))
+    await sign_in(browser, console)
+    await open_page(browser, f"{console.url}/sessions/{sid}")
+    await poll(lambda: _true(by_css(browser, '#timeline [data-kind="tool-call"]')), "the slow call on the page")
+
+    def cancel():
+        [reason] = by_css(browser, '#actions input[name="reason"]')
+        reason.send_keys("no need any more")
+        by_css(browser, '#actions button[data-action="cancel"]')[0].click()
+
+    await asyncio.to_thread(cancel)
+    await poll(lambda: _true(js(browser, "return !!document.querySelector('#status[data-status=\"cancelled\"]')")),
+               "the page to show the session cancelled")
+    assert "no need any more" in by_css(browser, "#reason")[0].text
+    assert await runs.status(sid) == brain_pb2.SESSION_STATUS_CANCELLED
+
+
+async def test_a_form_without_the_csrf_token_changes_nothing(console, scripts, runs):
+    sid = await runs.start(scripts.add("Keep going.", tool_reply([("slow", {"seconds": 120})]), text_reply("never")))
+    request = urllib.request.Request(
+        f"{console.url}/sessions/{sid}/cancel", method="POST",
+        data=urllib.parse.urlencode({"reason": "forged"}).encode(),
+        headers={"cookie": f"brainhands_key={KEY}", "content-type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    assert err.value.code == 403
+    assert await runs.status(sid) == brain_pb2.SESSION_STATUS_RUNNING
