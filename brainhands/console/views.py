@@ -112,7 +112,8 @@ def tree(s: Lane) -> list[TreeTurn]:
     last = len(s.state.turns) - 1
     for turn, attempts in zip(s.state.turns, s.attempts_by_turn, strict=True):
         final = turn.synthesis or (turn.index == last and not attempts and s.status != "running")
-        calls = [TreeCall(a.call_id, a.name, a.outcome, format_duration(a.end - a.start, precise=True),
+        calls = [TreeCall(a.call_id, a.name, "running" if a.outcome == "unfinished" and s.status == "running" and
+                          a.finished is None else a.outcome, format_duration(a.end - a.start, precise=True),
                           excerpt(a.input, 200), excerpt(a.finished.output or "", 400) if a.finished else "")
                  for a in attempts]
         out.append(TreeTurn("Synthesis" if final else f"Turn {turn.number}", turn.stop_reason or "…",

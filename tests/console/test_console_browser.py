@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.parse
-import urllib.request
 
+import httpx
 import pytest
 
 from brain.v1 import brain_pb2
@@ -56,9 +54,8 @@ async def test_a_request_without_a_key_sees_the_login_page(console, browser):
     assert not by_css(browser, "#sessions")
     screenshot(browser, "login")
     # The live stream and the forms refuse a request without a key too.
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(console.url + "/sessions/some-session/live", timeout=10)
-    assert err.value.code == 401
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(console.url + "/sessions/some-session/live")).status_code == 401
 
 
 async def test_sessions_page_lists_a_finished_and_a_running_session(console, browser, scripts, runs):
@@ -119,8 +116,8 @@ async def test_a_script_in_a_hands_output_is_shown_as_text_and_never_runs(consol
     assert js(browser, "return Array.from(document.scripts).map(s => s.getAttribute('src'))") == ["/static/console.js"]
     assert not by_css(browser, "#live img")
     screenshot(browser, "escaped-output")
-    with urllib.request.urlopen(console.url + "/login", timeout=10) as response:
-        policy = response.headers["content-security-policy"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        policy = (await http.get(console.url + "/login")).headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
 
@@ -144,11 +141,9 @@ async def test_the_cancel_button_stops_a_running_session(console, browser, scrip
 
 async def test_a_form_without_the_csrf_token_changes_nothing(console, scripts, runs):
     sid = await runs.start(scripts.add("Keep going.", tool_reply([("slow", {"seconds": 120})]), text_reply("never")))
-    request = urllib.request.Request(
-        f"{console.url}/sessions/{sid}/cancel", method="POST",
-        data=urllib.parse.urlencode({"reason": "forged"}).encode(),
-        headers={"cookie": f"brainhands_key={KEY}", "content-type": "application/x-www-form-urlencoded"})
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(request, timeout=10)
-    assert err.value.code == 403
+    async with httpx.AsyncClient(timeout=10, cookies={"brainhands_key": KEY}) as http:
+        forged = await http.post(f"{console.url}/sessions/{sid}/cancel", data={"reason": "forged"})
+        wrong = await http.post(f"{console.url}/sessions/{sid}/cancel", data={"reason": "forged", "csrf": "0" * 64})
+    assert forged.status_code == 403 and wrong.status_code == 403
+    assert "did not come from the console" in forged.text
     assert await runs.status(sid) == brain_pb2.SESSION_STATUS_RUNNING
