@@ -33,7 +33,7 @@ QuotaKind = Literal["rate", "concurrency", "calls", "tokens"]
 QUOTA_KINDS: tuple[QuotaKind, ...] = ("rate", "concurrency", "calls", "tokens")
 
 WINDOWS = {"s": 1.0, "m": 60.0, "h": 3600.0, "day": 86400.0}
-_PER_WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|day)\s*$")
+_PER_WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|day)\s*$")  # 50/s, 5/2s, 1000/12h
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_FORMS = "'sha256:<hex>' or 'env:VAR'"
@@ -57,6 +57,7 @@ class QuotaRule:
     limit: int  # rate: tokens added per window; concurrency: slots; calls / tokens: per window
     window: float = 0.0  # seconds; 0 for concurrency
     burst: int = 0  # rate only: bucket capacity
+    reserve: int = 0  # tokens only: what each call reserves while it runs, when it does not say (budget header)
 
     def matches(self, hand: str) -> bool:
         return fnmatch.fnmatchcase(hand, self.hands)
@@ -74,11 +75,17 @@ class QuotaRule:
 
 
 def _per_window(value: Any) -> tuple[int, float]:
-    """``"50/s"`` -> (50, 1.0); windows s, m, h, day."""
+    """``"50/s"`` -> (50, 1.0), ``"5/2s"`` -> (5, 2.0); windows s, m, h, day, optionally a whole number of them."""
     match = _PER_WINDOW.match(value) if isinstance(value, str) else None
-    if not match or int(match.group(1)) <= 0:
-        raise ValueError(f"expected N/s|m|h|day with N > 0, got {value!r}")
-    return int(match.group(1)), WINDOWS[match.group(2)]
+    if not match or int(match.group(1)) <= 0 or int(match.group(2) or 1) <= 0:
+        raise ValueError(f"expected N/s|m|h|day (or N/Ks, N/Km, ...) with N, K > 0, got {value!r}")
+    return int(match.group(1)), int(match.group(2) or 1) * WINDOWS[match.group(3)]
+
+
+def _reserve(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a whole number of tokens >= 0, got {value!r}")
+    return value
 
 
 def _slots(value: Any) -> int:
@@ -136,11 +143,14 @@ class QuotaEntry(ConfigModel):
     concurrency: Slots | None = None
     calls: PerWindow | None = None
     tokens: PerWindow | None = None
+    reserve: Annotated[int, BeforeValidator(_reserve)] | None = None  # tokens only: reserved per call while it runs
 
     @model_validator(mode="after")
     def _some_limit(self) -> QuotaEntry:
         if self.burst is not None and self.rate is None:
             raise invalid("burst", "only meaningful with rate")
+        if self.reserve is not None and self.tokens is None:
+            raise invalid("reserve", "only meaningful with tokens")
         if all(getattr(self, kind) is None for kind in QUOTA_KINDS):
             raise ValueError("expected at least one of rate, concurrency, calls, tokens")
         return self
@@ -158,7 +168,8 @@ class QuotaEntry(ConfigModel):
             else:
                 limit, window = value
                 burst = (self.burst or limit) if kind == "rate" else 0
-                rules.append(QuotaRule(tenant, rule_id, self.hands, kind, limit, window, burst))
+                reserve = (self.reserve or 0) if kind == "tokens" else 0
+                rules.append(QuotaRule(tenant, rule_id, self.hands, kind, limit, window, burst, reserve))
         return rules
 
 

@@ -19,6 +19,7 @@ log = structlog.get_logger("hands.memory")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # not a character: no store can keep it as UTF-8 text
 MAX_KEY_CHARS = 200
 SEARCH_EXCERPT_CHARS = 2000
 
@@ -67,8 +68,8 @@ def scope(ctx: Context, namespace: str) -> tuple[str, str, str]:
 def _check_key(key: str) -> None:
     if not key.strip():
         raise HandError("key is empty: name the entry, e.g. 'findings/auth-module'")
-    if len(key) > MAX_KEY_CHARS or _CONTROL.search(key):
-        raise HandError(f"key must be at most {MAX_KEY_CHARS} characters with no control characters")
+    if len(key) > MAX_KEY_CHARS or _CONTROL.search(key) or _LONE_SURROGATE.search(key):
+        raise HandError(f"key must be at most {MAX_KEY_CHARS} valid characters with no control characters")
 
 
 class _Lazy:
@@ -111,6 +112,8 @@ def make_memory_hands(config: MemoryConfig = MemoryConfig(), store: MemoryStore 
     ) -> str:
         tenant, ns, where = scope(ctx, namespace)
         _check_key(key)
+        if _LONE_SURROGATE.search(value):
+            raise HandError("value holds invalid Unicode (a lone surrogate such as \\udce9); send valid UTF-8 text")
         size = len(value.encode())
         if size > config.max_value_bytes:
             raise HandError(f"value is {size} bytes; the limit is {config.max_value_bytes}: save a summary instead")

@@ -40,12 +40,21 @@ class SandboxConfig(ConfigModel):
     max_file_bytes: whole(1) = 64 * 1024 * 1024  # RLIMIT_FSIZE: the largest file a run may write
     max_open_files: whole(1) = 256  # RLIMIT_NOFILE
     max_output_bytes: whole(256) = 64 * 1024  # stdout+stderr returned; the rest is cut with a marker
+    # What one run may store in all: its working directory, /tmp and /dev/shm share one size-capped tmpfs
+    # (RAM-backed, freed when the run ends) when the service may mount one, else /tmp and /dev/shm get a
+    # tmpfs of this size each under bubblewrap and the working directory has no total bound (Describe says which).
+    disk_bytes: whole(1) = 512 * 1024 * 1024
+    max_files: whole(1) = 10_000  # files and directories one run may create (the tmpfs's inode limit)
     max_concurrent: whole(1) = 8  # runs at once; more wait for a slot
     isolation: str = "auto"  # auto: bubblewrap when it works, else limits-only
     # When the service runs as root, each concurrent run gets its own unprivileged uid from
     # [uid_base, uid_base + max_concurrent): root ignores RLIMIT_NPROC, can read every
     # process's environment and cannot be cleaned up after by uid; a plain uid fixes all three.
+    # Each service instance on a host needs a range of its own (cleanup kills every process of a
+    # run's uid): a second instance on a range in use refuses to start, naming the holder.
     uid_base: whole(1000) = 61000
+    # Ranges of max_concurrent uids from uid_base an instance may try, the first free one taken; 1 pins it to uid_base.
+    uid_ranges: whole(1) = 64
     python: str = Field(default_factory=_default_python)
     shell: str = "/bin/sh"
     work_root: str | None = None  # where fresh working directories are made (default: the system temp dir)
