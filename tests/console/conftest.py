@@ -121,7 +121,10 @@ class Runs:
         assert first.type == "session_started", first
 
         async def drain():
-            return [first] + [e async for e in call]
+            events = [first]
+            while (event := await call.read()) is not grpc.aio.EOF:  # read() once, read() to the end
+                events.append(event)
+            return events
 
         self.tasks.append(asyncio.create_task(drain()))
         return first.session_id

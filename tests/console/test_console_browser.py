@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import httpx2
 import pytest
 
 from brain.v1 import brain_pb2
@@ -54,7 +54,7 @@ async def test_a_request_without_a_key_sees_the_login_page(console, browser):
     assert not by_css(browser, "#sessions")
     screenshot(browser, "login")
     # The live stream and the forms refuse a request without a key too.
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx2.AsyncClient(timeout=10) as http:
         assert (await http.get(console.url + "/sessions/some-session/live")).status_code == 401
 
 
@@ -116,7 +116,7 @@ async def test_a_script_in_a_hands_output_is_shown_as_text_and_never_runs(consol
     assert js(browser, "return Array.from(document.scripts).map(s => s.getAttribute('src'))") == ["/static/console.js"]
     assert not by_css(browser, "#live img")
     screenshot(browser, "escaped-output")
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx2.AsyncClient(timeout=10) as http:
         policy = (await http.get(console.url + "/login")).headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
@@ -141,7 +141,7 @@ async def test_the_cancel_button_stops_a_running_session(console, browser, scrip
 
 async def test_a_form_without_the_csrf_token_changes_nothing(console, scripts, runs):
     sid = await runs.start(scripts.add("Keep going.", tool_reply([("slow", {"seconds": 120})]), text_reply("never")))
-    async with httpx.AsyncClient(timeout=10, cookies={"brainhands_key": KEY}) as http:
+    async with httpx2.AsyncClient(timeout=10, cookies={"brainhands_key": KEY}) as http:
         forged = await http.post(f"{console.url}/sessions/{sid}/cancel", data={"reason": "forged"})
         wrong = await http.post(f"{console.url}/sessions/{sid}/cancel", data={"reason": "forged", "csrf": "0" * 64})
     assert forged.status_code == 403 and wrong.status_code == 403
