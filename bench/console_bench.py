@@ -101,19 +101,20 @@ def run(mode: str) -> Section:
                                  "serving brain", env=env, timeout=120)
         console = procs.brainhands("console", ["console", "--listen", "127.0.0.1:0", "--brain", brain.address],
                                    "serving console", env=env, timeout=120)
-        cpu0 = console.cpu_seconds()
+        cpu0, brain_cpu0 = console.cpu_seconds(), brain.cpu_seconds()
         result = asyncio.run(_measure(console.address, brain.address, pages))
         result["console_cpu_s"] = console.cpu_seconds() - cpu0
+        result["brain_cpu_s"] = brain.cpu_seconds() - brain_cpu0
     s = Section("console", "6. Web console: live session pages")
     s.summary = (f"one console process kept {pages} open session pages live: {result['events_per_s']:.0f} log events/s "
                  f"delivered, lag p99 {result['lag_p99_ms']:.0f} ms")
     s.tables.append(Table(
         f"{pages} pages, each a session of {turns} fan-out turns x {calls} calls (sleep_ms hand), scripted model",
         ["pages", "updates", "events", "seconds", "events/s", "updates/s", "lag p50 ms", "lag p99 ms", "lag max ms",
-         "console CPU s"],
+         "console CPU s", "brain CPU s"],
         [[pages, result["updates"], result["events"], f"{result['seconds']:.1f}", f"{result['events_per_s']:.0f}",
           f"{result['updates_per_s']:.0f}", f"{result['lag_p50_ms']:.0f}", f"{result['lag_p99_ms']:.0f}",
-          f"{result['lag_max_ms']:.0f}", f"{result['console_cpu_s']:.1f}"]],
+          f"{result['lag_max_ms']:.0f}", f"{result['console_cpu_s']:.1f}", f"{result['brain_cpu_s']:.1f}"]],
     ))
     s.notes.append("Events/s counts every log event the pages received (the catch-up on opening included) over the "
                    "time from opening the pages to the last session's end. Lag: from the store accepting an update's newest event to this process reading the update off "

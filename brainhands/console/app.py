@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from brain.sessions import Event, SessionInfo
+from brain.timeline import tree_order
 from brain.timeline.render import stylesheet
 from brainhands.console import views
 from brainhands.console.clients import ConsoleClients, has_rpc, status_name, status_names, to_info
@@ -55,6 +56,7 @@ class Console:
         self.guard = guard or Guard()
         self.env = _templates()
         self.clients: ConsoleClients | None = None
+        self._listings: dict[str, tuple[float, asyncio.Future]] = {}
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -141,6 +143,21 @@ class Console:
         self.guard.clear(response)
         return response
 
+    async def _listing(self, key: str) -> list[SessionInfo]:
+        """The newest sessions this key sees, shared by every live page of the key for CHILDREN_REFRESH seconds
+        (fifty open pages ask the brain once, not fifty times)."""
+        now = time.monotonic()
+        cached = self._listings.get(key)
+        if cached is not None and now - cached[0] < CHILDREN_REFRESH:
+            return [to_info(s) for s in await asyncio.shield(cached[1])]
+        pending = asyncio.ensure_future(self.clients.list_sessions(key, page_size=1000))
+        self._listings[key] = (now, pending)
+        try:
+            return [to_info(s) for s in await asyncio.shield(pending)]
+        except BaseException:
+            self._listings.pop(key, None)
+            raise
+
     # --- pages ----------------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
@@ -187,7 +204,7 @@ class Console:
         return self.page(request, "session.html", s=live, live=live)
 
     async def _children(self, key: str, sid: str) -> dict[str, tuple[SessionInfo, list[Event]]]:
-        infos = await self.clients.children(key, sid)
+        infos = tree_order(sid, await self._listing(key))
         loaded = await asyncio.gather(*(self.clients.events_so_far(key, info.id) for info in infos))
         return {info.id: (info, events) for info, events in zip(infos, loaded, strict=True)}
 

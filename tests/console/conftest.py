@@ -115,8 +115,8 @@ class Runs:
         self.stub = stub
         self.tasks: list[asyncio.Task] = []
 
-    async def start(self, task: str) -> str:
-        call = self.stub.Run(brain_pb2.RunRequest(task=task), timeout=120)
+    async def start(self, task: str, **request) -> str:
+        call = self.stub.Run(brain_pb2.RunRequest(task=task, **request), timeout=120)
         first = await call.read()
         assert first.type == "session_started", first
 

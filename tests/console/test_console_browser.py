@@ -8,6 +8,7 @@ import httpx2
 import pytest
 
 from brain.v1 import brain_pb2
+from brainhands.console.clients import has_rpc
 from brainhands.scripted_api import text_reply, tool_reply
 from tests.console.conftest import fan_out, screenshot
 from tests.procs import poll
@@ -147,3 +148,21 @@ async def test_a_form_without_the_csrf_token_changes_nothing(console, scripts, r
     assert forged.status_code == 403 and wrong.status_code == 403
     assert "did not come from the console" in forged.text
     assert await runs.status(sid) == brain_pb2.SESSION_STATUS_RUNNING
+
+
+@pytest.mark.skipif(not has_rpc("Decide"), reason="this BrainService contract has no Decide yet")
+async def test_the_approve_button_lets_a_waiting_session_go_on(console, browser, scripts, runs):
+    sid = await runs.start(scripts.add("Ask before you echo.", tool_reply([("echo", {"text": "approved words"})]),
+                                       text_reply("It went through.")), approve=["echo"])
+    await sign_in(browser, console)
+    rows = {r.get_attribute("data-session"): r.get_attribute("data-status") for r in by_css(browser, "#sessions tbody tr")}
+    await open_page(browser, f"{console.url}/sessions/{sid}")
+    await poll(lambda: _true(js(browser, "return !!document.querySelector('#approvals button[data-action=\"approve\"]')")),
+               "the approve button", timeout=60)
+    screenshot(browser, "waiting")
+    await asyncio.to_thread(lambda: by_css(browser, '#approvals button[data-action="approve"]')[0].click())
+    await poll(lambda: _true(js(browser, "return !!document.querySelector('#status[data-status=\"finished\"]')")),
+               "the page to show the session finished after the approval", timeout=60)
+    assert "It went through." in by_css(browser, "#result")[0].text
+    assert by_css(browser, '#tree .call-item[data-outcome="ok"]')
+    assert rows.get(sid) in ("waiting", "running")
