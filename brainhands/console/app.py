@@ -21,12 +21,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from brain.humanize import format_duration
 from brain.sessions import Event, SessionInfo
 from brain.timeline import tree_order
 from brain.timeline.render import stylesheet
 from brainhands.console import views
 from brainhands.console.clients import ConsoleClients, has_rpc, status_name, status_names, to_info
 from brainhands.console.security import Guard, SecurityHeaders
+from gateway.v1 import gateway_pb2
 
 #: A live page's sub-agent list is looked up again at most this often (seconds).
 CHILDREN_REFRESH = 2.0
@@ -47,7 +49,25 @@ def _templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["status_name"] = status_name
+    env.globals.update(backend_state=_enum_name(gateway_pb2.BackendState, "BACKEND_STATE_"),
+                       backend_source=_enum_name(gateway_pb2.BackendSource, "BACKEND_SOURCE_"),
+                       quota_kind=_enum_name(gateway_pb2.QuotaKind, "QUOTA_KIND_"), duration=_duration)
     return env
+
+
+def _enum_name(enum, prefix: str):
+    def name(value: int) -> str:
+        try:
+            return enum.Name(value).removeprefix(prefix).lower().replace("_", " ")
+        except ValueError:
+            return "unknown"
+
+    return name
+
+
+def _duration(value) -> str:
+    seconds = value.ToTimedelta().total_seconds() if value is not None else 0.0
+    return format_duration(seconds) if seconds else "—"
 
 
 class Console:

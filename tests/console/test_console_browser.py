@@ -166,3 +166,31 @@ async def test_the_approve_button_lets_a_waiting_session_go_on(console, browser,
     assert "It went through." in by_css(browser, "#result")[0].text
     assert by_css(browser, '#tree .call-item[data-outcome="ok"]')
     assert rows.get(sid) in ("waiting", "running")
+
+
+async def test_the_fleet_page_shows_the_gateways_backends_and_the_tenants_quotas(processes, hands, brain, browser, tmp_path):
+    import yaml
+
+    from gateway.tenants import hash_key
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "metrics": None,
+        "routes": [{"hands": ["*"], "backends": [hands.address]}],
+        "tenants": [{"name": "team-a", "api_keys": [hash_key(KEY)], "allow": ["*"],
+                     "quotas": [{"hands": "slow", "calls": "100/h"}]}],
+    }))
+    gateway = processes(["serve", "gateway", "--config", str(config)], ready_event="gateway serving")
+    console = processes(["console", "--listen", "127.0.0.1:0", "--brain", brain.address, "--gateway", gateway.address],
+                        ready_event="serving console")
+    console.url = f"http://{console.address}"
+    await sign_in(browser, console)
+    await open_page(browser, console.url + "/fleet")
+    screenshot(browser, "fleet")
+    [row] = by_css(browser, "#backends tbody tr")
+    assert row.get_attribute("data-address") == hands.address
+    assert row.get_attribute("data-state") == "serving"
+    assert "slow" in row.text and "echo" in row.text
+    [quota] = by_css(browser, "#usage tbody tr")
+    assert "slow" in quota.text and "100" in quota.text
+    assert "team-a" in by_css(browser, "h1.second")[0].text
