@@ -20,17 +20,25 @@ function follow(live) {
   if (live.dataset.active !== "yes" || !window.EventSource) return;
   const url = live.dataset.liveUrl + "?after=" + encodeURIComponent(live.dataset.seq || "0");
   const source = new EventSource(url);
-  source.addEventListener("update", (message) => {
-    const update = JSON.parse(message.data);
-    // A person typing in a form keeps what they typed: the page waits for them to send or leave the field.
-    const typing = document.activeElement && live.contains(document.activeElement) &&
-      document.activeElement.tagName === "INPUT" && document.activeElement.value;
-    if (typing) return;
+  let pending = null;
+  const apply = (update) => {
     // The server's HTML, escaped there; scripts inserted this way never run (and the policy forbids inline ones).
     live.innerHTML = update.html;
     live.dataset.seq = String(update.seq);
     live.dataset.status = update.status;
     place(live);
+  };
+  source.addEventListener("update", (message) => {
+    const update = JSON.parse(message.data);
+    // A person typing in a form keeps what they typed: the newest update waits until they leave the field.
+    const typing = document.activeElement && live.contains(document.activeElement) &&
+      document.activeElement.tagName === "INPUT" && document.activeElement.value;
+    if (typing) { pending = update; return; }
+    pending = null;
+    apply(update);
+  });
+  live.addEventListener("focusout", () => {
+    if (pending) { const update = pending; pending = null; setTimeout(() => apply(update), 0); }
   });
   source.addEventListener("end", () => {
     source.close();
