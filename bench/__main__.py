@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         sections.extend(run_one(name, mode, redis_url, database_url, args.baseline))
         print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "console": 6, "memory": 7}
+    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "console": 7}
     sections.sort(key=lambda s: order.get(s.key, 99))
     meta = {
         "command": "python -m bench" + (" --smoke" if args.smoke else " --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")

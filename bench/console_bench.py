@@ -1,4 +1,4 @@
-"""Benchmark 6: the web console serving many open session pages with live updates from one process.
+"""Benchmark 7: the web console serving many open session pages with live updates from one process.
 
 A brain process (scripted model) runs N fan-out sessions against a hand process; a console process serves one
 live page stream (the page's server-sent events) per session; this process holds the N streams open, like N browser
@@ -105,7 +105,7 @@ def run(mode: str) -> Section:
         result = asyncio.run(_measure(console.address, brain.address, pages))
         result["console_cpu_s"] = console.cpu_seconds() - cpu0
         result["brain_cpu_s"] = brain.cpu_seconds() - brain_cpu0
-    s = Section("console", "6. Web console: live session pages")
+    s = Section("console", "7. Web console: live session pages")
     s.summary = (f"one console process kept {pages} open session pages live: {result['events_per_s']:.0f} log events/s "
                  f"delivered, lag p99 {result['lag_p99_ms']:.0f} ms")
     s.tables.append(Table(
