@@ -134,6 +134,9 @@ async def start_local_stack(
             "quota_store": "memory",
             # The gateway starts with the hands, so it must notice them coming up quickly.
             "health_check_interval": "500ms",
+            # Every route is static and the stack waits until the gateway routes each hand before it is used:
+            # an unknown name is a mistake at once (NOT_FOUND), not a hand still registering.
+            "startup_grace": 0,
             **extra,
             "routes": [*routes, *extra.get("routes", [])],
         }

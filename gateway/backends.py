@@ -44,11 +44,23 @@ class Backend:
         "lease_id", "lease_ttl", "lease_expires",
     )  # fmt: skip
 
-    def __init__(self, address: str, config: GatewayConfig, *, source: str = STATIC, allow: Sequence[str] = ("*",)):
+    def __init__(
+        self,
+        address: str,
+        config: GatewayConfig,
+        *,
+        source: str = STATIC,
+        allow: Sequence[str] = ("*",),
+        server_name: str = "",
+    ):
+        """server_name: the DNS name an IP address was resolved from, which its TLS certificate names."""
         self.address = address
         self.source = source
         self.allow = tuple(allow)
-        self.channel = config.tls.backend_channel(address, channel_options(config))  # TLS when configured
+        options = channel_options(config)
+        if server_name and config.tls.backends.ca is not None and not config.tls.backends.server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = config.tls.backend_channel(address, options)  # TLS when configured
         # Bytes in, bytes out: the gateway forwards the caller's request and the hand's response unparsed.
         self.execute = self.channel.unary_unary(EXECUTE_METHOD)
         self._describe = hands_pb2_grpc.HandServiceStub(self.channel).Describe

@@ -57,6 +57,18 @@ def _quota_store(value: Any) -> str:
 Address = Annotated[str, BeforeValidator(_address)]
 
 
+def _seconds_or_off(value: Any) -> float:
+    if value is False or (isinstance(value, str) and re.fullmatch(r"\s*0+(\.0*)?\s*(ms|s|m|h)?\s*", value)):
+        return 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    return seconds(value)
+
+
+#: A Duration, or 0 (or false) for "off".
+DurationOrOff = Annotated[float, BeforeValidator(_seconds_or_off)]
+
+
 class Backoff(ConfigModel):
     """How long an ejected backend stays out: base * 2**(ejections in a row - 1), at most max (seconds)."""
 
@@ -107,6 +119,11 @@ class GatewayConfig(ConfigModel):
     max_lease_ttl: Duration = 300.0
     max_attempts: whole(1) = 3  # per call, across replicas; the caller's deadline bounds them too
     describe_timeout: Duration = 5.0
+    # A static backend given by name (not an IP) is one backend per address it resolves to, re-resolved this often.
+    dns_refresh: Duration = 5.0
+    # After start, a hand name the gateway does not know yet is UNAVAILABLE (replicas may still be registering),
+    # not NOT_FOUND; 0 turns it off.
+    startup_grace: DurationOrOff = 10.0
     routes: tuple[Route, ...] = ()
     # Who may call, over what, and how much (gateway/tls.py, gateway/tenants.py, gateway/quotas/).
     tls: TlsConfig = TlsConfig()

@@ -29,6 +29,7 @@ class RouteTable:
         self.describe_bytes = hands_pb2.DescribeResponse().SerializeToString()
         self._turn = itertools.count()
         self._static_globs: tuple[str, ...] = ()
+        self.unresolved_globs: tuple[str, ...] = ()  # hands of DNS routes whose name has no address now
 
     def add(self, backend: Backend) -> None:
         self.backends[backend.address] = backend
@@ -81,6 +82,8 @@ class RouteTable:
     def known_but_down(self, name: str) -> bool:
         """The hand exists somewhere (a backend that is down, or a static route not yet described)."""
         if any(name in b.specs for b in self.backends.values()):
+            return True
+        if any(fnmatch.fnmatchcase(name, g) for g in self.unresolved_globs):
             return True
         return any(fnmatch.fnmatchcase(name, g) for g in self._static_globs) and any(
             not b.specs for b in self.backends.values()

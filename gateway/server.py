@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,13 +17,14 @@ from gateway.auth import Access
 from gateway.backends import STATIC, Backend
 from gateway.config import GatewayConfig
 from gateway.context import current_tenant
+from gateway.dns import DnsRoutes, Resolver, is_dns_target
 from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
-from hands import NAME_RE
+from hands import NAME_RE, tracing
 from hands import metadata as md
 from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2
@@ -85,6 +87,8 @@ class FrontService:
         self._table = table
         self._config = config
         self._metrics = metrics
+        # Until then a name nobody has registered yet may just be a replica still re-registering.
+        self._grace_until = time.monotonic() + config.startup_grace
 
     def handler(self) -> grpc.GenericRpcHandler:
         # No (de)serializers: the front gets and returns bytes, so a routed call parses the request once
@@ -130,6 +134,8 @@ class FrontService:
             metrics.in_flight.dec()
             tenant = current_tenant.get()
             metrics.observe_call(label, tenant, code, seconds)
+            if tracing.enabled():
+                _trace_route(label, tenant, backend, attempts, code)
             note_call(hand=label, tenant=tenant, backend=backend, attempts=attempts, **({"details": details} if details else {}))
 
     def _no_route(self, name: str) -> _Refusal:
@@ -139,6 +145,12 @@ class FrontService:
             return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"hand name {name[:80]!r} must match {NAME_RE.pattern}")
         if self._table.known_but_down(name):
             return _Refusal(_UNAVAILABLE, f"no healthy replica of {name} right now; try again shortly")
+        if time.monotonic() < self._grace_until:
+            return _Refusal(
+                _UNAVAILABLE,
+                f"the gateway started less than {self._config.startup_grace:g}s ago and does not know {name!r} "
+                "yet; its replicas may still be registering; try again shortly",
+            )
         known = ", ".join(self._table.hand_names()[:50]) or "(none)"
         return _Refusal(grpc.StatusCode.NOT_FOUND, f"no hand named {name[:64]!r}; the gateway knows: {known}")
 
@@ -161,8 +173,17 @@ class FrontService:
             if timeout is not None and timeout <= 0:
                 raise _Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed before {route.name} could run")
             backend.in_flight += 1
+            attempt_span = _attempt_span(route.name, backend.address, attempt) if tracing.enabled() else _NO_SPAN
             try:
-                response = await backend.execute(raw, timeout=timeout, metadata=metadata, wait_for_ready=False)
+                with attempt_span as span:
+                    sent_metadata = _with_traceparent(metadata) if span is not None else metadata
+                    try:
+                        response = await backend.execute(raw, timeout=timeout, metadata=sent_metadata, wait_for_ready=False)
+                    except grpc.aio.AioRpcError as exc:
+                        if span is not None:
+                            span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+                            tracing.mark_error(span, exc.details() or exc.code().name, exc.code().name)
+                        raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not _UNAVAILABLE:
                     backend.record_success()  # the transport worked; the status is the hand's answer
@@ -207,6 +228,36 @@ class FrontService:
             )
 
 
+# --- tracing hooks (no-ops while tracing is off) ------------------------------------------------------------
+
+
+_NO_SPAN = contextlib.nullcontext(None)
+
+
+def _trace_route(hand: str, tenant: str, backend: str, attempts: int, code: str) -> None:
+    """The routing facts on the call's SERVER span (the quota decision is set by the access interceptor)."""
+    span = tracing.current_span()
+    if span is not None:
+        span.update_name(f"gateway {hand}")
+        span.set_attributes({"brainhands.hand": hand, "brainhands.tenant": tenant, "brainhands.backend": backend,
+                             "brainhands.attempts": attempts, "brainhands.code": code})  # fmt: skip
+
+
+def _attempt_span(hand: str, address: str, attempt: int):
+    host, _, port = address.rpartition(":")
+    return tracing.start_span(
+        f"attempt {attempt} {hand}", kind="client",
+        attributes={"brainhands.hand": hand, "brainhands.backend": address, "brainhands.attempt": attempt,
+                    "rpc.system": "grpc", "rpc.service": HAND_SERVICE, "rpc.method": "Execute",
+                    "server.address": host, **({"server.port": int(port)} if port.isdigit() else {})},
+    )  # fmt: skip
+
+
+def _with_traceparent(metadata: tuple) -> tuple:
+    """The forwarded metadata with the caller's traceparent replaced by the attempt span's, so the hand nests under it."""
+    return (*((k, v) for k, v in metadata if k not in ("traceparent", "tracestate")), *tracing.headers())
+
+
 #: Adds more servicers to the gateway's server and returns their full service names (for health, reflection).
 ServicerHook = Callable[[grpc.aio.Server], Iterable[str]]
 
@@ -219,6 +270,7 @@ class GatewayServer(RunningServer):
     table: RouteTable | None = None
     registry: Registry | None = None
     checker: HealthChecker | None = None
+    dns: DnsRoutes | None = None
     metrics: GatewayMetrics | None = None
     metrics_port: int | None = None
     access: Access | None = None
@@ -241,6 +293,8 @@ class GatewayServer(RunningServer):
             return
         self._closed = True
         await self.close_mcp()
+        if self.dns is not None:
+            await self.dns.close()
         await self.checker.close()
         await self.registry.close()
         for backend in list(self.table.backends.values()):
@@ -259,6 +313,7 @@ async def start_gateway(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     servicers: Sequence[ServicerHook] = (),
     credentials: grpc.ServerCredentials | None = None,
+    resolver: Resolver | None = None,
 ) -> GatewayServer:
     """Start the gateway in the running loop: front HandService, RegistryService, health, reflection, metrics.
 
@@ -273,13 +328,18 @@ async def start_gateway(
     for route in config.routes:
         for address in route.backends:
             globs_by_address.setdefault(address, []).extend(route.hands)
+    dns = DnsRoutes(table, checker, config, resolver)
     for address, globs in globs_by_address.items():
-        table.backends[address] = Backend(address, config, source=STATIC, allow=globs)
+        if is_dns_target(address):
+            dns.add(address, globs)  # one backend per address the name resolves to, kept up to date
+        else:
+            table.backends[address] = Backend(address, config, source=STATIC, allow=globs)
     table.set_static_globs(g for route in config.routes for g in route.hands)
     # Learn the static backends' hands before taking calls; one that is down now joins when it comes up.
     statics = list(table.backends.values())
     if statics:
         await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
+    await dns.refresh()  # resolved and probed before the first call, watched from now on
     table.rebuild()
     front = FrontService(table, config, metrics)
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
@@ -303,7 +363,8 @@ async def start_gateway(
             credentials=credentials or config.tls.server_credentials(),
         )
     except BaseException:
-        for backend in statics:
+        await checker.close()
+        for backend in list(table.backends.values()):
             await backend.close()
         await access.close()
         raise
@@ -311,6 +372,7 @@ async def start_gateway(
     for backend in statics:
         checker.watch(backend)
     registry.start()
+    dns.start()
     gateway = GatewayServer(
         server=running.server,
         port=running.port,
@@ -320,6 +382,7 @@ async def start_gateway(
         table=table,
         registry=registry,
         checker=checker,
+        dns=dns,
         metrics=metrics,
         metrics_port=metrics_port,
         access=access,

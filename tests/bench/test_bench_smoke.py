@@ -40,12 +40,12 @@ def smoke(tmp_path_factory):
 def test_every_benchmark_writes_its_section_with_a_summary(smoke):
     _, results, report = smoke
     keys = [s["key"] for s in results["sections"]]
-    assert keys == ["gateway", "fanout", "brain", "quotas", "sessions", "memory", "console", "brain-memory"]
+    assert keys == ["gateway", "fanout", "brain", "quotas", "sessions", "memory", "brain-memory"]
     for section in results["sections"]:
         assert section["tables"] and all(t["rows"] for t in section["tables"]), section["key"]
         assert f"## {section['title']}" in report
     summaries = [s for s in results["sections"] if s["summary"]]
-    assert len(summaries) == 6
+    assert len(summaries) == 5
     assert report.index("## Summary") < report.index("## 1. Gateway overhead")
 
 

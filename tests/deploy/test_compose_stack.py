@@ -129,11 +129,23 @@ async def workers_answer_through(address: str) -> bool:
     return not result.is_error and result.output == "ready"
 
 
+async def routes_the_session_hands(address: str) -> bool:
+    """The gateway has health-checked the backends the session uses (a container is healthy before that)."""
+    async with HandClient(address, api_key=API_KEY) as client:
+        try:
+            specs = await client.describe(timeout=10)
+        except grpc.aio.AioRpcError:
+            return False
+    return {"fs_write", "fs_read", "llm_worker"} <= {s.name for s in specs}
+
+
 async def test_a_session_finishes_with_nothing_lost_when_a_gateway_and_a_hand_crash(stack, model_api):
     gateways = stack.containers["gateway"]
     llm = stack.containers["hands-llm"][0]
     brain = stack.containers["brain"][0]
     assert len(gateways) == 2
+    for gateway in gateways:  # only crashes may cut calls: start once both gateways route every hand used
+        await wait_until(lambda g=gateway: routes_the_session_hands(g.address(50051)), f"{gateway.name} routes the hands")
 
     channel = grpc.aio.insecure_channel(brain.address(50061))
     stub = brain_pb2_grpc.BrainServiceStub(channel)

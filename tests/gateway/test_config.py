@@ -23,6 +23,14 @@ def test_defaults_and_durations_with_units():
     assert parse_config(None) == GatewayConfig()
 
 
+def test_dns_refresh_and_startup_grace_have_defaults_and_the_grace_can_be_off():
+    assert (GatewayConfig().dns_refresh, GatewayConfig().startup_grace) == (5.0, 10.0)
+    config = parse_config({"dns_refresh": "500ms", "startup_grace": "30s"})
+    assert (config.dns_refresh, config.startup_grace) == (0.5, 30.0)
+    for off in (0, "0", "0s", False):
+        assert parse_config({"startup_grace": off}).startup_grace == 0.0
+
+
 def test_quota_sections_are_accepted_in_the_same_file():
     config = parse_config({"quota_store": "redis://127.0.0.1:6379/0", "fail_open": True})
     assert (config.quota_store, config.fail_open) == ("redis://127.0.0.1:6379/0", True)
@@ -45,6 +53,8 @@ def test_backoff_doubles_up_to_its_max():
         ({"eject_backoff": {"base": "5s", "max": "1s"}}, "eject_backoff.max: must be at least"),
         ({"lisen": "127.0.0.1:1"}, "lisen: unknown key"),
         ({"fail_open": "yes"}, "fail_open: must be true or false"),
+        ({"dns_refresh": 0}, "dns_refresh: must be more than zero"),
+        ({"startup_grace": "later"}, "startup_grace: must be a duration"),
     ],
 )
 def test_a_bad_value_is_one_error_naming_the_key(raw, message):

@@ -21,7 +21,9 @@ async def gateway():
     started = []
 
     async def _start(**raw):
-        config = parse_config({"listen": "127.0.0.1:0", "metrics": None, "health_check_interval": "60s", **raw})
+        config = parse_config(
+            {"listen": "127.0.0.1:0", "metrics": None, "health_check_interval": "60s", "startup_grace": 0, **raw}
+        )
         gw = await start_gateway(config)
         started.append(gw)
         return gw
@@ -101,6 +103,20 @@ async def test_unknown_or_malformed_names_are_refused_with_the_design_statuses(g
     with pytest.raises(grpc.aio.AioRpcError) as empty:
         await client.execute("", {}, timeout=5)
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_during_the_start_up_grace_an_unknown_name_is_unavailable(gateway, hand_service, hand_client):
+    backend = await hand_service([refuse])
+    gw = await gateway(routes=[{"backends": [backend.address]}], startup_grace="1h")
+    client = hand_client(gw.address)
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await client.execute("nope", {}, timeout=5)
+    assert early.value.code() == grpc.StatusCode.UNAVAILABLE  # its replicas may still be registering
+    assert "'nope'" in early.value.details() and "try again" in early.value.details()
+    assert (await client.execute("refuse", {}, timeout=5)).is_error  # known hands route as ever
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await client.execute("no spaces", {}, timeout=5)
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the caller's mistake, grace or not
 
 
 async def test_route_globs_limit_what_a_static_backend_serves(gateway, hand_service, hand_client):

@@ -71,6 +71,7 @@ async def targets(hand_service, monkeypatch):
         "listen": "127.0.0.1:0",
         "metrics": None,
         "max_message_bytes": GATEWAY_LIMIT,
+        "startup_grace": 0,  # an unknown name is NOT_FOUND from the start
         "routes": [{"hands": ["*"], "backends": [running.address]}],
         "tenants": [{"name": "fuzz", "api_keys": [hash_key(KEY)], "allow": ["*"]}],
     })

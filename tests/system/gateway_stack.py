@@ -29,6 +29,7 @@ FAST = {
     "eject_after_failures": 2,
     "eject_backoff": {"base": "500ms", "max": "2s"},
     "default_lease_ttl": "1500ms",
+    "startup_grace": 0,  # an unknown name is NOT_FOUND at once (tests of the grace set their own)
 }
 
 
@@ -101,8 +102,16 @@ class Stack:
         proc.metrics = record["metrics"]
         return proc
 
-    async def hand(self, replica: str, spec: str = "tests.system.gateway_hands", *, register: str | None = None) -> Proc:
-        argv = [sys.executable, "-m", "brainhands", "serve", "hand", spec, "--port", "0"]
+    async def hand(
+        self,
+        replica: str,
+        spec: str = "tests.system.gateway_hands",
+        *,
+        register: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> Proc:
+        argv = [sys.executable, "-m", "brainhands", "serve", "hand", spec, "--host", host, "--port", str(port)]
         if register:
             argv += ["--register", register]
         proc = self._spawn(replica, argv, {"GW_TEST_REPLICA": replica, "GW_TEST_LEDGER": str(self.ledger)})
