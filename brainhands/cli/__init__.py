@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from brainhands import __version__
+from brainhands.cli import console, local, run, serve, sessions
 from brainhands.cli import hands as hands_commands
-from brainhands.cli import local, run, serve, sessions
 from hands.cli import run_command
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(commands)
     sessions.register(commands)
     local.register(commands)
+    console.register(commands)
     return parser
 
 

@@ -43,6 +43,8 @@ def register(commands) -> None:
     up.add_argument("--config", metavar="FILE", help="gateway config (tenants, quotas, more routes) merged over the local defaults")
     up.add_argument("--workspace", default=".", help="the fs hand's root (default: the current directory)")
     up.add_argument("--sessions", metavar="URL", help="session store for the brain service (default $BRAINHANDS_SESSIONS or the SQLite default)")
+    up.add_argument("--console", default="127.0.0.1:0", metavar="HOST:PORT",
+                    help="where the web console listens (default a free loopback port; 'off' starts none)")
     up.add_argument("--otel", metavar="ENDPOINT",
                     help="send every service's traces to this OTLP/gRPC receiver, e.g. 127.0.0.1:4317 (Jaeger, an "
                          "OpenTelemetry Collector); sets OTEL_EXPORTER_OTLP_ENDPOINT for the services")  # fmt: skip
@@ -157,6 +159,10 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     err.print("The model was scripted. To do the same with Claude:")
     err.print("  export ANTHROPIC_API_KEY=sk-ant-...")
     err.print(f'  brainhands run "{DEMO_TASK}" --workspace {workspace}')
+    err.print()
+    # The demo's stack is gone when it ends: the console reads its session log through a brain service of its own.
+    err.print(f"Look at this session in the web console: brainhands console --sessions {target / 'sessions.db'}"
+              "   (then open http://127.0.0.1:8080/ and sign in with any key)")
     return 0 if result.ok else 1
 
 
@@ -217,18 +223,23 @@ async def _run_up(args, extra: dict) -> int:
         stack = await start_local_stack(workspace, gateway_config=extra)
     except StackError as exc:
         raise CliError(f"the local stack did not start: {exc}") from None
+    console = None
     try:
         if os.environ.get("ANTHROPIC_API_KEY") or (os.environ.get("BRAINHANDS_MODEL") or "").startswith("scripted:"):
             try:
-                await start_brain_service(stack, sessions=args.sessions or os.environ.get("BRAINHANDS_SESSIONS"))
+                brain = await start_brain_service(stack, sessions=args.sessions or os.environ.get("BRAINHANDS_SESSIONS"))
             except StackError as exc:
                 raise CliError(f"the brain service did not start: {exc}") from None
+            console = await _start_console(args.console, brain.address, stack.gateway)
         else:
             print("no ANTHROPIC_API_KEY: the brain service is not started (set the key to add it); "
                   "the gateway and hands are up", file=sys.stderr)
         print(f"brainhands is up ({time.monotonic() - started:.1f}s); Ctrl-C stops everything", file=sys.stderr)
-        width = max(len(n) for n in stack.addresses)
-        for name, address in stack.addresses.items():
+        addresses = dict(stack.addresses)
+        if console is not None:
+            addresses["console"] = console.url
+        width = max(len(n) for n in addresses)
+        for name, address in addresses.items():
             print(f"  {name:<{width}}  {address}")
         print(f"\nexport BRAINHANDS_GATEWAY={stack.gateway}   # then: brainhands hands list · brainhands run \"...\"",
               file=sys.stderr)
@@ -246,8 +257,27 @@ async def _run_up(args, extra: dict) -> int:
         waiter.cancel()
         print("stopping…", file=sys.stderr)
     finally:
+        if console is not None:
+            await console.stop()
         stack.stop()
     return 0
+
+
+async def _start_console(listen: str, brain: str, gateway: str):
+    """The web console in this process, over the stack's brain service and gateway; None when --console off."""
+    if listen == "off":
+        return None
+    from brainhands.console import ConsoleConfig, start_console
+    from brainhands.console.serve import parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise CliError(str(exc).replace("--listen", "--console")) from None
+    try:
+        return await start_console(ConsoleConfig(brain=brain, gateway=gateway), host, port)
+    except OSError as exc:
+        raise CliError(f"the console cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 async def _first_exit(stack):
