@@ -13,7 +13,13 @@ TERMINAL_STATUS = {
     "session_failed": "failed",
     "session_cancelled": "cancelled",
 }
-STATUSES = ("running", "finished", "failed", "cancelled")
+#: Every event type that changes a session's status (a listing's status column), and the status it sets.
+EVENT_STATUS = {
+    **TERMINAL_STATUS,
+    "session_waiting": "waiting",  # waiting for a person's approval: no brain holds it
+    "session_resumed": "running",
+}
+STATUSES = ("running", "waiting", "finished", "failed", "cancelled")
 
 
 class SessionStoreError(Exception):
@@ -139,6 +145,7 @@ async def open_store(url: str | None = None) -> SessionStore:
 
 __all__ = [
     "STATUSES",
+    "EVENT_STATUS",
     "TERMINAL_STATUS",
     "Event",
     "SeqConflict",

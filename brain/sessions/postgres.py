@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import asyncpg
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, StoreUnavailable
+from brain.sessions import EVENT_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, StoreUnavailable
 
 #: Forward migrations, applied in order on open; the database records the last one it ran.
 #: Add a new (version, sql) at the end; never edit one that has shipped.
@@ -143,7 +143,7 @@ class PostgresSessionStore:
         seqs = list(range(seq, seq + len(items)))
         types = [type for type, _ in items]
         payloads = [json.dumps(data, ensure_ascii=False) for _, data in items]
-        statuses = [TERMINAL_STATUS[type] for type in types if type in TERMINAL_STATUS]
+        statuses = [EVENT_STATUS[type] for type in types if type in EVENT_STATUS]
         status = statuses[-1] if statuses else None
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             # The row lock makes the seq check and the insert one step: a second writer waits here,

@@ -11,7 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound
+from brain.sessions import EVENT_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -100,7 +100,7 @@ class SqliteSessionStore:
         """Append events with seqs seq, seq + 1, ... in one transaction (one fsync): all of them or none."""
         rows = [(session_id, seq + i, type, json.dumps(data, ensure_ascii=False)) for i, (type, data) in enumerate(items)]
         now = time.time()
-        statuses = [TERMINAL_STATUS[type] for type, _ in items if type in TERMINAL_STATUS]
+        statuses = [EVENT_STATUS[type] for type, _ in items if type in EVENT_STATUS]
         status = statuses[-1] if statuses else None
         last = seq + len(items) - 1
 
