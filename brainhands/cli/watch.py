@@ -47,7 +47,7 @@ async def watch(args, brain_address: str | None) -> int:
 
     def screen():
         parts = []
-        for sid, state in states.items():
+        for state in states.values():
             parts.append(render_tree(state, now=time.time(), height=max(8, out.height // max(1, len(states))),
                                      width=out.width))
         return Group(*parts) if parts else "(no running or waiting sessions)"

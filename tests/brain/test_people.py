@@ -167,3 +167,23 @@ async def test_a_nested_agents_approval_shows_on_the_root_and_once_approved_ther
         if not running.done():
             running.cancel()
         await store.close()
+
+
+async def test_the_timeline_draws_the_approval_wait_the_decision_and_the_messages(tmp_path):
+    from brain.timeline import load_timeline
+
+    store = await SqliteSessionStore.open(str(tmp_path / "s.db"))
+    try:
+        sid = await store.create_session("Write the notes.", {})
+        log = waiting_log()
+        log.decided("c1", by="ana@laptop", input={"path": "docs/notes.md", "content": "x"}).resumed()
+        log.started("c1", "fs_write").finished("c1", "fs_write").said("Keep it short.", interrupt=True)
+        log.interrupted().model(text="Done.").finish("Done.")
+        for event in log.events:
+            await store.append(sid, event.seq, event.type, event.data)
+        page = await load_timeline(store, sid)
+    finally:
+        await store.close()
+    assert 'data-kind="approval" data-row=' in page and 's-approved' in page
+    assert "approved by ana@laptop · input edited" in page
+    assert 'data-kind="person"' in page and "s-interrupt" in page and "Keep it short." in page

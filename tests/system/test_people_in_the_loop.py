@@ -11,6 +11,7 @@ import pytest
 from brain import open_store
 from brainhands.scripted_api import ScriptedMessagesAPI, text_reply, tool_reply, tool_results
 from hands import Context, hand
+from hands.builtin.fs import make_fs_hands
 from tests.procs import poll
 
 pytestmark = pytest.mark.system
@@ -37,20 +38,28 @@ def write_call(path="out.md", content="approved\n", call_id="toolu_write"):
     return tool_reply([{"name": "fs_write", "id": call_id, "input": {"path": path, "content": content}}])
 
 
-async def start_waiting(brainhands_procs, tmp_path, api, *replies):
-    """`run --approve fs_write` on a local stack until it exits with the session waiting; (session id, db, workspace)."""
+@pytest.fixture
+async def fs(hand_service, tmp_path):
+    """The real fs hands on a workspace, served from the test process (a local stack per CLI call would be slow)."""
     workspace = tmp_path / "project"
     workspace.mkdir()
+    running = await hand_service(make_fs_hands(workspace))
+    return f"127.0.0.1:{running.port}", workspace
+
+
+async def start_waiting(brainhands_procs, tmp_path, api, fs, *replies):
+    """`run --approve fs_write` until it exits with the session waiting; (session id, db, gateway)."""
+    gateway, _ = fs
     db = str(tmp_path / "sessions.db")
     api.script(write_call(), *replies)
     proc = await brainhands_procs("run", "Write out.md.", "--approve", "fs_write", "--model", MODEL, "--sessions", db,
-                                  "--workspace", str(workspace), "--json")
+                                  "--gateway", gateway, "--json")
     code, out, err = await finish(proc)
     assert code == 3, err[-2000:]
     result = json.loads(out.splitlines()[-1])
     assert result["status"] == "waiting", result
     assert "sessions approve" in err
-    return result["session_id"], db, workspace
+    return result["session_id"], db, gateway
 
 
 async def decide(brainhands_procs, *args):
@@ -59,15 +68,16 @@ async def decide(brainhands_procs, *args):
     return out
 
 
-async def wake(brainhands_procs, session_id, db, workspace):
+async def wake(brainhands_procs, session_id, db, gateway):
     code, out, err = await finish(await brainhands_procs("sessions", "wake", session_id, "--sessions", db,
-                                                         "--workspace", str(workspace), "--json"))
+                                                         "--gateway", gateway, "--json"))
     assert code == 0, err[-2000:]
     return json.loads(out.splitlines()[-1])
 
 
-async def test_an_approval_waits_past_its_brain_and_a_new_brain_runs_the_call_once_approved(brainhands_procs, tmp_path, api):
-    session_id, db, workspace = await start_waiting(brainhands_procs, tmp_path, api, text_reply("Wrote out.md."))
+async def test_an_approval_waits_past_its_brain_and_a_new_brain_runs_the_call_once_approved(brainhands_procs, tmp_path, api, fs):
+    workspace = fs[1]
+    session_id, db, gateway = await start_waiting(brainhands_procs, tmp_path, api, fs, text_reply("Wrote out.md."))
     # The brain process has exited; the session waits in the log, held by no one, and nothing was written.
     assert not (workspace / "out.md").exists()
     store = await open_store(db)
@@ -82,7 +92,7 @@ async def test_an_approval_waits_past_its_brain_and_a_new_brain_runs_the_call_on
 
     out = await decide(brainhands_procs, "approve", session_id, "--sessions", db)
     assert "toolu_write" in out and "approved" in out
-    result = await wake(brainhands_procs, session_id, db, workspace)
+    result = await wake(brainhands_procs, session_id, db, gateway)
     assert (result["status"], result["text"]) == ("finished", "Wrote out.md.")
     assert (workspace / "out.md").read_text() == "approved\n"
 
@@ -100,10 +110,11 @@ async def test_an_approval_waits_past_its_brain_and_a_new_brain_runs_the_call_on
     assert "approved by" in out
 
 
-async def test_a_denial_reaches_the_model_as_an_error_with_the_reason(brainhands_procs, tmp_path, api):
-    session_id, db, workspace = await start_waiting(brainhands_procs, tmp_path, api, text_reply("Left it alone."))
+async def test_a_denial_reaches_the_model_as_an_error_with_the_reason(brainhands_procs, tmp_path, api, fs):
+    workspace = fs[1]
+    session_id, db, gateway = await start_waiting(brainhands_procs, tmp_path, api, fs, text_reply("Left it alone."))
     await decide(brainhands_procs, "deny", session_id, "--reason", "not in this repository", "--sessions", db)
-    result = await wake(brainhands_procs, session_id, db, workspace)
+    result = await wake(brainhands_procs, session_id, db, gateway)
     assert (result["status"], result["text"]) == ("finished", "Left it alone.")
     assert not (workspace / "out.md").exists()
     [denied] = tool_results(api.bodies[-1])
@@ -111,11 +122,12 @@ async def test_a_denial_reaches_the_model_as_an_error_with_the_reason(brainhands
     assert "not in this repository" in json.dumps(denied["content"])
 
 
-async def test_an_edited_input_is_what_runs(brainhands_procs, tmp_path, api):
-    session_id, db, workspace = await start_waiting(brainhands_procs, tmp_path, api, text_reply("Wrote the edit."))
+async def test_an_edited_input_is_what_runs(brainhands_procs, tmp_path, api, fs):
+    workspace = fs[1]
+    session_id, db, gateway = await start_waiting(brainhands_procs, tmp_path, api, fs, text_reply("Wrote the edit."))
     edited = json.dumps({"path": "edited.md", "content": "edited\n"})
     await decide(brainhands_procs, "approve", session_id, "toolu_write", "--input", edited, "--sessions", db)
-    result = await wake(brainhands_procs, session_id, db, workspace)
+    result = await wake(brainhands_procs, session_id, db, gateway)
     assert result["status"] == "finished"
     assert (workspace / "edited.md").read_text() == "edited\n"
     assert not (workspace / "out.md").exists()
@@ -127,8 +139,8 @@ async def test_an_edited_input_is_what_runs(brainhands_procs, tmp_path, api):
         await store.close()
 
 
-async def test_bad_decisions_are_one_line_errors(brainhands_procs, tmp_path, api):
-    session_id, db, workspace = await start_waiting(brainhands_procs, tmp_path, api)
+async def test_bad_decisions_are_one_line_errors(brainhands_procs, tmp_path, api, fs):
+    session_id, db, gateway = await start_waiting(brainhands_procs, tmp_path, api, fs)
     for args, says in (
         (["approve", session_id, "toolu_nope"], "has no approval request for call toolu_nope"),
         (["approve", session_id, "--input", "{not json"], "--input: not JSON"),
