@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,14 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from brainhands.procs import free_port, spawn, stop_all, wait_logged
+
 ROOT = Path(__file__).resolve().parent.parent
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -67,14 +61,7 @@ class Proc:
         return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_all([self.proc], grace=10)
 
 
 @dataclass
@@ -94,16 +81,8 @@ class Procs:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, root: Path = ROOT) -> Proc:
         log_path = self.workdir / f"{name}.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                cwd=root,  # `python -m` imports from here first: another checkout runs its own code
-                env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json", **(env or {})},
-            )
-        p = Proc(name, proc, log_path)
+        # cwd: `python -m` imports from here first, so another checkout runs its own code.
+        p = Proc(name, spawn(argv, log_path, env=env, cwd=root), log_path)
         self.started.append(p)
         return p
 
@@ -111,17 +90,9 @@ class Procs:
                    timeout: float = 30.0, module: str = "brainhands", root: Path = ROOT) -> Proc:
         """`python -m brainhands ARGS` (from the checkout at root), ready when it logs `ready` with an address."""
         p = self.spawn(name, [sys.executable, "-m", module, *args], env, root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in p.log_path.read_text(errors="replace").splitlines():
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if record.get("event") == ready and record.get("address"):
-                        p.address = record["address"]
-                        return p
-            if p.proc.poll() is not None:
-                break
-            time.sleep(0.05)
+        p.address = wait_logged(p.log_path, ready, p.proc, timeout)
+        if p.address:
+            return p
         raise RuntimeError(f"{name} did not start (log {p.log_path}):\n{p.tail()}")
 
     def hand(self, name: str = "hand", max_concurrency: int = 4096, root: Path = ROOT) -> Proc:

@@ -3,56 +3,51 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pydantic import field_validator
 
-@dataclass(frozen=True)
-class BrainConfig:
+from hands.config import ConfigModel, Duration, whole
+
+
+class BrainConfig(ConfigModel):
     """Hard limits that back up the system prompt's discipline, and timeouts."""
 
-    max_turns: int = 20  # model responses, not counting the final synthesis after a limit
-    max_parallel: int = 8  # tool calls in flight at once
-    max_tool_calls: int = 100  # tool calls in the whole session
-    token_budget: int = 2_000_000  # model tokens (input, cached, output) plus what hands report
-    call_timeout: float = 300.0  # seconds: the deadline of each tool call
-    max_continuations: int = 1  # times the model may continue after hitting max_tokens in a row
-    lease_ttl: float = 30.0  # seconds a brain holds a session without renewing (renewed every ttl/3)
-    describe_timeout: float = 10.0
-    store_retry: float = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
-    #: hand-name globs (fnmatch: fs_write, fs_*, *) whose calls wait for a person's approval before they run
-    approve: tuple[str, ...] = field(default=())
+    config_name = "brain config"
 
-    def __post_init__(self):
-        approve = self.approve
-        if isinstance(approve, str) or not all(isinstance(g, str) and g.strip() for g in approve):
-            raise ValueError(f"brain config approve: expected a list of hand-name globs, got {approve!r}")
-        object.__setattr__(self, "approve", tuple(g.strip() for g in approve))
-        for f in fields(self):
-            if f.name == "approve":
-                continue
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"brain config {f.name}: expected a number, got {value!r}")
-            minimum = 0 if f.name == "max_continuations" else 1
-            if f.type == "int" and not isinstance(value, int):
-                raise ValueError(f"brain config {f.name}: expected a whole number, got {value!r}")
-            if value < minimum if f.type == "int" else value <= 0:
-                raise ValueError(f"brain config {f.name}: must be {'at least ' + str(minimum) if f.type == 'int' else 'positive'}, got {value!r}")
+    max_turns: whole(1) = 20  # model responses, not counting the final synthesis after a limit
+    max_parallel: whole(1) = 8  # tool calls in flight at once
+    max_tool_calls: whole(1) = 100  # tool calls in the whole session
+    token_budget: whole(1) = 2_000_000  # model tokens (input, cached, output) plus what hands report
+    call_timeout: Duration = 300.0  # seconds: the deadline of each tool call
+    max_continuations: whole(0) = 1  # times the model may continue after hitting max_tokens in a row
+    lease_ttl: Duration = 30.0  # seconds a brain holds a session without renewing (renewed every ttl/3)
+    describe_timeout: Duration = 10.0
+    store_retry: Duration = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
+    #: hand-name globs (fnmatch: fs_write, fs_*, *) whose calls wait for a person's approval before they run
+    approve: tuple[str, ...] = ()
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("expected a list of hand-name globs, not one string")
+        if isinstance(value, list | tuple):
+            if not all(isinstance(g, str) and g.strip() for g in value):
+                raise ValueError("every glob must be a non-empty string")
+            return tuple(g.strip() for g in value)
+        return value
 
     def approval_rule(self, hand: str) -> str | None:
         """The approve: glob a call to this hand matches (it then waits for a person), or None."""
         return next((glob for glob in self.approve if fnmatch.fnmatchcase(hand, glob)), None)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self.model_dump()
         data["approve"] = list(self.approve)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrainConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "approve" in values:
-            values["approve"] = tuple(values["approve"] or ())
-        return cls(**values)
+        """The limits a session's log recorded; keys this version does not know are left out."""
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})

@@ -271,18 +271,14 @@ class _Driver:
         in its log, for a wake once the store is back.
         """
         store, sid = self.brain.store, self.state.session_id
-        append_many = getattr(store, "append_many", None)
         loop = asyncio.get_running_loop()
         deadline, delay, maybe_written = None, 0.1, False
         while True:
             first = self.state.seq + 1
             try:
-                if append_many is not None and len(items) > 1:
-                    return await append_many(sid, first, items)
-                events = []
-                for type, data in items:
-                    events.append(await store.append(sid, first + len(events), type, data))
-                return events
+                if len(items) == 1:
+                    return [await store.append(sid, first, *items[0])]
+                return await store.append_many(sid, first, items) if items else []
             except SeqConflict:
                 if not maybe_written:
                     if await self._absorb_locked():

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +15,8 @@ from pathlib import Path
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from brainhands.procs import free_port, spawn, stop_all
 
 #: The built-in hand services and the hand-name globs each serves.
 BUILTIN_HANDS = {
@@ -33,19 +32,6 @@ BUILTIN_HANDS = {
 
 class StackError(RuntimeError):
     """A service of the local stack did not come up; the message names it and quotes its last log lines."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the parent dies, so a killed brainhands leaves no orphans (Linux)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -77,18 +63,7 @@ class LocalStack:
         return {s.name: s.address for s in self.services}
 
     def stop(self, grace: float = 5.0) -> None:
-        for service in reversed(self.services):
-            if service.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    service.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for service in self.services:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                service.proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                service.proc.kill()
-                service.proc.wait(5)
+        stop_all([service.proc for service in reversed(self.services)], grace)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -96,17 +71,7 @@ class LocalStack:
 
 def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, Path]:
     log_path = log_dir / f"{name}.log"
-    log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brainhands", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=log_file,
-        env={**os.environ, "BRAINHANDS_LOG_FORMAT": "json", **env},
-        start_new_session=True,  # Ctrl-C goes to us; we stop the children in order
-        preexec_fn=_die_with_parent,
-    )
-    log_file.close()
+    proc = spawn([sys.executable, "-m", "brainhands", *args], log_path, env=env, own_session=True, die_with_parent=True)
     return proc, log_path
 
 

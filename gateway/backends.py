@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Backoff, GatewayConfig
-from hands.serving import KEEPALIVE_OPTIONS
+from hands.serving import reconnect_options
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 EXECUTE_METHOD = "/hands.v1.HandService/Execute"
@@ -31,10 +31,7 @@ def channel_options(config: GatewayConfig) -> list[tuple[str, object]]:
         # A little headroom above the limit so the backend, not the channel, judges an oversized input.
         ("grpc.max_send_message_length", config.max_message_bytes + 64 * 1024),
         ("grpc.max_receive_message_length", config.max_message_bytes + 64 * 1024),
-        ("grpc.initial_reconnect_backoff_ms", min(200, reconnect_ms)),
-        ("grpc.min_reconnect_backoff_ms", min(200, reconnect_ms)),
-        ("grpc.max_reconnect_backoff_ms", reconnect_ms),
-        *KEEPALIVE_OPTIONS,
+        *reconnect_options(reconnect_ms),
     ]
 
 

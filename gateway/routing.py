@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from gateway.backends import Backend
@@ -29,10 +29,6 @@ class RouteTable:
         self.describe_bytes = hands_pb2.DescribeResponse().SerializeToString()
         self._turn = itertools.count()
         self._static_globs: tuple[str, ...] = ()
-        self._listeners: list[Callable[[], None]] = []
-
-    def on_rebuild(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
 
     def add(self, backend: Backend) -> None:
         self.backends[backend.address] = backend
@@ -66,8 +62,6 @@ class RouteTable:
         self.describe_bytes = hands_pb2.DescribeResponse(
             hands=[specs[name] for name in sorted(specs)]
         ).SerializeToString()
-        for listener in self._listeners:
-            listener()
 
     def pick(self, route: HandRoute, tried: Collection[Backend] = ()) -> Backend | None:
         """The usable replica with the fewest calls in flight; ties rotate so idle replicas share the load."""

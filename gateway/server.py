@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
 from hands import NAME_RE
 from hands import metadata as md
-from hands.serving import RunningServer, start_server
+from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2
 
 if TYPE_CHECKING:
@@ -131,16 +130,7 @@ class FrontService:
             metrics.in_flight.dec()
             tenant = current_tenant.get()
             metrics.observe_call(label, tenant, code, seconds)
-            log.info(
-                "call",
-                hand=label,
-                tenant=tenant,
-                backend=backend,
-                code=code,
-                attempts=attempts,
-                duration_ms=round(seconds * 1000, 2),
-                **({"details": details} if details else {}),
-            )
+            note_call(hand=label, tenant=tenant, backend=backend, attempts=attempts, **({"details": details} if details else {}))
 
     def _no_route(self, name: str) -> _Refusal:
         if not name:
@@ -254,8 +244,10 @@ class GatewayServer(RunningServer):
         await self.checker.close()
         await self.registry.close()
         for backend in list(self.table.backends.values()):
-            with contextlib.suppress(Exception):
+            try:
                 await backend.close()
+            except Exception:  # closing the others matters more than this one channel
+                log.warning("closing a backend channel failed", backend=backend.address, exc_info=True)
         self.metrics.close()
         if self.access is not None:
             await self.access.close()

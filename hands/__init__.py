@@ -2,7 +2,8 @@
 
 from hands._client import HandClient
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, Usage, hand
-from hands._serve import load_hands, serve, serve_async
+from hands._load import HandLoadError, load_hands
+from hands._serve import serve, serve_async
 from hands._server import HandServiceConfig, HandServicer, start
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Hand",
     "HandClient",
     "HandError",
+    "HandLoadError",
     "HandResult",
     "HandServiceConfig",
     "HandServicer",

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from hands import metadata as md
-from hands.serving import KEEPALIVE_OPTIONS
+from hands.serving import reconnect_options
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 
@@ -35,12 +35,9 @@ class HandClient:
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            *KEEPALIVE_OPTIONS,
             # Retry the connection at least every second while the target is gone: with grpc's default backoff
-            # (1 s growing to 120 s) calls kept failing UNAVAILABLE for seconds after a restarted gateway was back.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
+            # calls kept failing UNAVAILABLE for seconds after a restarted gateway was back.
+            *reconnect_options(1000),
             *options,
         ]
         self._channel = (

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-import structlog
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -245,6 +244,3 @@ def check_unique(hands: list[Hand]) -> dict[str, Hand]:
         table[h.name] = h
     return table
 
-
-def make_logger(**bound: Any):
-    return structlog.get_logger("hands").bind(**bound)

@@ -1,20 +1,21 @@
-"""HandService over grpc.aio: validation, concurrency limit, timeouts, one log line per call."""
+"""HandService over grpc.aio: validation, concurrency limit, timeouts, what goes in the log line of a call."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from pydantic import NonNegativeFloat
 
+from hands import dedupe
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
-from hands.serving import RunningServer, start_server
+from hands.config import ConfigModel, Duration, whole
+from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("hands")
@@ -22,13 +23,14 @@ log = structlog.get_logger("hands")
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class HandServiceConfig:
+class HandServiceConfig(ConfigModel):
     """Limits for one hand service, fixed at start."""
 
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_concurrency: int = 64
-    default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+    max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
+    max_concurrency: whole(1) = 64
+    default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
+    dedupe_ttl: NonNegativeFloat = dedupe.DEFAULT_TTL  # seconds a finished call's result answers repeats (0: off)
+    dedupe_store: str = "memory"  # or redis://host:port/db, shared by replicas of the service
 
 
 class _Malformed:
@@ -59,6 +61,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         self._hands = check_unique(list(hands))
         self._config = config
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._once = dedupe.once(config.dedupe_store, config.dedupe_ttl)
         self._describe = hands_pb2.DescribeResponse(
             hands=[
                 hands_pb2.HandSpec(
@@ -75,7 +78,6 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         return self._describe
 
     async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
         name = "" if isinstance(request, _Malformed) else request.name
         response = None
         try:
@@ -99,17 +101,13 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             the_hand = self._hands.get(name)
             if the_hand is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no hand named {name!r} here")
-            response = await self._run(the_hand, request, context)
+            if self._once is None:
+                response = await self._run(the_hand, request, context)
+            else:  # a non-idempotent hand runs once per call id; a repeat gets the stored result
+                response = await self._once.run(the_hand, request, context, self._run)
             return response
         finally:
-            code = context.code()
-            log.info(
-                "call",
-                hand=name[:64],
-                code=(code.name if code is not None else ("OK" if response is not None else "CANCELLED")),
-                is_error=bool(response is not None and response.is_error),
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
 
     async def _run(self, the_hand: Hand, request, context) -> hands_pb2.ExecuteResponse:
         loop = asyncio.get_running_loop()

@@ -10,8 +10,6 @@ import threading
 import orjson
 import structlog
 
-_configured = False
-
 
 def _shared_processors() -> list:
     return [
@@ -76,7 +74,6 @@ def configure_logging(fmt: str | None = None, level: str | int = "info", stream=
     In JSON, structlog events are rendered and written directly (the per-call path); stdlib
     records of third-party libraries get the same fields through ProcessorFormatter.
     """
-    global _configured
     stream = stream or sys.stderr
     fmt = fmt or os.environ.get("BRAINHANDS_LOG_FORMAT") or ("console" if stream.isatty() else "json")
     if fmt not in ("json", "console"):
@@ -119,8 +116,4 @@ def configure_logging(fmt: str | None = None, level: str | int = "info", stream=
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    _configured = True
 
-
-def get_logger(name: str | None = None):
-    return structlog.get_logger(name)

@@ -9,20 +9,14 @@ import grpc
 import structlog
 
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from hands.serving import KEEPALIVE_OPTIONS, RunningServer
+from hands.serving import RunningServer, reconnect_options
 
 log = structlog.get_logger("hands.registration")
 
 _RPC_TIMEOUT = 5.0
 #: Reconnect at least this often while the gateway is gone: grpc's default backoff (1 s growing to 120 s) would
 #: leave a gateway restarted on its port without this replica for seconds to minutes, far past the lease TTL.
-_RECONNECT_MS = 500
-_CHANNEL_OPTIONS = [
-    *KEEPALIVE_OPTIONS,
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", _RECONNECT_MS),
-]
+_CHANNEL_OPTIONS = reconnect_options(500)
 
 
 class Registration:

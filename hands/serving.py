@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import gc
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -29,8 +31,47 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
+def reconnect_options(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
+    """Keepalive plus quick reconnects, for a long-lived client channel (to a hand, a gateway, a backend).
+
+    grpc's default reconnect back-off starts at 1 s and grows to 120 s: a peer restarted at the
+    same address would get no calls for seconds to minutes. Retry within max_backoff_ms instead.
+    """
+    first = min(200, max_backoff_ms)
+    return [
+        *KEEPALIVE_OPTIONS,
+        ("grpc.initial_reconnect_backoff_ms", first),
+        ("grpc.min_reconnect_backoff_ms", first),
+        ("grpc.max_reconnect_backoff_ms", max_backoff_ms),
+    ]
+
+
+#: The fields of the current call's log line; None outside a call that writes one.
+_call_line: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("brainhands_call_line", default=None)
+
+
+def note_call(**fields: Any) -> None:
+    """Ask for this call's one log line ("call", with its code and duration) and add fields to it.
+
+    A handler calls it for the RPCs worth a line each (Execute, on a hand and on the gateway);
+    LogContextInterceptor writes the line once, when the call ends however it ends.
+    """
+    line = _call_line.get()
+    if line is not None:
+        line.update(fields)
+
+
+def _outcome(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    code = context.code()
+    if code is not None:
+        return code.name
+    if error is None:
+        return "OK"
+    return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+
+
 class LogContextInterceptor(grpc.aio.ServerInterceptor):
-    """Clears the structlog context and binds method, session and call ids for each call."""
+    """Binds method, session and call ids into the structlog context; writes the call's line if it asked for one."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -52,7 +93,22 @@ class LogContextInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 bind(context)
-                return await inner_uu(request, context)
+                line: dict[str, Any] = {}
+                token = _call_line.set(line)
+                started = time.perf_counter()
+                error = None
+                try:
+                    return await inner_uu(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    _call_line.reset(token)
+                    if line:
+                        log.info(
+                            "call", **line, code=_outcome(context, error),
+                            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                        )  # fmt: skip
 
             return handler._replace(unary_unary=unary_unary)
         if handler.unary_stream is not None:
@@ -98,8 +154,10 @@ class RunningServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         for hook in self.on_drain:
-            with contextlib.suppress(Exception):
+            try:
                 await hook()
+            except Exception:  # one failed hook (a gateway gone before we deregister) must not stop the drain
+                log.warning("drain hook failed", hook=getattr(hook, "__qualname__", repr(hook)), exc_info=True)
         await self.server.stop(grace)
 
     async def wait(self) -> None:

@@ -81,10 +81,10 @@ def database_url():
 
 @pytest.fixture
 def messages_api():
-    """A started FakeMessagesAPI (tests/fakes/messages_api.py); pass its base_url to the SDK yourself."""
-    from tests.fakes.messages_api import FakeMessagesAPI
+    """A started ScriptedMessagesAPI (brainhands/scripted_api.py); pass its base_url to the SDK yourself."""
+    from brainhands.scripted_api import ScriptedMessagesAPI
 
-    with FakeMessagesAPI() as api:
+    with ScriptedMessagesAPI() as api:
         yield api
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -13,16 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from brainhands.procs import ready_record, spawn, stop_all
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
 class ServiceProcess:
-    """A child process and the address it logged; stderr lines read so far are kept in .log.
-
-    stderr goes to a file, not a pipe: a service that logs a line per call would block
-    on a full pipe that nobody reads.
-    """
+    """A child process (brainhands.procs.spawn: its output in a file) and the address it logged; the lines
+    read so far are kept in .log."""
 
     proc: subprocess.Popen
     log_file: object = None
@@ -55,41 +52,27 @@ class ServiceProcess:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_all([self.proc], grace=timeout)
         if self.log_file is not None:
             self.log_file.close()
         return self.proc.returncode
 
 
 def start_service(args: list[str], *, env: dict[str, str] | None = None, ready_event: str = "serving hands",
-                  timeout: float = 20.0, cwd: str | os.PathLike | None = None) -> ServiceProcess:
-    """Start `python -m brainhands ARGS...` with JSON logs; wait for the log line ready_event with an address."""
-    full_env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
+                  timeout: float = 20.0, cwd: str | os.PathLike | None = None,
+                  module: str = "brainhands") -> ServiceProcess:
+    """Start `python -m MODULE ARGS...` (brainhands by default) with JSON logs; wait for the log line ready_event
+    with an address."""
+    full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
     log_file = tempfile.NamedTemporaryFile(prefix="brainhands-test-", suffix=".log")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brainhands", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        env=full_env,
-        cwd=cwd or ROOT,
-    )
+    proc = spawn([sys.executable, "-m", module, *args], log_file.name, env=full_env, cwd=cwd or ROOT)
     service = ServiceProcess(proc, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in service.read_log(timeout=0.2):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == ready_event and record.get("address"):
+            record = ready_record(line, ready_event)
+            if record is not None:
                 service.address = record["address"]
                 return service
         if proc.poll() is not None:

@@ -85,7 +85,8 @@ class SessionStore(Protocol):
 
     Contract (tests/brain/test_session_store_contract.py runs it against every implementation):
     - append(session_id, seq, ...) accepts only seq == last seq + 1 (the first is 1); anything else
-      raises SeqConflict, so two writers of one session cannot both succeed.
+      raises SeqConflict, so two writers of one session cannot both succeed. append_many is the same
+      for a batch, written at once (one commit), so a fan-out costs one write, not one per event.
     - an append of a terminal event type (TERMINAL_STATUS) sets the session's status in the same
       transaction; an accepted event survives a crash of the writing process.
     - acquire_lease succeeds when the lease is free, expired, or already the caller's.
@@ -94,6 +95,10 @@ class SessionStore(Protocol):
     async def create_session(self, task: str, config: dict[str, Any], parent_id: str | None = None) -> str: ...
 
     async def append(self, session_id: str, seq: int, type: str, data: dict[str, Any]) -> Event: ...
+
+    async def append_many(self, session_id: str, seq: int, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+        """Append items (type, data) with seqs seq, seq + 1, ... in one transaction: all of them or none."""
+        ...
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Event]: ...
 

@@ -38,13 +38,8 @@ def _register_mcp(serve_commands) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
                    help="environment variable for the stdio server; KEY alone copies ours (repeatable)")  # fmt: skip
     p.add_argument("--cwd", help="working directory of the stdio server")
-    p.add_argument("--port", type=int, default=50071)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
     p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server")
-    p.add_argument("--max-concurrency", type=int, default=64)
-    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    hand_cli.add_service_arguments(p)  # --port, --register, limits: the flags of `serve hand`
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command that runs the MCP server on stdio")
     p.set_defaults(func=_serve_mcp)
 
@@ -67,9 +62,9 @@ def _pairs(values: list[str], sep: str, what: str) -> dict[str, str]:
 
 
 def _serve_mcp(args: argparse.Namespace) -> int:
-    from hands import HandServiceConfig, serve_async
+    from hands import serve_async
     from hands.logs import configure_logging
-    from hands.mcp import McpBridge, McpBridgeConfig, McpConfigError, McpUnavailable
+    from hands.mcp import McpBridge, McpBridgeConfig, McpUnavailable
 
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -84,9 +79,10 @@ def _serve_mcp(args: argparse.Namespace) -> int:
             headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout,
         )
-    except McpConfigError as exc:
+    except ValueError as exc:  # McpConfigError names the flag
         raise CliError(str(exc)) from None
-    service = HandServiceConfig(max_concurrency=args.max_concurrency, default_timeout=args.timeout)
+    service = hand_cli.service_config(args)  # a bad limit is one CliError naming its key
+    port = hand_cli.DEFAULT_PORT if args.port is None else args.port
     configure_logging()
 
     async def run() -> None:
@@ -94,7 +90,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         await bridge.start()
         try:
             await serve_async(
-                bridge.hands(), host=args.host, port=args.port, config=service,
+                bridge.hands(), host=args.host, port=port, config=service,
                 register=args.register, advertise=args.advertise,
             )  # fmt: skip
         finally:
@@ -123,22 +119,14 @@ def _register_brain(serve_commands) -> None:
 
 
 def _serve_brain(args: argparse.Namespace) -> int:
-    from brain.model import DEFAULT_MODEL
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
-    env = os.environ
     try:
-        config = BrainServiceConfig(
-            gateway=args.gateway or env.get("BRAINHANDS_GATEWAY") or "",
-            sessions=args.sessions or env.get("BRAINHANDS_SESSIONS") or None,
-            model=args.model or env.get("BRAINHANDS_MODEL") or DEFAULT_MODEL,
-            host=args.host,
-            port=args.port,
-            api_key=env.get("BRAINHANDS_API_KEY") or None,
-            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
-            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
-        )
+        config = BrainServiceConfig.from_env(
+            gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
+            host=args.host, port=args.port,
+        )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not config.scripted and not config.anthropic_api_key:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -427,6 +426,10 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
     return [fs_list, fs_read, fs_grep, fs_write, fs_edit]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50071
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The fs hands over $BRAINHANDS_WORKSPACE (default: the current directory)."""
     root = os.environ.get(WORKSPACE_ENV) or os.getcwd()
@@ -436,23 +439,7 @@ def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` look
         raise ValueError(f"{WORKSPACE_ENV}: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hands import serve
-
-    parser = argparse.ArgumentParser(prog="python -m hands.builtin.fs", description="Serve the fs hands over gRPC.")
-    parser.add_argument("--workspace", default=os.environ.get(WORKSPACE_ENV) or os.getcwd(),
-                        help=f"workspace root (default ${WORKSPACE_ENV}, else the current directory)")
-    parser.add_argument("--port", type=int, default=50071, help="port to listen on (0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    args = parser.parse_args(argv)
-    try:
-        hands = make_fs_hands(args.workspace)
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: --workspace: {exc}\n")
-    serve(hands, port=args.port, host=args.host, register=args.register)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hands.cli import module_main
+
+    raise SystemExit(module_main("hands.builtin.fs"))

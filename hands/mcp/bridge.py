@@ -153,8 +153,8 @@ class McpBridge:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-            except Exception:
-                pass
+            except Exception:  # the supervisor's own failure: closing goes on, but it is not hidden
+                log.warning("mcp bridge supervisor failed while closing", server=self.config.target, exc_info=True)
 
     @contextlib.asynccontextmanager
     async def _transport(self, generation: int) -> AsyncIterator[tuple[Any, Any]]:

@@ -15,7 +15,7 @@ from brain import Brain, BrainConfig, ScriptedModel, open_store
 from brain import budget as tb
 from brain.agent import AgentConfig, make_agent_hands
 from brain.timeline import load_timeline
-from brainhands.stack import free_port
+from brainhands.procs import free_port
 from gateway.config import parse_config
 from gateway.server import start_gateway
 from gateway.tenants import hash_key

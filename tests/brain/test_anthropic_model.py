@@ -7,7 +7,7 @@ import json
 import pytest
 
 from brain import AnthropicModel
-from tests.fakes.messages_api import HTTPError, text_reply, tool_reply, tool_results
+from brainhands.scripted_api import HTTPError, text_reply, tool_reply, tool_results
 
 
 @pytest.fixture

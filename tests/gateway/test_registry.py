@@ -13,7 +13,7 @@ from gateway.config import Backoff, parse_config
 from gateway.routing import HandRoute, RouteTable
 from gateway.server import start_gateway
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from hands import hand
+from hands import HandClient, hand
 from hands.registration import keep_registered
 
 
@@ -46,24 +46,36 @@ async def test_register_refuses_a_bad_or_unreachable_address(gw):
     assert (await gw.stub.ListBackends(gateway_pb2.ListBackendsRequest(), timeout=5)).backends == []
 
 
+async def _listed(gw) -> dict[str, list[str]]:
+    """What ListBackends says: backend address -> the hands the gateway routes to it."""
+    reply = await gw.stub.ListBackends(gateway_pb2.ListBackendsRequest(), timeout=5)
+    return {b.address: list(b.hands) for b in reply.backends}
+
+
+async def _routed(gw) -> set[str]:
+    """The hands the gateway's Describe offers callers."""
+    async with HandClient(gw.address) as client:
+        return {spec.name for spec in await client.describe(timeout=5)}
+
+
 async def test_keep_registered_heartbeats_and_registers_again_when_the_lease_is_lost(gw, hand_service):
     backend = await hand_service([hello])
     registration = await keep_registered(backend, gw.address, backend.address)
-    assert gw.table.routes["hello"].backends[0].address == backend.address
+    assert await _listed(gw) == {backend.address: ["hello"]} and await _routed(gw) == {"hello"}
     first = registration.lease_id
     await asyncio.sleep(1.5)  # two and a half lease lengths: only heartbeats keep it
-    assert backend.address in gw.table.backends and registration.lease_id == first
+    assert backend.address in await _listed(gw) and registration.lease_id == first
 
     await gw.stub.Deregister(gateway_pb2.DeregisterRequest(lease_id=first), timeout=5)  # the gateway forgets it
-    assert "hello" not in gw.table.routes
+    assert "hello" not in await _routed(gw)
     for _ in range(100):  # bounded: the next heartbeat gets NOT_FOUND and registers again
-        if registration.lease_id and registration.lease_id != first and "hello" in gw.table.routes:
+        if registration.lease_id and registration.lease_id != first and "hello" in await _routed(gw):
             break
         await asyncio.sleep(0.05)
-    assert "hello" in gw.table.routes and registration.lease_id != first
+    assert "hello" in await _routed(gw) and registration.lease_id != first
 
     await backend.drain(1)  # drain deregisters before the server stops
-    assert backend.address not in gw.table.backends
+    assert backend.address not in await _listed(gw)
 
 
 async def test_a_backend_failing_in_a_row_is_ejected_with_growing_backoff_and_back_on_success():

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.server import start_gateway
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from hands import Context, HandError, hand
 
 
@@ -110,9 +111,11 @@ async def test_route_globs_limit_what_a_static_backend_serves(gateway, hand_serv
 
 async def test_the_replica_with_fewest_calls_in_flight_wins(gateway, hand_service, hand_client):
     release = asyncio.Event()
+    holding = asyncio.Event()
 
     @hand(name="hold", description="Wait until released.", idempotent=True)
     async def hold_a() -> str:
+        holding.set()
         await release.wait()
         return "a"
 
@@ -124,12 +127,10 @@ async def test_the_replica_with_fewest_calls_in_flight_wins(gateway, hand_servic
     client = hand_client(gw.address)
     assert {(await client.execute("whoami", {}, timeout=5)).output for _ in range(6)} == {"a", "b"}  # ties share
     held = asyncio.create_task(client.execute("hold", {}, timeout=10))
-    backend_a = gw.table.backends[a.address]
-    for _ in range(200):  # bounded: until the held call is in flight on a
-        if backend_a.in_flight:
-            break
-        await asyncio.sleep(0.01)
-    assert backend_a.in_flight == 1
+    await asyncio.wait_for(holding.wait(), 10)  # the held call is in flight on a
+    async with grpc.aio.insecure_channel(gw.address) as channel:
+        listed = await gateway_pb2_grpc.RegistryServiceStub(channel).ListBackends(gateway_pb2.ListBackendsRequest())
+    assert {entry.address: entry.in_flight for entry in listed.backends} == {a.address: 1, b.address: 0}
     assert {(await client.execute("whoami", {}, timeout=5)).output for _ in range(6)} == {"b"}
     release.set()
     assert (await held).output == "a"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from hands.builtin.fs import FsConfig, make_fs_hands
+from tests.procs import start_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,26 +274,10 @@ def test_hands_factory_reads_the_workspace_from_the_environment(workspace, monke
 
 
 async def test_runs_as_its_own_service_process(workspace, hand_client):
-    env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONPATH": str(REPO_ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hands.builtin.fs", "--workspace", str(workspace), "--port", "0",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )
+    service = start_service(["--port", "0"], module="hands.builtin.fs", env={"BRAINHANDS_WORKSPACE": str(workspace)},
+                            timeout=60)  # fmt: skip
     try:
-        address = None
-        async with asyncio.timeout(20):
-            while address is None:
-                line = await proc.stderr.readline()
-                assert line, "the fs service exited before it logged its address"
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("event") == "serving hands":
-                    address = record["address"]
-        result = await hand_client(address).execute("fs_read", {"path": "README.md"}, timeout=10)
+        result = await hand_client(service.address).execute("fs_read", {"path": "README.md"}, timeout=10)
         assert result.output == "# Demo\nhello world\n"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 15)
+        service.stop()

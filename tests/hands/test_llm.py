@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from brainhands.scripted_api import HTTPError, ScriptedMessagesAPI, text_reply, tool_reply, tool_results
 from hands import Context, HandResult, Usage, hand
 from hands import metadata as md
 from hands.builtin.llm import SYSTEM_PROMPT, LLMWorkerConfig, make_llm_hands
-from tests.fakes.messages_api import FakeMessagesAPI, HTTPError, text_reply, tool_reply, tool_results
 from tests.procs import ROOT, start_service
 
 
@@ -88,7 +88,7 @@ async def test_no_key_is_an_error_at_call_time_and_no_request_is_sent(messages_a
 
 
 async def test_a_wrong_key_says_the_workers_key_was_refused(hand_service, hand_client):
-    with FakeMessagesAPI(api_key="sk-right") as api:
+    with ScriptedMessagesAPI(api_key="sk-right") as api:
         config = LLMWorkerConfig(api_key="sk-wrong", base_url=api.base_url)
         running = await hand_service(make_llm_hands(config))
         response = await hand_client(running.address).execute("llm_worker", {"task": "anything"})

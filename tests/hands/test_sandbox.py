@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 import structlog
 
 from hands.builtin.sandbox import SandboxConfig, make_sandbox_hands
+from tests.procs import start_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-secret-0123456789abcdef"
@@ -78,45 +77,28 @@ async def _no_sandbox_processes_left(bound: float = 15.0) -> bool:
 
 
 @pytest.fixture
-async def sandbox_process(work_root):
-    """Start `python -m hands.builtin.sandbox --port 0` with a secret in its environment; yields its address."""
-    procs = []
+def sandbox_process(work_root):
+    """Start `python -m hands.builtin.sandbox --port 0` with a secret in its environment: (address, pid)."""
+    services = []
 
-    async def start(*args: str) -> str:
+    def start(*, isolation: str) -> tuple[str, int]:
         env = {
-            **os.environ,
+            "BRAINHANDS_SANDBOX_ISOLATION": isolation,
             "ANTHROPIC_API_KEY": SECRET,
-            "BRAINHANDS_LOG_FORMAT": "json",
-            "PYTHONPATH": str(REPO_ROOT),
             "BRAINHANDS_SANDBOX_WORK_ROOT": str(work_root),
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hands.builtin.sandbox", "--port", "0", *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        procs.append(proc)
-        async with asyncio.timeout(30):
-            while True:
-                line = await proc.stderr.readline()
-                assert line, "the sandbox service exited before it logged its address"
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("event") == "serving hands":
-                    return record["address"], proc.pid
+        service = start_service(["--port", "0"], module="hands.builtin.sandbox", env=env, timeout=60)
+        services.append(service)
+        return service.address, service.pid
 
     yield start
-    for proc in procs:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 15)
+    for service in services:
+        service.stop(timeout=15)
 
 
 @pytest.mark.parametrize("isolation", MODES)
 async def test_code_cannot_read_the_services_secrets(sandbox_process, hand_client, isolation):
-    address, service_pid = await sandbox_process("--isolation", isolation)
+    address, service_pid = sandbox_process(isolation=isolation)
     client = hand_client(address)
     held = await asyncio.to_thread(Path(f"/proc/{service_pid}/environ").read_bytes)
     assert SECRET in held.decode()  # the service does hold it

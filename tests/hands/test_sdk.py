@@ -233,3 +233,47 @@ async def test_duplicate_names_fail_at_start_up(hand_service):
 
     with pytest.raises(ValueError, match="two hands are named 'echo'"):
         await hand_service([sample_hands.echo, echo_again])
+
+
+def test_load_hands_raises_a_typed_error_not_system_exit(tmp_path):
+    from hands import HandLoadError, load_hands
+
+    with pytest.raises(HandLoadError, match="cannot import hand module 'no.such.module'"):
+        load_hands("no.such.module")
+    with pytest.raises(HandLoadError, match="has no attribute 'NOPE'"):
+        load_hands("tests.hands.sample_hands:NOPE")
+    broken = tmp_path / "broken_hands.py"
+    broken.write_text("from hands import hand\n\nasync def oops(:\n")
+    with pytest.raises(HandLoadError, match=r"syntax error in hand module .*broken_hands.py:3"):
+        load_hands(str(broken))
+
+
+def test_load_hands_takes_a_file_path_with_an_attribute(tmp_path):
+    from hands import load_hands
+
+    (tmp_path / "helper_words.py").write_text("GREETING = 'hi'\n")  # a sibling module the file imports
+    (tmp_path / "file_hands.py").write_text(
+        "from hands import hand\nfrom helper_words import GREETING\n\n"
+        "@hand(description='Greet.')\nasync def greet() -> str:\n    return GREETING\n\n"
+        "@hand(description='Other.')\nasync def other() -> str:\n    return 'x'\n"
+    )
+    assert [h.name for h in load_hands(str(tmp_path / "file_hands.py"))] == ["greet", "other"]
+    assert [h.name for h in load_hands(f"{tmp_path / 'file_hands.py'}:greet")] == ["greet"]
+
+
+async def test_a_failing_drain_hook_is_logged_and_the_drain_goes_on(hand_service):
+    running = await hand_service(sample_hands.HANDS)
+    ran = []
+
+    async def gateway_gone() -> None:
+        raise ConnectionError("the gateway is gone")
+
+    async def deregister_elsewhere() -> None:
+        ran.append("second hook")
+
+    running.on_drain.extend([gateway_gone, deregister_elsewhere])
+    with capture_logs() as logs:
+        await running.drain(0)
+    assert ran == ["second hook"]
+    failed = [entry for entry in logs if entry["event"] == "drain hook failed"]
+    assert len(failed) == 1 and "gateway_gone" in failed[0]["hook"]

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from brain import Brain, BrainConfig, ScriptedModel, open_store
-from brainhands.stack import free_port
+from brainhands.procs import free_port
+from brainhands.scripted_api import text_reply, tool_reply, tool_results
 from gateway.config import parse_config
 from gateway.server import start_gateway
 from gateway.tenants import hash_key
@@ -16,7 +17,6 @@ from hands import metadata as md
 from hands.builtin.llm import LLMWorkerConfig, make_llm_hands
 from hands.builtin.memory import make_memory_hands
 from hands.builtin.memory.sqlite import SqliteMemoryStore
-from tests.fakes.messages_api import text_reply, tool_reply, tool_results
 
 KEY_A = "team-a-secret"
 KEY_B = "team-b-secret"

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from brainhands.stack import free_port
+from brainhands.procs import free_port
 
 
 class PrivatePostgres:

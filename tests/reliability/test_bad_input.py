@@ -22,6 +22,7 @@ from gateway.server import start_gateway
 from gateway.tenants import hash_key
 from hands import NAME_RE, HandServiceConfig, hand
 from hands.v1 import hands_pb2
+from tests.reliability.conftest import write_record
 
 HAND_LIMIT = 64 * 1024  # the hand service's max_input_bytes
 GATEWAY_LIMIT = 256 * 1024  # the gateway's max_message_bytes
@@ -50,9 +51,16 @@ def encode(name: bytes, payload: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def tally():
-    """Statuses seen per server and kind of input, recorded once for the report."""
-    return Counter()
+def tally(request):
+    """Statuses seen per server and kind of input; once the module's tests are done, recorded for the report."""
+    seen: Counter = Counter()
+    yield seen
+    by_case: dict[str, Counter] = {}
+    for (server, kind, code), count in sorted(seen.items()):
+        by_case.setdefault(f"{server}: {kind}", Counter())[code] += count
+    for case, codes in by_case.items():
+        write_record(request.node.nodeid, "bad input", case, "defined status",
+                     statuses=dict(codes), requests=sum(codes.values()))  # fmt: skip
 
 
 @pytest.fixture
@@ -190,15 +198,6 @@ async def test_malformed_requests_name_invalid_argument_not_an_internal_error(ta
             code, _, details = await send(channel, raw)
             assert code == INVALID, f"{server}: {raw!r} -> {code} {details}"
             assert "Unexpected" not in details and "DecodeError" not in details
-
-
-async def test_record_the_statuses_seen(tally, record):
-    # Runs after the property tests in file order (each of which checked both servers still serve).
-    by_server: dict[str, Counter] = {}
-    for (server, kind, code), count in sorted(tally.items()):
-        by_server.setdefault(f"{server}: {kind}", Counter())[code] += count
-    for case, codes in by_server.items():
-        record("bad input", case, "defined status", statuses=dict(codes), requests=sum(codes.values()))
 
 
 async def test_deeply_nested_json_is_an_error_the_model_sees_not_an_internal_one(targets):

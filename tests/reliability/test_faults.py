@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from brain import open_store
-from brainhands.stack import free_port
+from brainhands.procs import free_port
 from gateway.tenants import hash_key
 from gateway.v1 import gateway_pb2
 from hands import HandClient

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from brain import open_store
-from brainhands.stack import free_port
+from brainhands.procs import free_port
 from gateway.v1 import gateway_pb2
 from tests.reliability.brains import BrainProc, all_past_first_turn, wait_exit
 from tests.system.gateway_stack import FAST, Stack

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -16,6 +15,7 @@ from pathlib import Path
 import grpc
 import yaml
 
+from brainhands.procs import spawn, stop_all
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,15 +33,13 @@ FAST = {
 
 
 class Proc:
-    """A child process whose stderr goes to a file, so a chatty service never blocks on a full pipe."""
+    """A child process whose output goes to a file (brainhands.procs.spawn), so a chatty service never blocks."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]):
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env, cwd=ROOT
-        )
+        log_path.write_bytes(b"")  # a restarted service's ready line is its own, not the last run's
+        self.proc = spawn(argv, log_path, env=env, cwd=ROOT)
         self.address = ""
         self.metrics = ""  # the gateway's Prometheus host:port
         self.ready: dict = {}
@@ -71,14 +69,7 @@ class Proc:
             self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
+        stop_all([self.proc], grace=5)
 
 
 class Stack:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import sys
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hands import HandClient
-from tests.procs import start_service
+from tests.procs import ROOT, start_service
 
 pytestmark = pytest.mark.system
 
@@ -111,3 +113,49 @@ async def test_a_port_in_use_is_one_clear_line_and_modules_load_from_the_current
         f"brainhands: could not listen on 127.0.0.1:{port}: is the port in use, or the address not this machine's?"
     )
     assert "Traceback" not in err.decode()
+
+
+async def _run(*argv: str, cwd=None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_hand_file_serves_from_any_directory_by_path(hand_process, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    service = hand_process(str(ROOT / "examples" / "word_count.py"), "--port", "0", cwd=elsewhere, timeout=90)
+    async with HandClient(service.address) as client:
+        assert (await client.execute("word_count", {"text": "one two"}, timeout=20)).output == "2"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "words.py").write_text("SEP = ' '\n")
+    (tmp_path / "mine" / "splitter.py").write_text(
+        "from hands import hand\nfrom words import SEP\n\n"
+        "@hand(description='Split a text.')\nasync def split(text: str) -> str:\n    return '|'.join(text.split(SEP))\n"
+    )
+    relative = hand_process("mine/splitter.py", "--port", "0", cwd=tmp_path, timeout=90)
+    async with HandClient(relative.address) as client:
+        assert (await client.execute("split", {"text": "a b"}, timeout=20)).output == "a|b"
+
+
+async def test_a_hand_module_with_a_syntax_error_is_one_line(tmp_path):
+    (tmp_path / "typo.py").write_text("from hands import hand\n\n@hand(description='x')\nasync def f(:\n")
+    code, _, err = await _run("brainhands", "serve", "hand", "typo", "--port", "0", cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == [f"brainhands: syntax error in hand module {tmp_path / 'typo.py'}:4: invalid syntax"]
+
+
+def _flags(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", help_text)) - {"--help"}
+
+
+async def test_every_python_m_entry_point_takes_the_flags_of_serve_hand():
+    code, serve_help, _ = await _run("brainhands", "serve", "hand", "--help")
+    assert code == 0 and {"--port", "--register", "--max-concurrency", "--timeout"} <= _flags(serve_help)
+    modules = ["hands.builtin.fs", "hands.builtin.sandbox", "hands.builtin.llm", "hands.builtin.memory", "brain.agent"]
+    helps = await asyncio.gather(*(_run(sys.executable, "-m", module, "--help", cwd=ROOT) for module in modules))
+    for module, (code, out, err) in zip(modules, helps, strict=True):
+        assert code == 0, err
+        assert _flags(out) == _flags(serve_help), module

@@ -1,5 +1,5 @@
-"""python -m hands.builtin.memory: serve the memory hands."""
+"""python -m hands.builtin.memory: `brainhands serve hand hands.builtin.memory`."""
 
-from hands.builtin.memory.service import main
+from hands.cli import module_main
 
-raise SystemExit(main())
+raise SystemExit(module_main("hands.builtin.memory"))

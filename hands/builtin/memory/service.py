@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 
 from hands import Context, Hand, HandError, hand
 from hands import metadata as md
 from hands.builtin.memory.store import MemoryStore, default_memory_path, open_memory_store
+from hands.config import ConfigModel, whole
 
 log = structlog.get_logger("hands.memory")
 
@@ -30,26 +29,20 @@ NamespaceArg = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class MemoryConfig:
+class MemoryConfig(ConfigModel):
     """Where the memory lives and how big a value may be, read once at start-up."""
 
-    store: str = ""  # a SQLite path or postgresql:// URL; "" -> the default SQLite file
-    max_value_bytes: int = 64 * 1024
+    config_name = "memory config"
+    env_vars = {"store": "BRAINHANDS_MEMORY", "max_value_bytes": "BRAINHANDS_MEMORY_MAX_VALUE_BYTES"}
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_value_bytes, int) or isinstance(self.max_value_bytes, bool) or self.max_value_bytes < 1:
-            raise ValueError(f"memory config max_value_bytes: must be a positive integer, not {self.max_value_bytes!r}")
+    store: str = ""  # a SQLite path or postgresql:// URL; "" -> the default SQLite file
+    max_value_bytes: whole(1) = 64 * 1024
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> MemoryConfig:
-        env = os.environ if environ is None else environ
-        raw = env.get("BRAINHANDS_MEMORY_MAX_VALUE_BYTES", "").strip()
-        try:
-            size = int(raw) if raw else cls.max_value_bytes
-        except ValueError:
-            raise ValueError(f"BRAINHANDS_MEMORY_MAX_VALUE_BYTES must be an integer, not {raw!r}") from None
-        return cls(store=env.get("BRAINHANDS_MEMORY") or default_memory_path(), max_value_bytes=size)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> MemoryConfig:
+        """The config from BRAINHANDS_MEMORY and BRAINHANDS_MEMORY_MAX_VALUE_BYTES, the default file named."""
+        config = super().from_env(environ, **overrides)
+        return config if config.store else config.replace(store=default_memory_path())
 
 
 def scope(ctx: Context, namespace: str) -> tuple[str, str, str]:
@@ -178,24 +171,13 @@ def make_memory_hands(config: MemoryConfig = MemoryConfig(), store: MemoryStore 
     return [memory_put, memory_get, memory_search]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50074
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The memory hands configured from this process's environment (BRAINHANDS_MEMORY)."""
     config = MemoryConfig.from_env()
     kind = "postgresql" if config.store.startswith(("postgresql://", "postgres://")) else "sqlite"
     log.info("memory hands configured", store=kind if kind == "postgresql" else config.store)
     return make_memory_hands(config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hands._serve import service_main
-
-    return service_main(
-        HANDS,
-        prog="python -m hands.builtin.memory",
-        description="Serve memory_put, memory_get and memory_search. Store: BRAINHANDS_MEMORY (a SQLite path, "
-        "default ~/.local/state/brainhands/memory.db, or a postgresql:// URL). Serve it only behind the gateway.",
-        default_port=50074,
-        argv=argv,
-    )
-
-

@@ -1,5 +1,5 @@
-"""python -m hands.builtin.sandbox: serve the sandbox hands."""
+"""python -m hands.builtin.sandbox: `brainhands serve hand hands.builtin.sandbox`."""
 
-from hands.builtin.sandbox.service import main
+from hands.cli import module_main
 
-raise SystemExit(main())
+raise SystemExit(module_main("hands.builtin.sandbox"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import signal
@@ -10,7 +9,7 @@ import signal
 import structlog
 
 from hands import Context, Hand, HandError, HandResult, hand
-from hands.builtin.sandbox.config import ISOLATION_MODES, SandboxConfig
+from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
 from hands.builtin.sandbox.runner import RunResult, Sandbox
 
@@ -114,30 +113,10 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
     return [sandbox_python, sandbox_shell]
 
 
+#: The port `serve hand` listens on when --port is not given.
+DEFAULT_PORT = 50072
+
+
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
     """The sandbox hands, configured from BRAINHANDS_SANDBOX_* variables."""
     return make_sandbox_hands(SandboxConfig.from_env())
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hands import serve
-    from hands.logs import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m hands.builtin.sandbox",
-                                     description="Serve the sandbox hands over gRPC.")
-    parser.add_argument("--port", type=int, default=50072, help="port to listen on (0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
-    parser.add_argument("--isolation", choices=ISOLATION_MODES, help="default $BRAINHANDS_SANDBOX_ISOLATION or auto")
-    parser.add_argument("--timeout", type=float, help="default wall-clock seconds per run")
-    parser.add_argument("--max-output-bytes", type=int, help="output kept per run")
-    args = parser.parse_args(argv)
-    configure_logging()  # before the probe, so its log line is rendered like the rest
-    try:
-        config = SandboxConfig.from_env(isolation=args.isolation, timeout=args.timeout,
-                                        max_output_bytes=args.max_output_bytes)
-        hands = make_sandbox_hands(config)
-    except (ValueError, RuntimeError) as exc:
-        parser.exit(2, f"{parser.prog}: {exc}\n")
-    serve(hands, port=args.port, host=args.host, register=args.register)
-    return 0

@@ -1,14 +1,14 @@
-"""The fake Messages API speaks well enough for the real anthropic SDK: create, retries, streaming, errors."""
+"""The scripted Messages API (brainhands.scripted_api) speaks well enough for the real anthropic SDK: create, retries, streaming, errors."""
 
 from __future__ import annotations
 
 import anthropic
 import pytest
 
-from tests.fakes.messages_api import FakeMessagesAPI, HTTPError, text_reply, tool_reply, tool_results
+from brainhands.scripted_api import HTTPError, ScriptedMessagesAPI, text_reply, tool_reply, tool_results
 
 
-def _client(api: FakeMessagesAPI, **kwargs) -> anthropic.AsyncAnthropic:
+def _client(api: ScriptedMessagesAPI, **kwargs) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key="test-key", base_url=api.base_url, **kwargs)
 
 
@@ -58,7 +58,7 @@ async def test_error_after_the_sdks_retries_surfaces_as_the_typed_error(messages
 
 
 async def test_wrong_key_is_an_authentication_error():
-    with FakeMessagesAPI(api_key="right") as api:
+    with ScriptedMessagesAPI(api_key="right") as api:
         api.script(text_reply("never sent"))
         async with anthropic.AsyncAnthropic(api_key="wrong", base_url=api.base_url) as client:
             with pytest.raises(anthropic.AuthenticationError):
