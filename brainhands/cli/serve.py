@@ -115,6 +115,8 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
+    p.add_argument("--approve", action="append", default=[], metavar="GLOB",
+                   help="calls to hands matching GLOB wait for a person's approval in every session; repeatable")
     p.set_defaults(func=_serve_brain)
 
 
@@ -127,6 +129,9 @@ def _serve_brain(args: argparse.Namespace) -> int:
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
             host=args.host, port=args.port,
         )  # fmt: skip
+        if args.approve:
+            approve = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
+            config = config.model_copy(update={"limits": config.limits.model_copy(update={"approve": approve})})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not config.scripted and not config.anthropic_api_key:
