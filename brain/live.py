@@ -178,7 +178,6 @@ def _call_label(call: Call, now: float, name_width: int, width: int, live: bool)
     text.append(summarize_input(call.name, call.input, min(28 if failed else 48, room)), style="dim")
     if call.starts > 1:
         text.append(f" (attempt {call.starts})", style="yellow")
-    text.append_text(_approval_note(call))
     if state == "error":
         text.append(f"  {error_line(call)}", style="red")
     elif state == "not run":
@@ -194,19 +193,19 @@ def _call_label(call: Call, now: float, name_width: int, width: int, live: bool)
 
 def _approval_note(call: Call) -> Text:
     """What a person decided about the call, or that it waits for one."""
-    out = Text()
+    out = Text(no_wrap=True, overflow="ellipsis")
     a = call.approval
     if a is None:
         return out
     if a.pending:
-        out.append("  waits for approval", style="bold yellow")
+        out.append("waits for approval", style="bold yellow")
         return out
     d = a.decision
     if d.approved:
-        out.append(f"  approved by {d.by}" + (" (input edited)" if d.input is not None else "")
+        out.append(f"approved by {d.by}" + (" (input edited)" if d.input is not None else "")
                    + (f" (always for {a.name})" if d.always else ""), style="green")
     else:
-        out.append(f"  denied by {d.by}: {d.reason or ''}", style="red")
+        out.append(f"denied by {d.by}: {d.reason or ''}", style="red")
     return out
 
 
@@ -291,7 +290,9 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
             calls = sorted(calls, key=lambda c: order.get(call_state(c), 3))[: budget - 1]
         name_width = min(24, max(len(c.name) for c in turn.calls))
         for call in calls:
-            node.add(_call_label(call, now, name_width, width - 8, live))
+            call_node = node.add(_call_label(call, now, name_width, width - 8, live))
+            if call.approval is not None:  # on a line of its own: who decided is not to be cut off by the input
+                call_node.add(_approval_note(call))
         hidden = len(turn.calls) - len(calls)
         if hidden:
             rest = [c for c in turn.calls if c not in calls]
@@ -439,6 +440,24 @@ async def prompt_decision(console: Console, session_id: str, approval: ev.Approv
         console.print(Text("answer y, n, e or a", style="red"))
 
 
+def _read_line(question: str) -> Awaitable[str]:
+    """A line from the terminal, read on a daemon thread: a Ctrl-C while the prompt waits ends the process at once
+    (an executor thread blocked in input() would hold the interpreter's exit until Enter)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            line = input(question)
+        except BaseException:  # EOF: the terminal is gone, no one will answer here
+            loop.call_soon_threadsafe(lambda: answer.done() or answer.set_exception(EOFError()))
+            return
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(line))
+
+    threading.Thread(target=read, name="approval-prompt", daemon=True).start()
+    return answer
+
+
 # --- the view ------------------------------------------------------------------------------------
 
 
@@ -491,8 +510,13 @@ class LiveView:
             if self._live is not None:
                 self._live.stop()
             try:
-                answer = self._answer or (lambda q: asyncio.to_thread(input, q))
-                decision = await prompt_decision(self.console, session_id, approval, answer)
+                answer = self._answer or _read_line
+                try:
+                    decision = await prompt_decision(self.console, session_id, approval, answer)
+                except EOFError:
+                    self.console.print(Text(f"no answer here; decide with: {how_to_decide(session_id, approval)}",
+                                            style="yellow"))
+                    return
                 try:
                     await decide(self._store, session_id, call_id, by=person(), **decision)
                 except (NothingToDecide, NotRunning) as exc:
