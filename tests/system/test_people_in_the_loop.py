@@ -158,7 +158,9 @@ async def slow_hands(hand_service):
     in_flight: set[str] = set()
     cancelled: set[str] = set()
 
-    @hand(description="Take forever.")
+    # Idempotent: a hand service stops an idempotent call its caller cancelled (a non-idempotent one runs on to its
+    # end, for the exactly-once answer to a repeat), so the interrupt reaches the hand itself.
+    @hand(description="Take forever.", idempotent=True)
     async def slow(n: int, ctx: Context) -> str:
         in_flight.add(ctx.call_id)
         try:
