@@ -187,3 +187,39 @@ async def test_the_timeline_draws_the_approval_wait_the_decision_and_the_message
     assert 'data-kind="approval" data-row=' in page and 's-approved' in page
     assert "approved by ana@laptop · input edited" in page
     assert 'data-kind="person"' in page and "s-interrupt" in page and "Keep it short." in page
+
+
+async def test_sessions_watch_prints_every_event_of_the_named_sessions_once_in_order(tmp_path, capsys):
+    from brainhands.cli import main
+
+    db = str(tmp_path / "s.db")
+    store = await SqliteSessionStore.open(db)
+    try:
+        ids = []
+        for text in ("one", "two"):
+            sid = await store.create_session(f"Say {text}.", {})
+            log = SessionLog(sid).start(f"Say {text}.").model(text=text).finish(text)
+            await log.append_to(store)
+            ids.append(sid)
+    finally:
+        await store.close()
+    code = await asyncio.to_thread(main, ["sessions", "watch", *ids, "--json", "--sessions", db])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for sid in ids:
+        assert [(e["seq"], e["type"]) for e in lines if e["session_id"] == sid] == [
+            (1, "session_started"), (2, "model_response"), (3, "session_finished")]
+
+
+def test_off_a_terminal_a_waiting_call_is_one_line_with_how_to_decide():
+    import io
+
+    out = io.StringIO()
+    view = LiveView(Console(file=out, width=200), live=False)
+    log = waiting_log()
+    for event in log.events:
+        view.on_event(event)
+    text = out.getvalue()
+    assert f"fs_write waits for approval: notes.md; decide with: brainhands sessions approve {log.session_id} c1" in text
+    assert "session waiting for a person: 1 call to decide" in text
+    assert not view.asks  # no prompt where no one can answer it
