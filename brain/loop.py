@@ -546,6 +546,8 @@ class _Driver:
         pending = [x for x in turn.calls if x.finished is None]
         for call in pending:
             rule = c.approval_rule(call.name) if call.approval is None and call.starts == 0 else None
+            if rule is not None and call.name in s.always:
+                rule = None  # a person approved this hand for the rest of the session
             if rule is not None:
                 await self.record(ev.ApprovalRequested(call_id=call.call_id, name=call.name, input=call.input, rule=rule))
                 await self._relay(call, rule)
@@ -575,7 +577,7 @@ class _Driver:
                 for call in turn.calls:
                     if call.finished is not None or call.call_id in running:
                         continue
-                    if call.waiting and call.name in s.always:
+                    if call.waiting and call.name in s.always:  # asked before the person said "always"
                         await self.record(ev.ApprovalDecided(call_id=call.call_id, approved=True, always=True,
                                                              by=f"always approved for {call.name} in this session"))
                     if call.waiting:

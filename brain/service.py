@@ -381,6 +381,8 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
                 with contextlib.suppress(TimeoutError):
                     if queue is not None:
                         await asyncio.wait_for(queue.get(), WATCH_POLL * 4)
+                        while not queue.empty():  # only a wake-up: the events themselves are read from the log
+                            queue.get_nowait()
                     else:
                         await asyncio.sleep(WATCH_POLL)
             finally:

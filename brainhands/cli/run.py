@@ -374,6 +374,8 @@ def _wake(args) -> int:
     if state.status not in ("running", "waiting"):  # nothing to continue: say how it ended, start nothing
         print(f"brainhands: session {args.session_id} has already ended ({state.status})", file=sys.stderr)
         return _finish(RunResult.from_state(state), args.json)
+    if state.status == "waiting" and any(c.waiting for c in state.calls.values()) and not state.interrupt_pending:
+        return _finish(RunResult.from_state(state), args.json)  # nothing to go on with until a person decides
     args.model_obj = _model(args.model or state.model or None)
     args.config_obj = BrainConfig()  # wake() runs the session under the limits its log recorded
 

@@ -223,3 +223,32 @@ def test_off_a_terminal_a_waiting_call_is_one_line_with_how_to_decide():
     assert f"fs_write waits for approval: notes.md; decide with: brainhands sessions approve {log.session_id} c1" in text
     assert "session waiting for a person: 1 call to decide" in text
     assert not view.asks  # no prompt where no one can answer it
+
+
+async def test_always_approves_the_hand_for_the_rest_of_the_session_and_a_brain_waiting_in_process_goes_on(make_brain, recorder, store):
+    from brain import ScriptedModel
+    from brain.inbox import decide
+
+    model = ScriptedModel([
+        {"tool_calls": [["echo", {"text": "one"}]]},
+        {"tool_calls": [["echo", {"text": "two"}], ["echo", {"text": "three"}]]},
+        {"text": "Echoed thrice."},
+    ])
+    events = []
+    brain = make_brain(model, events=events, approve=("ech*",))
+    brain.wait_for_decisions, brain.poll = True, 0.05  # as `brainhands run` on a terminal: it waits, holding no lease
+    run = asyncio.create_task(brain.run("Echo three times."))
+
+    async def waiting():
+        return any(e.type == ev.SESSION_WAITING for e in events)
+
+    await poll(waiting, "the session to wait for the first echo")
+    sid = events[0].session_id
+    info = await store.get_session(sid)
+    assert info.status == "waiting" and info.lease_owner is None
+    await decide(store, sid, None, approved=True, by="ana", always=True)
+    result = await asyncio.wait_for(run, 30)
+    assert (result.status, result.text) == ("finished", "Echoed thrice.")
+    types = [e.type for e in events]
+    assert types.count(ev.APPROVAL_REQUESTED) == 1 and types.count(ev.SESSION_RESUMED) == 1
+    assert sorted(e.data["input"]["text"] for e in events if e.type == ev.TOOL_CALL_STARTED) == ["one", "three", "two"]
