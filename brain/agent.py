@@ -152,8 +152,14 @@ class Agent:
             missing = await self._missing(gateway, tools)
             if missing:
                 return HandResult(missing, is_error=True)
+        # The caller's approval rules hold in the worker's session too; a request raised there is copied to the root
+        # session (where the person watches) and the worker waits for the decision, its session holding no lease.
+        approve, root = await self._approvals(store, ctx.session_id)
+        if approve:
+            limits = limits.model_copy(update={"approve": approve})
         # One deeper than the call that reached us, and linked to the caller's session so the tree is one.
-        brain = Brain(target=gateway, model=model, store=store, config=limits, depth=ctx.depth + 1, tools=tools or None)
+        brain = Brain(target=gateway, model=model, store=store, config=limits, depth=ctx.depth + 1, tools=tools or None,
+                      wait_for_decisions=True, relay_to=root)
         try:
             result = await brain.run(user_message(task, context, output_format), parent_id=ctx.session_id or None)
         except (HandsUnauthenticated, HandsUnreachable) as exc:
@@ -178,6 +184,27 @@ class Agent:
         if result.cut_short:
             text += f"\n\n[cut short: the worker agent reached its {result.reason}; this is what it had]"
         return HandResult(text, usage=usage)
+
+    async def _approvals(self, store, session_id: str | None) -> tuple[tuple[str, ...], str | None]:
+        """The calling session's approve: rules and the root of its tree, from the session store (the parent link)."""
+        if not session_id:
+            return (), None
+        try:
+            info = await store.get_session(session_id)
+        except Exception as exc:
+            log.warning("cannot read the calling session", session_id=session_id, error=str(exc))
+            return (), None
+        if info is None:  # a caller whose log lives in another store: no rules to inherit, no root to show them on
+            return (), None
+        approve = tuple(info.config.get("approve") or ())
+        root, seen = info, {info.id}
+        while root.parent_id and root.parent_id not in seen:
+            parent = await store.get_session(root.parent_id)
+            if parent is None:
+                break
+            seen.add(parent.id)
+            root = parent
+        return approve, root.id
 
     async def _missing(self, gateway: HandClient, tools: Sequence[str]) -> str | None:
         try:

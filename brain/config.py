@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal
+
+from pydantic import field_validator
 
 from hands.config import ConfigModel, Duration, whole
 
@@ -24,9 +27,28 @@ class BrainConfig(ConfigModel):
     server_tools: tuple[Literal["web_search", "web_fetch"], ...] = ()
     server_tool_max_uses: whole(1) = 5
     store_retry: Duration = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
+    #: hand-name globs (fnmatch: fs_write, fs_*, *) whose calls wait for a person's approval before they run
+    approve: tuple[str, ...] = ()
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("expected a list of hand-name globs, not one string")
+        if isinstance(value, list | tuple):
+            if not all(isinstance(g, str) and g.strip() for g in value):
+                raise ValueError("every glob must be a non-empty string")
+            return tuple(g.strip() for g in value)
+        return value
+
+    def approval_rule(self, hand: str) -> str | None:
+        """The approve: glob a call to this hand matches (it then waits for a person), or None."""
+        return next((glob for glob in self.approve if fnmatch.fnmatchcase(hand, glob)), None)
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        data = self.model_dump()
+        data["approve"] = list(self.approve)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrainConfig:

@@ -25,6 +25,19 @@ LIMIT_REACHED = "limit_reached"
 SESSION_FINISHED = "session_finished"
 SESSION_FAILED = "session_failed"
 SESSION_CANCELLED = "session_cancelled"
+APPROVAL_REQUESTED = "approval_requested"
+APPROVAL_DECIDED = "approval_decided"
+SESSION_WAITING = "session_waiting"
+SESSION_RESUMED = "session_resumed"
+USER_MESSAGE = "user_message"
+CALLS_INTERRUPTED = "calls_interrupted"
+
+#: events a person (or a nested session) appends to a log while a brain may be driving it: the driver folds them in
+#: when its own append finds their seq taken, instead of taking the log as another brain's.
+EXTERNAL = frozenset({APPROVAL_REQUESTED, APPROVAL_DECIDED, USER_MESSAGE})
+
+#: the output of a call a person cancelled with `sessions say --interrupt`
+CANCELLED_BY_A_PERSON = "cancelled by a person"
 
 #: status of a call the brain decided not to run (over a limit); it has a finished event and no started one.
 NOT_RUN = "NOT_RUN"
@@ -188,6 +201,8 @@ class ModelResponse(Payload):
     stop_reason: str | None = None
     stop_sequence: str | None = None
     usage: ModelUsage = field(default_factory=ModelUsage, metadata={"parse": ModelUsage.from_data})
+    #: the seq of the last event the request was built from: a person's message logged after it joins the next turn
+    seen: int | None = field(default=None, metadata=_omit_none())
 
     @classmethod
     def from_message(cls, message: Any) -> ModelResponse:
@@ -297,10 +312,81 @@ class SessionCancelled(SessionEnded):
     KEYS = ("reason", "totals")
 
 
+@_record(kw_only=True)
+class ApprovalRequested(Payload):
+    """A call to a hand matching an approval rule: it does not run until a person decides.
+
+    session_id is set when the request was raised in a nested session (a worker agent's) and relayed to this,
+    its root session, so the person sees and decides it here; call_id is then the nested session's call."""
+
+    TYPE = APPROVAL_REQUESTED
+
+    call_id: str = ""
+    name: str = ""
+    input: Any = None
+    rule: str = ""  # the approve: glob the hand's name matched
+    session_id: str | None = field(default=None, metadata=_omit_none())
+
+
+@_record(kw_only=True)
+class ApprovalDecided(Payload):
+    """A person's decision on an approval request (the event's time is when)."""
+
+    TYPE = APPROVAL_DECIDED
+
+    call_id: str = ""
+    approved: bool = False
+    by: str = ""  # who decided: the user at the terminal, the API caller, ...
+    input: Any = field(default=None, metadata=_omit_none())  # the input to run instead of the model's (an edit)
+    reason: str | None = field(default=None, metadata=_omit_none())  # why it was denied (reaches the model)
+    always: bool = False  # approve every later call to this hand in this session without asking
+    session_id: str | None = field(default=None, metadata=_omit_none())  # the nested session the call is in
+
+
+@_record(kw_only=True)
+class SessionWaiting(Payload):
+    """Nothing can go on until a person decides: the brain lets the session go (no lease) and may exit."""
+
+    TYPE = SESSION_WAITING
+
+    calls: list[str] = field(default_factory=list)  # the call ids waiting for a decision
+
+
+@_record(kw_only=True)
+class SessionResumed(Payload):
+    """A brain took a waiting session up again once its requests were decided."""
+
+    TYPE = SESSION_RESUMED
+
+    by: str = ""  # the brain (host:pid:id)
+
+
+@_record(kw_only=True)
+class UserMessage(Payload):
+    """A person's message to the orchestrator: it joins the conversation at the next turn boundary."""
+
+    TYPE = USER_MESSAGE
+
+    text: str = ""
+    by: str = ""
+    interrupt: bool = False  # cancel the calls in flight first
+
+
+@_record(kw_only=True)
+class CallsInterrupted(Payload):
+    """The brain cancelled the calls in flight because a person interrupted (their results say so)."""
+
+    TYPE = CALLS_INTERRUPTED
+
+    call_ids: list[str] = field(default_factory=list)
+    by: str = ""
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (SessionStarted, ModelResponse, ToolCallStarted, ToolCallFinished, LimitReached,
-                SessionFinished, SessionFailed, SessionCancelled)
+                SessionFinished, SessionFailed, SessionCancelled, ApprovalRequested, ApprovalDecided,
+                SessionWaiting, SessionResumed, UserMessage, CallsInterrupted)
 }
 
 
@@ -314,6 +400,40 @@ def payload(event: Event) -> Payload | None:
 
 
 @dataclass
+class Approval:
+    """An approval request and, once a person decided, the decision."""
+
+    call_id: str
+    name: str
+    input: Any
+    rule: str
+    session_id: str | None = None  # a nested session's request relayed here; None: this session's own call
+    requested_at: float = 0.0
+    decision: ApprovalDecided | None = None
+    decided_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.decision is None
+
+    @property
+    def nested(self) -> bool:
+        return self.session_id is not None
+
+
+@dataclass
+class Message:
+    """A person's message, and where it joins the conversation: after the turn of index after_turn - 1."""
+
+    text: str
+    by: str
+    interrupt: bool
+    after_turn: int
+    at: float
+    seq: int = 0
+
+
+@dataclass
 class Call:
     """One tool_use block of a response and what became of it."""
 
@@ -324,6 +444,18 @@ class Call:
     start_times: list[float] = field(default_factory=list)  # when each dispatch began (a wake may re-issue it)
     finished: ToolCallFinished | None = None
     finished_at: float | None = None
+    approval: Approval | None = None  # set when the call needed a person's approval
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for a person's decision."""
+        return self.finished is None and self.approval is not None and self.approval.pending
+
+    @property
+    def run_input(self) -> Any:
+        """The input the call runs with: a person's edit, else the model's."""
+        d = self.approval.decision if self.approval is not None else None
+        return d.input if d is not None and d.input is not None else self.input
 
     @property
     def starts(self) -> int:
@@ -417,6 +549,11 @@ class SessionState:
     status: str = "running"
     outcome: SessionEnded = field(default_factory=SessionEnded)
     calls: dict[str, Call] = field(default_factory=dict)
+    approvals: dict[str, Approval] = field(default_factory=dict)  # call id -> request (nested ones included)
+    always: set[str] = field(default_factory=set)  # hands a person approved for the rest of the session
+    said: list[Message] = field(default_factory=list)  # people's messages, in order
+    interrupt_pending: bool = False  # a person interrupted and the brain has not cancelled the calls yet
+    interrupts: list[CallsInterrupted] = field(default_factory=list)
     started_at: float | None = None  # the session_started event's time
     last_at: float | None = None  # the time of the event folded last
     earliest_at: float | None = None  # the earliest and latest event times: after a wake on another machine,
@@ -461,6 +598,10 @@ class SessionState:
                         turn.calls.append(call)
                         self.calls[call.call_id] = call
             self.turns.append(turn)
+            if p.seen is not None:  # said while the model was thinking: the model answers it on the next turn
+                for m in self.said:
+                    if m.after_turn == turn.index and m.seq > p.seen:
+                        m.after_turn += 1
         elif isinstance(p, SessionStarted):
             self.task, self.config, self.system, self.tools = p.task, p.config, p.system, p.tools
             self.model, self.parent_id, self.started_at = p.model, p.parent_id, ts
@@ -469,8 +610,38 @@ class SessionState:
             self.limit_after_turn = len(self.turns)
         elif isinstance(p, SessionEnded):
             self.status, self.outcome, self.ended_at, self.citations = p.status, p, ts, p.citations
+        elif isinstance(p, ApprovalRequested):
+            approval = Approval(p.call_id, p.name, p.input, p.rule, p.session_id, requested_at=ts)
+            self.approvals[p.call_id] = approval
+            if p.session_id is None and (call := self.calls.get(p.call_id)) is not None:
+                call.approval = approval
+        elif isinstance(p, ApprovalDecided):
+            if (approval := self.approvals.get(p.call_id)) is not None and approval.pending:
+                approval.decision, approval.decided_at = p, ts
+                if p.approved and p.always and approval.session_id is None:
+                    self.always.add(approval.name)
+        elif isinstance(p, UserMessage):
+            self.said.append(Message(p.text, p.by, p.interrupt, len(self.turns), ts, event.seq))
+            self.interrupt_pending = self.interrupt_pending or p.interrupt
+        elif isinstance(p, CallsInterrupted):
+            self.interrupts.append(p)
+            self.interrupt_pending = False
+        elif isinstance(p, SessionWaiting):
+            if self.status == "running":
+                self.status = "waiting"
+        elif isinstance(p, SessionResumed):
+            if self.status == "waiting":
+                self.status = "running"
 
     # --- derived views --------------------------------------------------------------------------
+
+    def pending_approvals(self) -> list[Approval]:
+        """Requests no one has decided yet, this session's own and those relayed from nested sessions."""
+        return [a for a in self.approvals.values() if a.pending]
+
+    def unanswered(self) -> list[Message]:
+        """People's messages the model has not seen yet (no turn came after them)."""
+        return [m for m in self.said if m.after_turn == len(self.turns)]
 
     @property
     def last_turn(self) -> Turn | None:
@@ -539,6 +710,8 @@ class SessionState:
                 dropped = any(b.get("type") == "tool_use" for b in turn.content)
                 blocks.append(_text(prompts.CONTINUE_AFTER_MAX_TOKENS.format(dropped=prompts.DROPPED_TOOL_CALL if dropped else "")))
             follow_ups[i] = blocks
+        for m in self.said:
+            follow_ups.setdefault(m.after_turn - 1, []).append(_text(prompts.PERSON_SAYS.format(text=m.text)))
         if self.limit is not None:
             what = prompts.LIMIT_NAMES.get(self.limit.reason, "limit")
             follow_ups.setdefault(self.limit_after_turn - 1, []).append(_text(prompts.SYNTHESIZE_AT_LIMIT.format(what=what)))

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -29,8 +29,9 @@ _MARKS = {
     "error": ("✗", "red"),
     "not run": ("–", "dim"),
     "unfinished": ("⊘", "yellow"),
+    "waiting": ("?", "bold yellow"),
 }
-_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow",
+_STATUS_STYLE = {"running": "cyan", "waiting": "bold yellow", "finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow",
                  "stopped": "yellow"}
 
 
@@ -38,7 +39,9 @@ _STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "cance
 
 
 def call_state(call: Call) -> str:
-    """queued | running | ok | error | not run: what the tree marks the call with."""
+    """queued | running | ok | error | not run | waiting (for a person): what the tree marks the call with."""
+    if call.waiting:
+        return "waiting"
     if call.finished is not None:
         if call.not_run:
             return "not run"
@@ -188,6 +191,57 @@ def _call_label(call: Call, now: float, name_width: int, width: int, live: bool)
     return line.append_text(text)
 
 
+def _approval_note(call: Call) -> Text:
+    """What a person decided about the call, or that it waits for one."""
+    out = Text(no_wrap=True, overflow="ellipsis")
+    a = call.approval
+    if a is None:
+        return out
+    if a.pending:
+        out.append("waits for approval", style="bold yellow")
+        return out
+    d = a.decision
+    if d.approved:
+        out.append(f"approved by {d.by}" + (" (input edited)" if d.input is not None else "")
+                   + (f" (always for {a.name})" if d.always else ""), style="green")
+    else:
+        out.append(f"denied by {d.by}: {d.reason or ''}", style="red")
+    return out
+
+
+def how_to_decide(session_id: str, approval: ev.Approval) -> str:
+    """The commands that decide a waiting call."""
+    return (f"brainhands sessions approve {session_id} {approval.call_id} [--input JSON]"
+            f" | deny {session_id} {approval.call_id} --reason TEXT")
+
+
+def _people(view: SessionState, after_turn: int) -> list[Text]:
+    """People's messages that joined the conversation after the turn (0: with the task), and interrupts then."""
+    lines = []
+    for m in view.said:
+        if m.after_turn == after_turn:
+            line = Text(no_wrap=True, overflow="ellipsis")
+            line.append("» ", style="bold blue")
+            line.append(f"{m.by or 'a person'}" + (" interrupted" if m.interrupt else " said") + ": ", style="blue")
+            line.append(" ".join(m.text.split()))
+            lines.append(line)
+    return lines
+
+
+def _waiting_lines(view: SessionState) -> list[Text]:
+    """The requests waiting for a person, with how to decide each (a nested session's ones included)."""
+    lines = []
+    for a in view.pending_approvals():
+        line = Text()
+        line.append("? waiting for approval: ", style="bold yellow")
+        line.append(f"{a.name}({summarize_input(a.name, a.input, 60)})", style="bold")
+        if a.nested:
+            line.append(f" in nested session {a.session_id[:12]}", style="yellow")
+        line.append(f"\n  {how_to_decide(view.session_id, a)}", style="dim")
+        lines.append(line)
+    return lines
+
+
 def _totals(view: SessionState, now: float, live: bool = True) -> Text:
     by_state = counts(view)
     if not live:
@@ -196,7 +250,7 @@ def _totals(view: SessionState, now: float, live: bool = True) -> Text:
     started = sum(by_state[s] for s in ("running", "ok", "error", "unfinished"))
     out = Text(style="dim")
     out.append(f"{started} call{'s' if started != 1 else ''}")
-    parts = [f"{by_state[s]} {s}" for s in ("running", "queued", "error", "not run", "unfinished") if by_state[s]]
+    parts = [f"{by_state[s]} {s}" for s in ("running", "waiting", "queued", "error", "not run", "unfinished") if by_state[s]]
     if parts:
         out.append(f" ({', '.join(parts)})")
     budget = int(view.config.get("token_budget") or 0)
@@ -218,8 +272,12 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
     tree = Tree(_header(view, now, status or view.status), guide_style="dim")
     last_with_calls = max((t.number for t in view.turns if t.calls), default=0)
     budget = max(4, height - 6 - len(view.turns))  # call lines that fit on the screen
+    for line in _people(view, 0):
+        tree.add(line)
     for turn in view.turns:
         node = tree.add(_turn_label(turn))
+        for line in _people(view, turn.number):
+            tree.add(line)
         if not turn.calls:
             continue
         if not expand_all and turn.number != last_with_calls:
@@ -232,7 +290,9 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
             calls = sorted(calls, key=lambda c: order.get(call_state(c), 3))[: budget - 1]
         name_width = min(24, max(len(c.name) for c in turn.calls))
         for call in calls:
-            node.add(_call_label(call, now, name_width, width - 8, live))
+            call_node = node.add(_call_label(call, now, name_width, width - 8, live))
+            if call.approval is not None:  # on a line of its own: who decided is not to be cut off by the input
+                call_node.add(_approval_note(call))
         hidden = len(turn.calls) - len(calls)
         if hidden:
             rest = [c for c in turn.calls if c not in calls]
@@ -242,7 +302,11 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
         tree.add(Spinner("dots", text=Text(
             f"turn {len(view.turns) + 1} · model thinking… {format_duration(now - (view.last_at or now))}",
             style="bold"), style="magenta"))
-    return Group(tree, _totals(view, now, live))
+    for interrupt in view.interrupts:
+        if interrupt.call_ids:
+            tree.add(Text(f"⏹ {interrupt.by or 'a person'} interrupted: {len(interrupt.call_ids)} call"
+                          f"{'s' if len(interrupt.call_ids) != 1 else ''} cancelled", style="yellow"))
+    return Group(tree, *_waiting_lines(view), _totals(view, now, live))
 
 
 def render_summary(view: SessionState, *, now: float, status: str | None = None) -> RenderableType:
@@ -300,6 +364,22 @@ def plain_line(view: SessionState, event: Event) -> str | None:
         return f"  {p.name} {state} {format_duration(p.duration or 0.0)}{note}"
     if isinstance(p, ev.LimitReached):
         return f"limit reached ({p.reason}): asking the model for a final synthesis"
+    if isinstance(p, ev.ApprovalRequested):
+        where = f" in nested session {p.session_id}" if p.session_id else ""
+        approval = view.approvals.get(p.call_id)
+        how = f"; decide with: {how_to_decide(view.session_id, approval)}" if approval is not None else ""
+        return f"  {p.name} waits for approval{where}: {summarize_input(p.name, p.input)}{how}"
+    if isinstance(p, ev.ApprovalDecided):
+        verdict = "approved" if p.approved else f"denied ({p.reason})"
+        return f"  call {p.call_id} {verdict} by {p.by}" + (" with an edited input" if p.input is not None else "")
+    if isinstance(p, ev.SessionWaiting):
+        return f"session waiting for a person: {len(p.calls)} call{'s' if len(p.calls) != 1 else ''} to decide"
+    if isinstance(p, ev.SessionResumed):
+        return f"session resumed on {p.by}"
+    if isinstance(p, ev.UserMessage):
+        return f"» {p.by or 'a person'}{' interrupted' if p.interrupt else ' said'}: {' '.join(p.text.split())[:160]}"
+    if isinstance(p, ev.CallsInterrupted):
+        return f"interrupted by {p.by or 'a person'}: {len(p.call_ids)} calls cancelled"
     if isinstance(p, ev.SessionEnded):
         by_state = counts(view)
         reason = view.outcome.reason
@@ -307,6 +387,75 @@ def plain_line(view: SessionState, event: Event) -> str | None:
                 f"{by_state['ok'] + by_state['error']} calls ({by_state['error']} failed), "
                 f"{human_count(view.tokens_used())} tokens" + (f"; {reason}" if view.status != "finished" and reason else ""))
     return None
+
+
+# --- the approval prompt -------------------------------------------------------------------------
+
+PROMPT_CHOICES = "[y]es / [n]o / [e]dit the input / [a]lways for {name} in this session"
+
+Answer = Callable[[str], Awaitable[str] | str]
+
+
+def render_prompt(session_id: str, approval: ev.Approval) -> Text:
+    """What the live view shows when a call waits for the person at the terminal."""
+    text = Text()
+    text.append("? approve this call? ", style="bold yellow")
+    text.append(approval.name, style="bold")
+    if approval.nested:
+        text.append(f" (in nested session {approval.session_id[:12]})", style="yellow")
+    text.append(f"  call {approval.call_id} · rule {approval.rule or '?'}\n", style="dim")
+    text.append(json.dumps(approval.input, ensure_ascii=False, indent=2)[:2000] + "\n")
+    text.append(PROMPT_CHOICES.format(name=approval.name), style="bold")
+    return text
+
+
+async def prompt_decision(console: Console, session_id: str, approval: ev.Approval, answer: Answer) -> dict[str, Any]:
+    """Ask the person until the answer is a decision; the keyword arguments of brain.inbox.decide for it."""
+
+    async def ask(question: str) -> str:
+        reply = answer(question)
+        if isinstance(reply, Awaitable):
+            reply = await reply
+        return (reply or "").strip()
+
+    console.print(render_prompt(session_id, approval), highlight=False)
+    while True:
+        choice = (await ask("decide [y/n/e/a]: ")).lower()[:1]
+        if choice in ("y", "a"):
+            return {"approved": True, "always": choice == "a"}
+        if choice == "n":
+            reason = await ask("why (the model reads it): ")
+            return {"approved": False, "reason": reason or "denied at the terminal"}
+        if choice == "e":
+            raw = await ask("input to run instead (JSON): ")
+            try:
+                edited = json.loads(raw)
+            except ValueError as exc:
+                console.print(Text(f"not JSON ({exc}); try again", style="red"))
+                continue
+            if not isinstance(edited, dict):
+                console.print(Text("the input is a JSON object, e.g. {\"path\": \"a.md\"}; try again", style="red"))
+                continue
+            return {"approved": True, "input": edited}
+        console.print(Text("answer y, n, e or a", style="red"))
+
+
+def _read_line(question: str) -> Awaitable[str]:
+    """A line from the terminal, read on a daemon thread: a Ctrl-C while the prompt waits ends the process at once
+    (an executor thread blocked in input() would hold the interpreter's exit until Enter)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            line = input(question)
+        except BaseException:  # EOF: the terminal is gone, no one will answer here
+            loop.call_soon_threadsafe(lambda: answer.done() or answer.set_exception(EOFError()))
+            return
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(line))
+
+    threading.Thread(target=read, name="approval-prompt", daemon=True).start()
+    return answer
 
 
 # --- the view ------------------------------------------------------------------------------------
@@ -322,7 +471,8 @@ class LiveView:
     """
 
     def __init__(self, console: Console, *, refresh_per_second: float = 8, clock: Callable[[], float] = time.time,
-                 live: bool | None = None):
+                 live: bool | None = None, answer: Answer | None = None):
+        """answer: how the approval prompt reads the person's reply (default: a line from the terminal)."""
         self.console = console
         self.clock = clock
         self.view = SessionState()
@@ -331,6 +481,49 @@ class LiveView:
         self._live: Live | None = None
         self._refresh = refresh_per_second
         self._done = False
+        self._answer = answer
+        self._store = None
+        self._asked: set[str] = set()
+        self._prompts: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def asks(self) -> bool:
+        """Whether this view can put approval requests to a person: a live tree on a terminal, someone to type."""
+        import sys
+
+        return self.live and (self._answer is not None or sys.stdin.isatty())
+
+    def attach(self, store) -> None:
+        """Decide approval requests here: each one is put to the person and the answer written to this store."""
+        self._store = store
+
+    async def _ask(self, session_id: str, call_id: str) -> None:
+        from brain.inbox import NothingToDecide, NotRunning, decide, person
+
+        self._prompts = self._prompts or asyncio.Lock()
+        async with self._prompts:
+            with self._lock:
+                approval = self.view.approvals.get(call_id)
+            if approval is None or not approval.pending:
+                return  # decided elsewhere meanwhile
+            if self._live is not None:
+                self._live.stop()
+            try:
+                answer = self._answer or _read_line
+                try:
+                    decision = await prompt_decision(self.console, session_id, approval, answer)
+                except EOFError:
+                    self.console.print(Text(f"no answer here; decide with: {how_to_decide(session_id, approval)}",
+                                            style="yellow"))
+                    return
+                try:
+                    await decide(self._store, session_id, call_id, by=person(), **decision)
+                except (NothingToDecide, NotRunning) as exc:
+                    self.console.print(Text(str(exc), style="yellow"))
+            finally:
+                if self._live is not None and not self._done:
+                    self._live.start()
 
     def __enter__(self) -> LiveView:
         if self.live:
@@ -356,6 +549,11 @@ class LiveView:
         with self._lock:
             self.view.apply(event)
             line = None if self.live else plain_line(self.view, event)
+        if self._store is not None and event.type == ev.APPROVAL_REQUESTED and event.data.get("call_id") not in self._asked:
+            self._asked.add(event.data["call_id"])
+            task = asyncio.get_running_loop().create_task(self._ask(event.session_id, event.data["call_id"]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if line is not None:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 

@@ -74,7 +74,7 @@ class RunResult:
     """How a session ended."""
 
     session_id: str
-    status: str  # finished | failed | cancelled
+    status: str  # finished | failed | cancelled | waiting (for a person's decision; any brain continues it)
     text: str  # the synthesized result (finished) or the reason (failed)
     cut_short: bool = False  # a limit ended the work early: the text is a synthesis of what was known
     reason: str | None = None  # why it was cut short, refused or failed
@@ -90,6 +90,11 @@ class RunResult:
         o = state.outcome
         if state.status == "finished":
             return cls(state.session_id, "finished", o.result, o.cut_short, o.reason, o.totals, state.citations)
+        if state.status in ("waiting", "running"):
+            pending = state.pending_approvals()
+            text = ("waiting for approval of " + ", ".join(f"{a.name} ({a.call_id})" for a in pending)
+                    if pending else state.status)
+            return cls(state.session_id, state.status, text, False, None, state.totals())
         text = o.reason if o.reason is not None else state.status
         return cls(state.session_id, state.status, text, False, o.reason, o.totals)
 
@@ -114,9 +119,17 @@ class Brain:
         owner: str | None = None,
         depth: int = 0,
         tools: Sequence[str] | None = None,
+        wait_for_decisions: bool = False,
+        relay_to: str | None = None,
+        poll: float = 0.25,
     ):
         """depth: the x-brainhands-depth of this brain's calls (a worker agent's brain runs one deeper than
-        its caller); tools: the hand names this brain may use (None: every hand Describe lists)."""
+        its caller); tools: the hand names this brain may use (None: every hand Describe lists).
+
+        wait_for_decisions: when calls wait for approval, let the session go (no lease) and wait here for the
+        decisions, then take it up again; otherwise run()/wake() return a RunResult with status "waiting".
+        relay_to: the root session a nested brain's approval requests are copied to, so a person sees them there.
+        poll: seconds between reads of the log for what people added (decisions, messages, interrupts)."""
         self.model = model
         self.store = store
         self.config = config
@@ -128,6 +141,10 @@ class Brain:
         self.client = HandClient(target, api_key=api_key) if isinstance(target, str) else target
         self._driving: dict[str, asyncio.Task] = {}  # session id -> the task in drive(), for cancel()
         self._cancels: dict[str, str] = {}  # session id -> reason, for sessions cancel() asked to stop
+        self.wait_for_decisions = wait_for_decisions
+        self.relay_to = relay_to
+        self.poll = poll
+        self._nudges: dict[str, asyncio.Event] = {}  # session id -> set to read the log now (a decision came in)
 
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
         return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth)
@@ -165,7 +182,7 @@ class Brain:
         if info is None:
             raise SessionNotFound(f"no session {session_id!r}")
         state = SessionState.from_events(session_id, await self.store.events(session_id))
-        if state.status != "running":
+        if state.status not in ("running", "waiting") or _still_waiting(state):
             return RunResult.from_state(state)
         config = BrainConfig.from_dict(state.config) if state.config else self.config
         if not await self.store.acquire_lease(session_id, self.owner, config.lease_ttl):
@@ -177,7 +194,16 @@ class Brain:
         # Re-read under the lease: the previous holder may have written more before it stopped.
         events = await self.store.events(session_id)
         state = SessionState.from_events(session_id, events)
+        if _still_waiting(state):
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(session_id, self.owner)
+            return RunResult.from_state(state)
         return await _Driver(self, state, config).drive(woken_from=traces.earlier_trace(events))
+
+    def nudge(self, session_id: str) -> None:
+        """Tell the brain driving the session here to read its log now (someone added a decision or a message)."""
+        if (event := self._nudges.get(session_id)) is not None:
+            event.set()
 
     def cancel(self, session_id: str, reason: str = "cancelled") -> bool:
         """Stop a session this brain is driving: its in-flight tool calls are cancelled, the log ends with
@@ -198,6 +224,16 @@ class Brain:
             await self.client.close()
 
 
+def _still_waiting(state: SessionState) -> bool:
+    """Waiting, and nothing a brain could go on with: no decision and no interrupt came in since."""
+    return state.status == "waiting" and bool(_undecided(state)) and not state.interrupt_pending
+
+
+def _undecided(state: SessionState) -> list[ev.Call]:
+    """The session's own calls still waiting for a decision (nested requests wait in their own session)."""
+    return [c for c in state.calls.values() if c.waiting]
+
+
 class _Driver:
     """Drives one session: each step is decided from the folded log, so a woken session takes the same path."""
 
@@ -208,6 +244,10 @@ class _Driver:
         self.dispatcher = brain._dispatcher(config)
         self._queued: list[tuple[str, dict[str, Any], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
+        self._log_lock = asyncio.Lock()  # one reader-and-folder of the log at a time: the writer or the poller
+        self._nudge = brain._nudges.setdefault(state.session_id, asyncio.Event()) if state.session_id else asyncio.Event()
+        self._lease_held = True
+        self._let_go = False  # this brain let the waiting session go: the drive ends, whoever decides continues it
         self.log = log.bind(session_id=state.session_id)
         self._turn_spans: dict[int, Any] = {}  # turn number -> its span, the parent of the turn's tool call spans
 
@@ -233,7 +273,10 @@ class _Driver:
             if not batch:
                 continue
             try:
-                events = await self._append([(type, data) for type, data, _ in batch])
+                async with self._log_lock:
+                    events = await self._append([(type, data) for type, data, _ in batch])
+                    for event in events:
+                        self.state.apply(event)
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 for _, _, done in batch:
@@ -247,7 +290,6 @@ class _Driver:
                     raise
                 continue
             for event, (_, _, done) in zip(events, batch, strict=True):
-                self.state.apply(event)
                 try:
                     if self.brain.on_event is not None:
                         self.brain.on_event(event)
@@ -266,16 +308,19 @@ class _Driver:
         batch the write is taken as done. Past store_retry the StoreUnavailable goes up: the session stays running
         in its log, for a wake once the store is back.
         """
-        store, sid, first = self.brain.store, self.state.session_id, self.state.seq + 1
+        store, sid = self.brain.store, self.state.session_id
         loop = asyncio.get_running_loop()
         deadline, delay, maybe_written = None, 0.1, False
         while True:
+            first = self.state.seq + 1
             try:
                 if len(items) == 1:
                     return [await store.append(sid, first, *items[0])]
                 return await store.append_many(sid, first, items) if items else []
             except SeqConflict:
                 if not maybe_written:
+                    if await self._absorb_locked():
+                        continue  # a person's decision or message took the seq: append after it
                     raise
                 written = (await store.events(sid, after_seq=first - 1))[: len(items)]
                 if [(e.type, e.data) for e in written] != [(t, json.loads(json.dumps(d))) for t, d in items]:
@@ -290,6 +335,30 @@ class _Driver:
                 self.log.warning("session store unavailable; retrying the append", error=str(exc), retry_in=delay)
                 await asyncio.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 2.0)
+
+    async def _absorb_locked(self) -> bool:
+        """Fold in what people appended to the log since the last event folded (the caller holds _log_lock).
+
+        True when there was something and all of it was theirs (EXTERNAL); SeqConflict when another brain wrote.
+        """
+        sid = self.state.session_id
+        added = await self.brain.store.events(sid, after_seq=self.state.seq)
+        if not added:
+            return False
+        foreign = [e for e in added if e.type not in ev.EXTERNAL and e.type != ev.SESSION_RESUMED]
+        if foreign and self._lease_held:
+            raise SeqConflict(f"seq {foreign[0].seq} ({foreign[0].type}) was written by another brain")
+        for event in added:
+            self.state.apply(event)
+            if self.brain.on_event is not None:
+                with contextlib.suppress(Exception):
+                    self.brain.on_event(event)
+        self._nudge.set()
+        return True
+
+    async def absorb(self) -> bool:
+        async with self._log_lock:
+            return await self._absorb_locked()
 
     async def _writes_settled(self) -> None:
         """Wait for the writer to finish what it has begun (it runs on even when the records' awaiters are cancelled)."""
@@ -312,6 +381,8 @@ class _Driver:
         async def keep_lease():
             while True:
                 await asyncio.sleep(self.config.lease_ttl / 3)
+                if not self._lease_held:
+                    continue
                 try:
                     renewed = await store.renew_lease(sid, owner, self.config.lease_ttl)
                 except Exception as exc:  # a store hiccup: try again at the next beat, the TTL has slack
@@ -322,12 +393,29 @@ class _Driver:
                     steps.cancel()
                     return
 
+        async def read_inbox():
+            while True:
+                await asyncio.sleep(self.brain.poll)
+                try:
+                    await self.absorb()
+                except SeqConflict:
+                    lost.set()
+                    steps.cancel()
+                    return
+                except Exception as exc:  # a store hiccup: read again at the next beat
+                    self.log.warning("reading the session log failed", error=str(exc))
+
         renewer = asyncio.create_task(keep_lease())
         self.brain._driving[sid] = steps
+        inbox: asyncio.Task | None = None
         try:
+            self.brain._nudges[sid] = self._nudge
             if first is not None:
                 await self.record(first)
-            while self.state.status == "running":
+            inbox = asyncio.create_task(read_inbox())
+            if self.state.status == "waiting":
+                await self.record(ev.SessionResumed(by=owner))
+            while self.state.status == "running" and not self._let_go:
                 await self.step()
         except asyncio.CancelledError:
             if lost.is_set():
@@ -343,9 +431,14 @@ class _Driver:
         finally:
             self.brain._driving.pop(sid, None)
             self.brain._cancels.pop(sid, None)
+            self.brain._nudges.pop(sid, None)
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            if inbox is not None:
+                inbox.cancel()
+            for task in (renewer, inbox):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             with contextlib.suppress(Exception):
                 await asyncio.shield(store.release_lease(sid, owner))
         return RunResult.from_state(self.state)
@@ -369,12 +462,17 @@ class _Driver:
     async def step(self) -> None:
         s = self.state
         turn = s.last_turn
+        if s.interrupt_pending and not (turn is not None and turn.calls and any(c.finished is None for c in turn.calls)):
+            await self.record(ev.CallsInterrupted(call_ids=[], by=self._interrupter()))  # nothing was in flight
+            return
         if turn is None:
             if s.limit is None and self._no_room_for_a_turn():
                 await self.record(self._token_limit())
             return await self.ask()
         if turn.calls and any(c.finished is None for c in turn.calls):
             return await self.run_calls(turn)
+        if s.unanswered() and s.limit is None and self.state.status == "running":
+            return await self.ask()  # a person spoke since the model's last word: it gets to answer
         if s.limit is not None and s.limit_after_turn == len(s.turns):
             return await self.ask()  # a limit was reached after this turn: the synthesis is next, decided once
         if turn.synthesis:
@@ -441,6 +539,7 @@ class _Driver:
         else:
             room = max(tb.turn_room(c.token_budget, used, prompt), tb.TURN_FLOOR)
         span_cm = traces.turn_span(s.model or getattr(self.brain.model, "id", ""), len(s.turns) + 1, room)
+        seen = s.seq  # the events this request was built from: a message after them waits for the next turn
         try:
             with span_cm as span:
                 try:
@@ -469,7 +568,9 @@ class _Driver:
         except ModelError as exc:
             await self.record(ev.SessionFailed(reason=str(exc), totals=s.totals()))
             return
-        await self.record(ev.ModelResponse.from_message(message))
+        response = ev.ModelResponse.from_message(message)
+        response.seen = seen
+        await self.record(response)
 
     async def run_calls(self, turn: ev.Turn) -> None:
         """Run the turn's unfinished calls concurrently (max_parallel), logging each start and finish."""
@@ -496,6 +597,13 @@ class _Driver:
                     duration=0.0,
                 ))
         pending = [x for x in turn.calls if x.finished is None]
+        for call in pending:
+            rule = c.approval_rule(call.name) if call.approval is None and call.starts == 0 else None
+            if rule is not None and call.name in s.always:
+                rule = None  # a person approved this hand for the rest of the session
+            if rule is not None:
+                await self.record(ev.ApprovalRequested(call_id=call.call_id, name=call.name, input=call.input, rule=rule))
+                await self._relay(call, rule)
         slots = asyncio.Semaphore(c.max_parallel)
         # What each call may spend of what is left, so that worker agents (which cap their own budget by it
         # and report what they spent) cannot together take the session past its limits: an even share of half
@@ -509,25 +617,127 @@ class _Driver:
         async def one(call) -> None:
             async with slots:
                 await self.record(ev.ToolCallStarted(
-                    call_id=call.call_id, name=call.name, input=call.input, attempt=call.starts + 1,
+                    call_id=call.call_id, name=call.name, input=call.run_input, attempt=call.starts + 1,
                 ))
                 with traces.tool_span(call.name, call.call_id, call.starts, self.brain.client.target,
                                       parent=self._turn_spans.get(len(s.turns))) as span:  # fmt: skip
-                    outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input, budget=budget)
+                    outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.run_input, budget=budget)
                     traces.record_outcome(span, outcome)
                 await self.record(outcome.finished(call.call_id, call.name))
 
+        # Calls that need no decision run at once; one waiting for a person starts when it is approved (the log is
+        # read every poll, and a decision nudges it); when only waiting calls are left, the session waits.
+        running: dict[str, asyncio.Task] = {}
         try:
-            async with asyncio.TaskGroup() as group:
-                for call in pending:
-                    group.create_task(one(call))
-        except ExceptionGroup as group:
-            # The first failure cancelled the other calls; their unfinished starts are re-issued on a wake.
-            first = group.exceptions[0]
-            if isinstance(first, HandsUnauthenticated):
-                await self.record(ev.SessionFailed(reason=str(first), totals=s.totals()))
-                return
-            raise first from None
+            while True:
+                for call in turn.calls:
+                    if call.finished is not None or call.call_id in running:
+                        continue
+                    if call.waiting and call.name in s.always:  # asked before the person said "always"
+                        await self.record(ev.ApprovalDecided(call_id=call.call_id, approved=True, always=True,
+                                                             by=f"always approved for {call.name} in this session"))
+                    if call.waiting:
+                        continue
+                    decision = call.approval.decision if call.approval is not None else None
+                    if decision is not None and not decision.approved:
+                        await self.record(ev.ToolCallFinished(
+                            call_id=call.call_id, name=call.name, is_error=True, status="DENIED", duration=0.0,
+                            output=f"a person ({decision.by}) denied this call: {decision.reason or 'no reason given'}",
+                        ))
+                        continue
+                    running[call.call_id] = asyncio.create_task(one(call))
+                if s.interrupt_pending:
+                    await self._interrupt(turn, running)
+                    return
+                for task in [t for t in running.values() if t.done()]:
+                    if not task.cancelled() and (exc := task.exception()) is not None:
+                        if isinstance(exc, HandsUnauthenticated):
+                            await self.record(ev.SessionFailed(reason=str(exc), totals=s.totals()))
+                            return
+                        raise exc
+                live = [t for t in running.values() if not t.done()]
+                if not live and not any(x.finished is None for x in turn.calls):
+                    return
+                if not live:
+                    if not await self._wait_for_decisions(turn):
+                        return
+                    continue
+                self._nudge.clear()
+                nudged = asyncio.ensure_future(self._nudge.wait())
+                try:
+                    await asyncio.wait([*live, nudged], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    nudged.cancel()
+        finally:
+            for task in running.values():
+                task.cancel()
+            if running:
+                await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _interrupt(self, turn: ev.Turn, running: dict[str, asyncio.Task]) -> None:
+        """A person interrupted: cancel the calls in flight, give each the result that says so, record it."""
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        await self._writes_settled()
+        await self.absorb()
+        cancelled = [x for x in turn.calls if x.finished is None]
+        for call in cancelled:
+            await self.record(ev.ToolCallFinished(call_id=call.call_id, name=call.name, output=ev.CANCELLED_BY_A_PERSON,
+                                                  is_error=True, status="CANCELLED", duration=0.0))
+        await self.record(ev.CallsInterrupted(call_ids=[x.call_id for x in cancelled], by=self._interrupter()))
+
+    def _interrupter(self) -> str:
+        return next((m.by for m in reversed(self.state.said) if m.interrupt), "")
+
+    async def _wait_for_decisions(self, turn: ev.Turn) -> bool:
+        """Only calls waiting for a person are left: the session waits, holding no lease.
+
+        False: this brain lets it go (the drive ends with status waiting, for any brain to continue once decided).
+        True: a decision came in while this brain waited for one (wait_for_decisions) and it has the lease again.
+        """
+        s, store, sid, owner = self.state, self.brain.store, self.state.session_id, self.brain.owner
+        if s.status != "waiting":
+            await self.record(ev.SessionWaiting(calls=[x.call_id for x in turn.calls if x.waiting]))
+        self._lease_held = False
+        with contextlib.suppress(Exception):
+            await store.release_lease(sid, owner)
+        await self.absorb()  # a decision may have come in as the session went waiting
+        if not _undecided(s) or s.interrupt_pending:
+            return await self._take_back()
+        if not self.brain.wait_for_decisions:
+            self._let_go = True
+            return False
+        while _undecided(s) and not s.interrupt_pending:
+            self._nudge.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.brain.poll)
+            await self.absorb()
+        return await self._take_back()
+
+    async def _take_back(self) -> bool:
+        s, store, sid, owner = self.state, self.brain.store, self.state.session_id, self.brain.owner
+        if not await store.acquire_lease(sid, owner, self.config.lease_ttl):
+            self._let_go = True
+            return False  # another brain took it up (the brain service a decision went to): it goes on there
+        self._lease_held = True
+        await self.absorb()
+        if s.status == "waiting" and (not _undecided(s) or s.interrupt_pending):
+            await self.record(ev.SessionResumed(by=owner))
+        return s.status == "running"
+
+    async def _relay(self, call: ev.Call, rule: str) -> None:
+        """A nested brain's request, copied to the root session so the person watching that one sees it."""
+        root = self.brain.relay_to
+        if not root or root == self.state.session_id:
+            return
+        from brain.inbox import append_external
+
+        try:
+            await append_external(self.brain.store, root, ev.ApprovalRequested(
+                call_id=call.call_id, name=call.name, input=call.input, rule=rule, session_id=self.state.session_id))
+        except Exception as exc:
+            self.log.warning("could not show the approval request on the root session", root=root, error=str(exc))
 
     async def finish(self, text: str, *, cut_short: bool, reason: str | None) -> None:
         citations = await record_citations(self.brain.store, self.state, text)

@@ -62,3 +62,6 @@ NOT_RUN = {
     "max_tool_calls": "not run: this session's limit of {limit} tool calls is reached",
     "token_budget": "not run: this session's token budget of {limit} tokens is spent",
 }
+
+#: a person's message (`brainhands sessions say`), as it joins the conversation at the next turn boundary
+PERSON_SAYS = "A person watching this session says: {text}"

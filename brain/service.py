@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field, field_validator
 
 from brain import events as ev
+from brain import inbox
 from brain.auth import LOCAL, BrainAccess, BrainAuthInterceptor, BrainTenant, check_caps, current_tenant
 from brain.config import BrainConfig
 from brain.dispatch import HandsUnauthenticated, HandsUnreachable
@@ -45,7 +46,10 @@ _STATUS_TO_PB = {
     "finished": brain_pb2.SESSION_STATUS_FINISHED,
     "failed": brain_pb2.SESSION_STATUS_FAILED,
     "cancelled": brain_pb2.SESSION_STATUS_CANCELLED,
+    "waiting": brain_pb2.SESSION_STATUS_WAITING,
 }
+#: seconds between reads of the log while a Watch follows a session no brain here drives
+WATCH_POLL = 0.25
 _PB_TO_STATUS = {v: k for k, v in _STATUS_TO_PB.items()}
 
 
@@ -246,6 +250,8 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         tenant = _caller()
         try:
             limits = self._limits(request.limits, tenant, request.model)
+            if request.approve:
+                limits = limits.model_copy(update={"approve": (*limits.approve, *request.approve)})
             model = self.models.get(request.model)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -328,6 +334,105 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
                 await self._cancel_undriven(sid, reason, context)
         log.info("session cancel", session_id=sid, reason=reason)
         return brain_pb2.CancelResponse(session=to_pb_session(await self._info(sid, context)))
+
+    async def Decide(self, request: brain_pb2.DecideRequest, context: grpc.aio.ServicerContext) -> brain_pb2.DecideResponse:
+        sid = request.session_id
+        if not sid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
+        edited = None
+        if request.input_json:
+            try:
+                edited = json.loads(request.input_json)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input_json: not JSON ({exc})")
+            if not isinstance(edited, dict):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input_json: must be a JSON object")
+        if not request.approve and not request.reason.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reason: required when denying; the model reads it")
+        await self._session_for_caller(context, sid)
+        try:
+            decision = await inbox.decide(self.store, sid, request.call_id or None, approved=request.approve,
+                                          by=self._caller(context), input=edited, reason=request.reason or None,
+                                          always=request.always)
+        except (inbox.NothingToDecide, inbox.NotRunning) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("approval decided", session_id=sid, call_id=decision.call_id, approved=decision.approved)
+        await self._go_on(sid)
+        return brain_pb2.DecideResponse(call_id=decision.call_id, nested_session_id=decision.session_id or "",
+                                        session=to_pb_session(await self._info(sid, context)))
+
+    async def Say(self, request: brain_pb2.SayRequest, context: grpc.aio.ServicerContext) -> brain_pb2.SayResponse:
+        sid = request.session_id
+        if not sid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
+        if not request.text.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text: must not be empty")
+        await self._session_for_caller(context, sid)
+        try:
+            await inbox.say(self.store, sid, request.text, by=self._caller(context), interrupt=request.interrupt)
+        except inbox.NotRunning as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self._go_on(sid)
+        return brain_pb2.SayResponse(session=to_pb_session(await self._info(sid, context)))
+
+    async def Watch(self, request: brain_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[brain_pb2.WatchResponse]:
+        sid, last = request.session_id, request.after_seq
+        if not sid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
+        if last < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"after_seq: must not be negative, got {last}")
+        await self._session_for_caller(context, sid)
+        # Positional reads of the log, always: a brain here only makes them prompt (its events wake the stream).
+        while True:
+            live = self._live.get(sid)
+            queue = live.subscribe() if live is not None else None
+            try:
+                info = await self._info(sid, context)
+                for event in await self._events(sid, context, after_seq=last):
+                    last = event.seq
+                    yield brain_pb2.WatchResponse(event=to_pb_event(event))
+                if info.status in TERMINAL_STATUS.values() and last >= info.last_seq:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    if queue is not None:
+                        await asyncio.wait_for(queue.get(), WATCH_POLL * 4)
+                        while not queue.empty():  # only a wake-up: the events themselves are read from the log
+                            queue.get_nowait()
+                    else:
+                        await asyncio.sleep(WATCH_POLL)
+            finally:
+                if live is not None and queue is not None:
+                    live.unsubscribe(queue)
+
+    # --- people in the loop -----------------------------------------------------------------------
+
+    async def _session_for_caller(self, context: grpc.aio.ServicerContext, sid: str) -> SessionInfo:
+        """The session, if the caller may see it; NOT_FOUND otherwise (the one place the tenant check goes)."""
+        return await self._info(sid, context)
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """Who decides or speaks, for the log: the authenticated tenant, and where it called from."""
+        return f"tenant {_caller().name} via BrainService ({context.peer()})"
+
+    async def _go_on(self, sid: str) -> None:
+        """After a decision or a message: a session driven here reads its log now; a waiting one no brain drives
+        is continued here once nothing it waits for is undecided."""
+        live = self._live.get(sid)
+        if live is not None:
+            if live.brain is not None:
+                live.brain.nudge(sid)
+            return
+        if self._closed:
+            return
+        events = await self.store.events(sid)
+        state = SessionState.from_events(sid, events)
+        undecided = [c for c in state.calls.values() if c.waiting]
+        if state.status != "waiting" or (undecided and not state.interrupt_pending):
+            return
+        info = await self.store.get_session(sid)
+        if info.lease_owner and info.lease_owner != self.owner and (info.lease_expires_at or 0) > time.time():
+            return
+        self._wake(sid, events)
 
     # --- sessions driven here -------------------------------------------------------------------
 

@@ -88,6 +88,31 @@ class SessionLog:
     def cancel(self, reason: str, *, at: float | None = None, dt: float = 0.0) -> SessionLog:
         return self.add(ev.SessionCancelled(reason=reason), at=at, dt=dt)
 
+    def approval(self, call_id: str, name: str = "fs_write", *, input: Any = None, rule: str | None = None,
+                 session_id: str | None = None, at: float | None = None, dt: float = 0.0) -> SessionLog:
+        """A call waiting for a person (session_id: a nested session's request relayed to this one)."""
+        return self.add(ev.ApprovalRequested(call_id=call_id, name=name, input={} if input is None else input,
+                                             rule=rule or name, session_id=session_id), at=at, dt=dt)
+
+    def decided(self, call_id: str, *, approved: bool = True, by: str = "ana@laptop", input: Any = None,
+                reason: str | None = None, always: bool = False, session_id: str | None = None,
+                at: float | None = None, dt: float = 2.0) -> SessionLog:
+        return self.add(ev.ApprovalDecided(call_id=call_id, approved=approved, by=by, input=input, reason=reason,
+                                           always=always, session_id=session_id), at=at, dt=dt)
+
+    def waiting(self, *call_ids: str, at: float | None = None, dt: float = 0.0) -> SessionLog:
+        return self.add(ev.SessionWaiting(calls=list(call_ids)), at=at, dt=dt)
+
+    def resumed(self, by: str = "host:1:brain", *, at: float | None = None, dt: float = 0.1) -> SessionLog:
+        return self.add(ev.SessionResumed(by=by), at=at, dt=dt)
+
+    def said(self, text: str, *, by: str = "ana@laptop", interrupt: bool = False, at: float | None = None,
+             dt: float = 0.5) -> SessionLog:
+        return self.add(ev.UserMessage(text=text, by=by, interrupt=interrupt), at=at, dt=dt)
+
+    def interrupted(self, *call_ids: str, by: str = "ana@laptop", at: float | None = None, dt: float = 0.0) -> SessionLog:
+        return self.add(ev.CallsInterrupted(call_ids=list(call_ids), by=by), at=at, dt=dt)
+
     # --- what else a test needs of it ------------------------------------------------------------------
 
     def state(self) -> SessionState:

@@ -13,10 +13,16 @@ TERMINAL_STATUS = {
     "session_failed": "failed",
     "session_cancelled": "cancelled",
 }
-STATUSES = ("running", "finished", "failed", "cancelled")
 #: The tenant of sessions started without one: a brain service with no tenants configured, and every session
 #: written before sessions had tenants (the stores' migrations give existing rows this one).
 DEFAULT_TENANT = "local"
+#: Every event type that changes a session's status (a listing's status column), and the status it sets.
+EVENT_STATUS = {
+    **TERMINAL_STATUS,
+    "session_waiting": "waiting",  # waiting for a person's approval: no brain holds it
+    "session_resumed": "running",
+}
+STATUSES = ("running", "waiting", "finished", "failed", "cancelled")
 
 
 class SessionStoreError(Exception):
@@ -155,6 +161,7 @@ async def open_store(url: str | None = None) -> SessionStore:
 __all__ = [
     "DEFAULT_TENANT",
     "STATUSES",
+    "EVENT_STATUS",
     "TERMINAL_STATUS",
     "Event",
     "SeqConflict",

@@ -14,7 +14,7 @@ import asyncpg
 
 from brain.sessions import (
     DEFAULT_TENANT,
-    TERMINAL_STATUS,
+    EVENT_STATUS,
     Event,
     SeqConflict,
     SessionInfo,
@@ -161,7 +161,7 @@ class PostgresSessionStore:
         seqs = list(range(seq, seq + len(items)))
         types = [type for type, _ in items]
         payloads = [json.dumps(data, ensure_ascii=False) for _, data in items]
-        statuses = [TERMINAL_STATUS[type] for type in types if type in TERMINAL_STATUS]
+        statuses = [EVENT_STATUS[type] for type in types if type in EVENT_STATUS]
         status = statuses[-1] if statuses else None
         async with _reachable(), self._pool.acquire() as conn, conn.transaction():
             # The row lock makes the seq check and the insert one step: a second writer waits here,

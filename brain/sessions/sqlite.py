@@ -13,7 +13,7 @@ from typing import Any
 
 from brain.sessions import (
     DEFAULT_TENANT,
-    TERMINAL_STATUS,
+    EVENT_STATUS,
     Event,
     SeqConflict,
     SessionInfo,
@@ -155,7 +155,7 @@ class SqliteSessionStore:
         """Append events with seqs seq, seq + 1, ... in one transaction (one fsync): all of them or none."""
         rows = [(session_id, seq + i, type, json.dumps(data, ensure_ascii=False)) for i, (type, data) in enumerate(items)]
         now = time.time()
-        statuses = [TERMINAL_STATUS[type] for type, _ in items if type in TERMINAL_STATUS]
+        statuses = [EVENT_STATUS[type] for type, _ in items if type in EVENT_STATUS]
         status = statuses[-1] if statuses else None
         last = seq + len(items) - 1
 

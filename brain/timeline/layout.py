@@ -146,7 +146,7 @@ class Label:
 
 @dataclass
 class Row:
-    kind: str  # "turn" | "calls" | "synthesis" | "session"
+    kind: str  # "turn" | "calls" | "synthesis" | "session" | "approval" | "person"
     label: Label
     bars: list[Bar]
     depth: int = 0
@@ -220,6 +220,45 @@ def session_rows(s: Lane, depth: int) -> list[Row]:
                 bar.note = ""
             rows.append(Row("calls", Label("not run", f"{len(skipped)} call{'s' if len(skipped) != 1 else ''}", code=True),
                             bars, depth))
+        rows += _people_rows(s, turn, depth)
+    return rows
+
+
+def _people_rows(s: Lane, turn: Turn, depth: int) -> list[Row]:
+    """What people did around the turn: each approval wait as a bar from request to decision, and the messages
+    and interrupts that joined the conversation after it, as marks."""
+    rows: list[Row] = []
+    for call in turn.calls:
+        a = call.approval
+        if a is None:
+            continue
+        d = a.decision
+        end = a.decided_at if a.decided_at is not None else s.end
+        status = "waiting" if d is None else ("approved" if d.approved else "denied")
+        facts = [("hand", a.name), ("call id", a.call_id), ("rule", a.rule), ("decision", status)]
+        if d is not None:
+            facts += [("by", d.by), ("waited", format_duration(end - a.requested_at, precise=True))]
+            if d.reason:
+                facts.append(("reason", d.reason))
+            if d.always:
+                facts.append(("always", f"every later {a.name} call in this session"))
+        excerpts = [("input asked", json.dumps(a.input, ensure_ascii=False))]
+        if d is not None and d.input is not None:
+            excerpts.append(("input run", json.dumps(d.input, ensure_ascii=False)))
+        note = status if d is None else f"{status} by {d.by}" + (" · input edited" if d.input is not None else "")
+        bar = Bar("approval", a.requested_at, end, status, note, Card(f"approval · {a.name}", facts, excerpts),
+                  {"data-call-id": a.call_id, "data-hand": a.name, "data-session": s.info.id})
+        rows.append(Row("approval", Label("approval", a.call_id, code=True), [bar], depth))
+    said = [m for m in s.state.said if m.after_turn == turn.number]
+    if said:
+        bars = []
+        for m in said:
+            kind = "interrupt" if m.interrupt else "message"
+            card = Card(f"{kind} · {m.by or 'a person'}", [("by", m.by or "?"), ("joins", f"after turn {turn.number}")],
+                        [("text", m.text)])
+            bars.append(Bar("person", m.at, m.at, kind, f"{m.by or 'a person'}: {m.text[:60]}", card,
+                            {"data-session": s.info.id, "data-turn": str(turn.number)}))
+        rows.append(Row("person", Label("person", f"{len(said)} message{'s' if len(said) != 1 else ''}"), bars, depth))
     return rows
 
 

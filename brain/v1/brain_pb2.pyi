@@ -18,11 +18,13 @@ class SessionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_STATUS_FINISHED: _ClassVar[SessionStatus]
     SESSION_STATUS_FAILED: _ClassVar[SessionStatus]
     SESSION_STATUS_CANCELLED: _ClassVar[SessionStatus]
+    SESSION_STATUS_WAITING: _ClassVar[SessionStatus]
 SESSION_STATUS_UNSPECIFIED: SessionStatus
 SESSION_STATUS_RUNNING: SessionStatus
 SESSION_STATUS_FINISHED: SessionStatus
 SESSION_STATUS_FAILED: SessionStatus
 SESSION_STATUS_CANCELLED: SessionStatus
+SESSION_STATUS_WAITING: SessionStatus
 
 class SessionEvent(_message.Message):
     __slots__ = ("session_id", "seq", "type", "timestamp", "data_json")
@@ -53,14 +55,16 @@ class RunLimits(_message.Message):
     def __init__(self, max_turns: _Optional[int] = ..., max_parallel: _Optional[int] = ..., max_tool_calls: _Optional[int] = ..., token_budget: _Optional[int] = ..., call_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("task", "limits", "model")
+    __slots__ = ("approve", "task", "limits", "model")
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    approve: _containers.RepeatedScalarFieldContainer[str]
     task: str
     limits: RunLimits
     model: str
-    def __init__(self, task: _Optional[str] = ..., limits: _Optional[_Union[RunLimits, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    def __init__(self, approve: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., limits: _Optional[_Union[RunLimits, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -147,3 +151,59 @@ class SessionOutcome(_message.Message):
     reason: str
     totals_json: str
     def __init__(self, result: _Optional[str] = ..., cut_short: _Optional[bool] = ..., reason: _Optional[str] = ..., totals_json: _Optional[str] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("session_id", "call_id", "approve", "reason", "input_json", "always")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ALWAYS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    call_id: str
+    approve: bool
+    reason: str
+    input_json: str
+    always: bool
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., input_json: _Optional[str] = ..., always: _Optional[bool] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("call_id", "nested_session_id", "session")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NESTED_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    nested_session_id: str
+    session: Session
+    def __init__(self, call_id: _Optional[str] = ..., nested_session_id: _Optional[str] = ..., session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class SayRequest(_message.Message):
+    __slots__ = ("session_id", "text", "interrupt")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    text: str
+    interrupt: bool
+    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., interrupt: _Optional[bool] = ...) -> None: ...
+
+class SayResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("session_id", "after_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    after_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: SessionEvent
+    def __init__(self, event: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...

@@ -63,6 +63,21 @@ class BrainServiceStub:
                 request_serializer=brain_dot_v1_dot_brain__pb2.CancelRequest.SerializeToString,
                 response_deserializer=brain_dot_v1_dot_brain__pb2.CancelResponse.FromString,
                 _registered_method=True)
+        self.Decide = channel.unary_unary(
+                '/brain.v1.BrainService/Decide',
+                request_serializer=brain_dot_v1_dot_brain__pb2.DecideRequest.SerializeToString,
+                response_deserializer=brain_dot_v1_dot_brain__pb2.DecideResponse.FromString,
+                _registered_method=True)
+        self.Say = channel.unary_unary(
+                '/brain.v1.BrainService/Say',
+                request_serializer=brain_dot_v1_dot_brain__pb2.SayRequest.SerializeToString,
+                response_deserializer=brain_dot_v1_dot_brain__pb2.SayResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/brain.v1.BrainService/Watch',
+                request_serializer=brain_dot_v1_dot_brain__pb2.WatchRequest.SerializeToString,
+                response_deserializer=brain_dot_v1_dot_brain__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class BrainServiceServicer:
@@ -130,6 +145,38 @@ class BrainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decide(self, request, context):
+        """Decide approves or denies a tool call the session waits for (its
+        approval_requested event), recorded as approval_decided with who decided
+        and any edited input. A nested worker agent's request, shown on its root
+        session, is decided through the root with the nested call's id. A session
+        no brain drives is then continued here. NOT_FOUND for an unknown session
+        (or another tenant's); FAILED_PRECONDITION when nothing such is waiting.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Say(self, request, context):
+        """Say adds a person's message to a running or waiting session; it joins the
+        conversation at the next turn boundary. With interrupt, the calls in
+        flight are cancelled first (their results say "cancelled by a person").
+        FAILED_PRECONDITION for a session that has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Watch streams a session's events after after_seq, then its new events
+        live until it ends: every event once, in seq order, whichever brain
+        drives it (or none, while it waits). Unlike Wake it never continues a
+        session; it only reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrainServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +204,21 @@ def add_BrainServiceServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=brain_dot_v1_dot_brain__pb2.CancelRequest.FromString,
                     response_serializer=brain_dot_v1_dot_brain__pb2.CancelResponse.SerializeToString,
+            ),
+            'Decide': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=brain_dot_v1_dot_brain__pb2.DecideRequest.FromString,
+                    response_serializer=brain_dot_v1_dot_brain__pb2.DecideResponse.SerializeToString,
+            ),
+            'Say': grpc.unary_unary_rpc_method_handler(
+                    servicer.Say,
+                    request_deserializer=brain_dot_v1_dot_brain__pb2.SayRequest.FromString,
+                    response_serializer=brain_dot_v1_dot_brain__pb2.SayResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=brain_dot_v1_dot_brain__pb2.WatchRequest.FromString,
+                    response_serializer=brain_dot_v1_dot_brain__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +360,87 @@ class BrainService:
             '/brain.v1.BrainService/Cancel',
             brain_dot_v1_dot_brain__pb2.CancelRequest.SerializeToString,
             brain_dot_v1_dot_brain__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brain.v1.BrainService/Decide',
+            brain_dot_v1_dot_brain__pb2.DecideRequest.SerializeToString,
+            brain_dot_v1_dot_brain__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Say(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brain.v1.BrainService/Say',
+            brain_dot_v1_dot_brain__pb2.SayRequest.SerializeToString,
+            brain_dot_v1_dot_brain__pb2.SayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/brain.v1.BrainService/Watch',
+            brain_dot_v1_dot_brain__pb2.WatchRequest.SerializeToString,
+            brain_dot_v1_dot_brain__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

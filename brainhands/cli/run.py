@@ -42,6 +42,10 @@ def register(commands) -> None:
                      help="seconds to retry writing the session log while its store is unreachable (default 30)")
     run.add_argument("--server-tools", metavar="NAMES", default="",
                      help="Anthropic server tools the model runs itself instead of the hands: web_search,web_fetch")
+    run.add_argument("--approve", action="append", default=[], metavar="GLOB",
+                     help="calls to hands matching GLOB (fs_write, fs_*, *) wait for a person's approval before they run;"
+                          " repeatable. On a terminal the live view asks; otherwise the run ends with the session waiting:"
+                          " decide with `brainhands sessions approve|deny ID`, then `sessions wake ID`")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
@@ -247,8 +251,12 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
             if known_session is not None:
                 await _session_or_fail(store, known_session)
             async with _hands(args, err) as gateway:
+                prompts = getattr(view, "asks", False)  # a live view on a terminal asks the person to decide
                 brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
-                              api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record)
+                              api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
+                              wait_for_decisions=prompts)
+                if prompts:
+                    view.attach(store)
                 try:
                     with view:
                         try:
@@ -305,6 +313,14 @@ def _store_gone(args, session_id: str | None, exc: Exception) -> CliError:
 
 
 def _finish(result, as_json: bool) -> int:
+    if result.status == "waiting":
+        if as_json:
+            print(json.dumps({"type": "result", "session_id": result.session_id, "status": "waiting", "text": result.text,
+                              "usage": result.usage}, ensure_ascii=False), flush=True)
+        print(f"brainhands: session {result.session_id} is {result.text}; decide with `brainhands sessions approve"
+              f" {result.session_id} [CALL_ID]` or `sessions deny {result.session_id} [CALL_ID] --reason TEXT`, then"
+              f" continue it with `brainhands sessions wake {result.session_id}`", file=sys.stderr)
+        return 3
     if as_json:
         print(json.dumps({"type": "result", "session_id": result.session_id, "status": result.status,
                           "text": result.text, "cut_short": result.cut_short, "reason": result.reason,
@@ -344,7 +360,7 @@ def _run(args) -> int:
         args.config_obj = BrainConfig(
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
-            store_retry=args.store_retry, server_tools=_server_tools(args.server_tools),
+            store_retry=args.store_retry, server_tools=_server_tools(args.server_tools), approve=tuple(args.approve),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -382,9 +398,11 @@ def _wake(args) -> int:
 
     events = asyncio.run(look())
     state = SessionState.from_events(args.session_id, events)
-    if state.status != "running":  # nothing to continue: say how it ended, start nothing
+    if state.status not in ("running", "waiting"):  # nothing to continue: say how it ended, start nothing
         print(f"brainhands: session {args.session_id} has already ended ({state.status})", file=sys.stderr)
         return _finish(RunResult.from_state(state), args.json)
+    if state.status == "waiting" and any(c.waiting for c in state.calls.values()) and not state.interrupt_pending:
+        return _finish(RunResult.from_state(state), args.json)  # nothing to go on with until a person decides
     args.model_obj = _model(args.model or state.model or None)
     args.config_obj = BrainConfig()  # wake() runs the session under the limits its log recorded
 

@@ -120,6 +120,8 @@ def _register_brain(serve_commands) -> None:
                    "without it one local tenant, no key")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_brain_*) here")
     p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
+    p.add_argument("--approve", action="append", default=[], metavar="GLOB",
+                   help="calls to hands matching GLOB wait for a person's approval in every session; repeatable")
     p.set_defaults(func=_serve_brain)
 
 
@@ -134,6 +136,9 @@ def _serve_brain(args: argparse.Namespace) -> int:
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
             host=args.host, port=args.port, access=access,
         )  # fmt: skip
+        if args.approve:
+            approve = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
+            config = config.model_copy(update={"limits": config.limits.model_copy(update={"approve": approve})})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):

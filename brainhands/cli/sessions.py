@@ -35,7 +35,7 @@ def register(commands) -> None:
 
     lst = sc.add_parser("list", help="list recent sessions, newest first")
     _sessions_flag(lst)
-    lst.add_argument("--status", choices=["running", "finished", "failed", "cancelled"])
+    lst.add_argument("--status", choices=["running", "waiting", "finished", "failed", "cancelled"])
     lst.add_argument("--limit", type=int, default=20)
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=_list)
@@ -68,6 +68,47 @@ def register(commands) -> None:
     cancel.add_argument("--reason", default="", help="why, recorded in the log")
     _sessions_flag(cancel)
     cancel.set_defaults(func=_cancel)
+
+    approve = sc.add_parser(
+        "approve", help="approve a tool call waiting for a person (see `run --approve`)",
+        description="Approve a call the session waits for: the one named, or the only one waiting. A nested worker"
+                    " agent's request shows on its root session and is decided there with the nested call's id. The"
+                    " session then goes on: where a brain waits for the decision (a terminal, a worker agent, the"
+                    " brain service) at once; otherwise continue it with `brainhands sessions wake ID`.")
+    approve.add_argument("session_id")
+    approve.add_argument("call_id", nargs="?", help="the call to decide (default: the only one waiting)")
+    approve.add_argument("--input", metavar="JSON", help="run the call with this input instead of the model's")
+    approve.add_argument("--always", action="store_true", help="approve every later call to this hand in this session")
+    approve.add_argument("--brain", metavar="ADDR", help="decide through the brain service there (default $BRAINHANDS_BRAIN)")
+    _sessions_flag(approve)
+    approve.set_defaults(func=_decide, approved=True)
+
+    deny = sc.add_parser("deny", help="deny a tool call waiting for a person: the model reads the reason instead")
+    deny.add_argument("session_id")
+    deny.add_argument("call_id", nargs="?", help="the call to decide (default: the only one waiting)")
+    deny.add_argument("--reason", required=True, help="why: the model gets it as the call's error result")
+    deny.add_argument("--brain", metavar="ADDR", help="decide through the brain service there (default $BRAINHANDS_BRAIN)")
+    _sessions_flag(deny)
+    deny.set_defaults(func=_decide, approved=False, input=None, always=False)
+
+    say = sc.add_parser("say", help="tell a running session something: it joins the conversation at the next turn",
+                        description="Add a message for the orchestrator; the model reads it at the next turn boundary."
+                                    " With --interrupt the calls in flight are cancelled first (their results say"
+                                    " 'cancelled by a person'), so the next turn comes at once.")
+    say.add_argument("session_id")
+    say.add_argument("text")
+    say.add_argument("--interrupt", action="store_true", help="cancel the calls in flight first")
+    say.add_argument("--brain", metavar="ADDR", help="send it through the brain service there (default $BRAINHANDS_BRAIN)")
+    _sessions_flag(say)
+    say.set_defaults(func=_say)
+
+    watch = sc.add_parser("watch", help="watch sessions live on one screen (all running and waiting ones without ids)")
+    watch.add_argument("session_ids", nargs="*", metavar="ID")
+    watch.add_argument("--brain", metavar="ADDR", help="watch through the brain service there (default $BRAINHANDS_BRAIN)")
+    watch.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
+    watch.add_argument("--until-done", action="store_true", help="stop once every watched session has ended")
+    _sessions_flag(watch)
+    watch.set_defaults(func=_watch)
 
 
 
@@ -294,3 +335,124 @@ async def _cancel_in_store(args) -> int:
         await store.close()
     print(f"session {sid}: cancelled")
     return 0
+
+
+# --- approve, deny, say, watch ----------------------------------------------------------------------------
+
+
+def _brain_address(args) -> str | None:
+    return getattr(args, "brain", None) or os.environ.get("BRAINHANDS_BRAIN") or None
+
+
+def _decide(args) -> int:
+    edited = None
+    if args.input is not None:
+        try:
+            edited = json.loads(args.input)
+        except ValueError as exc:
+            raise CliError(f"--input: not JSON ({exc})") from None
+        if not isinstance(edited, dict):
+            raise CliError("--input: the call's input is a JSON object, e.g. '{\"path\": \"notes.md\"}'")
+    if not args.approved and not args.reason.strip():
+        raise CliError("--reason: say why; the model reads it instead of the call's result")
+    address = _brain_address(args)
+    if address:
+        return asyncio.run(_decide_through_service(address, args, edited))
+    from brain.inbox import NothingToDecide, NotRunning, decide, person
+    from brain.sessions import SessionNotFound
+
+    async def go():
+        store = await _open(args.sessions)
+        try:
+            await _session_or_fail(store, args.session_id)
+            return await decide(store, args.session_id, args.call_id, approved=args.approved, by=person(),
+                                input=edited, reason=None if args.approved else args.reason, always=args.always)
+        except (NothingToDecide, NotRunning, SessionNotFound) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await store.close()
+
+    decision = asyncio.run(go())
+    verdict = "approved" if decision.approved else "denied"
+    where = f" (in its nested session {decision.session_id})" if decision.session_id else ""
+    print(f"session {args.session_id}: call {decision.call_id}{where} {verdict}")
+    return 0
+
+
+def _stub(channel):
+    from brain.v1 import brain_pb2_grpc
+
+    return brain_pb2_grpc.BrainServiceStub(channel)
+
+
+def _service_error(address: str, session_id: str, exc) -> CliError:
+    import grpc
+
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"cannot reach the brain service at {address}: is `brainhands serve brain` running there?")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return CliError(f"the brain service at {address} has no session {session_id}")
+    return CliError(f"the brain service at {address}: {exc.details()}")
+
+
+async def _decide_through_service(address: str, args, edited) -> int:
+    import grpc
+
+    from brain.v1 import brain_pb2
+
+    request = brain_pb2.DecideRequest(session_id=args.session_id, call_id=args.call_id or "", approve=args.approved,
+                                      reason="" if args.approved else args.reason, always=bool(args.always),
+                                      input_json="" if edited is None else json.dumps(edited))
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await _stub(channel).Decide(request, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise _service_error(address, args.session_id, exc) from None
+    print(f"session {args.session_id}: call {reply.call_id} {'approved' if args.approved else 'denied'}")
+    return 0
+
+
+def _say(args) -> int:
+    if not args.text.strip():
+        raise CliError("the message is empty: say what the session should know")
+    address = _brain_address(args)
+    if address:
+        return asyncio.run(_say_through_service(address, args))
+    from brain.inbox import NotRunning, person, say
+    from brain.sessions import SessionNotFound
+
+    async def go():
+        store = await _open(args.sessions)
+        try:
+            await _session_or_fail(store, args.session_id)
+            await say(store, args.session_id, args.text, by=person(), interrupt=args.interrupt)
+        except (NotRunning, SessionNotFound) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    print(f"session {args.session_id}: message added" + (" (interrupting the calls in flight)" if args.interrupt else ""))
+    return 0
+
+
+async def _say_through_service(address: str, args) -> int:
+    import grpc
+
+    from brain.v1 import brain_pb2
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await _stub(channel).Say(brain_pb2.SayRequest(session_id=args.session_id, text=args.text,
+                                                           interrupt=args.interrupt), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise _service_error(address, args.session_id, exc) from None
+    print(f"session {args.session_id}: message added" + (" (interrupting the calls in flight)" if args.interrupt else ""))
+    return 0
+
+
+def _watch(args) -> int:
+    from brainhands.cli.watch import watch
+
+    return asyncio.run(watch(args, _brain_address(args)))

@@ -84,6 +84,18 @@ async def test_terminal_events_set_the_status_and_listing_filters_on_it(store):
     assert [s.id for s in newest_first] == [ids[3], ids[2]]
 
 
+async def test_a_session_waiting_for_a_person_is_listed_as_waiting_until_a_brain_resumes_it(store):
+    sid = await store.create_session("task", {})
+    await store.append(sid, 1, "session_started", {})
+    await store.append_many(sid, 2, [("approval_requested", {"call_id": "c1"}), ("session_waiting", {"calls": ["c1"]})])
+    assert (await store.get_session(sid)).status == "waiting"
+    assert [s.id for s in await store.list_sessions(status="waiting")] == [sid]
+    await store.append(sid, 4, "approval_decided", {"call_id": "c1", "approved": True})
+    assert (await store.get_session(sid)).status == "waiting"
+    await store.append(sid, 5, "session_resumed", {"by": "b"})
+    assert (await store.get_session(sid)).status == "running"
+
+
 async def test_child_sessions_name_their_parent(store):
     parent = await store.create_session("parent", {})
     child = await store.create_session("child", {}, parent_id=parent)
