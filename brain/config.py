@@ -19,10 +19,20 @@ class BrainConfig:
     lease_ttl: float = 30.0  # seconds a brain holds a session without renewing (renewed every ttl/3)
     describe_timeout: float = 10.0
     store_retry: float = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
+    thinking: str = "off"  # "adaptive": the model decides when and how much to think; "off": no thinking
+    effort: str | None = None  # "low" | "medium" | "high": the model's effort; None: its default
+
+    #: the settings that are words, not numbers: each with the values it may take
+    CHOICES = {"thinking": ("adaptive", "off"), "effort": (None, "low", "medium", "high")}
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in self.CHOICES:
+                if value not in self.CHOICES[f.name]:
+                    words = " or ".join(c for c in self.CHOICES[f.name] if c)
+                    raise ValueError(f"brain config {f.name}: expected {words}, got {value!r}")
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"brain config {f.name}: expected a number, got {value!r}")
             minimum = 0 if f.name == "max_continuations" else 1

@@ -212,9 +212,18 @@ def _totals(view: SessionState, now: float, live: bool = True) -> Text:
     return out
 
 
+def _writing(streamed: str, width: int) -> str:
+    """The end of the text the model is writing now, on one line."""
+    text = " ".join(streamed.split())
+    room = max(10, width - 40)
+    return text if len(text) <= room else "…" + text[-(room - 1):]
+
+
 def render_tree(view: SessionState, *, now: float, height: int = 40, width: int = 100, live: bool = True,
-                expand_all: bool = False, status: str | None = None) -> RenderableType:
-    """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls."""
+                expand_all: bool = False, status: str | None = None, streamed: str = "") -> RenderableType:
+    """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls.
+
+    streamed: the text of the turn the model is writing now (it is in no event until the turn ends)."""
     tree = Tree(_header(view, now, status or view.status), guide_style="dim")
     last_with_calls = max((t.number for t in view.turns if t.calls), default=0)
     budget = max(4, height - 6 - len(view.turns))  # call lines that fit on the screen
@@ -239,9 +248,11 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
             done = sum(1 for c in rest if call_state(c) == "ok")
             node.add(Text(f"… {hidden} more ({done} ok, {hidden - done} other)", style="dim"))
     if thinking(view) and live:
-        tree.add(Spinner("dots", text=Text(
-            f"turn {len(view.turns) + 1} · model thinking… {format_duration(now - (view.last_at or now))}",
-            style="bold"), style="magenta"))
+        label = Text(f"turn {len(view.turns) + 1} · model {'writing' if streamed else 'thinking'}… "
+                     f"{format_duration(now - (view.last_at or now))}", style="bold", no_wrap=True, overflow="ellipsis")
+        if streamed:
+            label.append(f"  {_writing(streamed, width)}", style="italic")
+        tree.add(Spinner("dots", text=label, style="magenta"))
     return Group(tree, _totals(view, now, live))
 
 
@@ -331,6 +342,7 @@ class LiveView:
         self._live: Live | None = None
         self._refresh = refresh_per_second
         self._done = False
+        self.streamed = ""  # the text of the turn being written, shown as it arrives, dropped when the turn is logged
 
     def __enter__(self) -> LiveView:
         if self.live:
@@ -352,16 +364,25 @@ class LiveView:
             for event in events:
                 self.view.apply(event)
 
+    def on_text(self, session_id: str, text: str) -> None:
+        """A piece of the current turn's text (the brain's on_text): shown now, never written to the log."""
+        with self._lock:
+            if session_id == self.view.session_id or not self.view.session_id:
+                self.streamed += text
+
     def on_event(self, event: Event) -> None:
         with self._lock:
             self.view.apply(event)
+            if event.type == ev.MODEL_RESPONSE:
+                self.streamed = ""
             line = None if self.live else plain_line(self.view, event)
         if line is not None:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def renderable(self) -> RenderableType:
         with self._lock:
-            return render_tree(self.view, now=self.clock(), height=self.console.height, width=self.console.width)
+            return render_tree(self.view, now=self.clock(), height=self.console.height, width=self.console.width,
+                               streamed=self.streamed)
 
     def final(self, result: Any = None, *, status: str | None = None) -> None:
         """Stop the live tree and leave the compact summary (once); result is the RunResult, if there is one."""

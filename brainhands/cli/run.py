@@ -40,6 +40,10 @@ def register(commands) -> None:
     run.add_argument("--lease-ttl", type=float, metavar="SECONDS", default=30.0, help="seconds a crashed brain holds the session (default 30)")
     run.add_argument("--store-retry", type=float, metavar="SECONDS", default=30.0,
                      help="seconds to retry writing the session log while its store is unreachable (default 30)")
+    run.add_argument("--thinking", choices=("adaptive", "off"), default="off",
+                     help="adaptive: the model decides when and how much to think; off: no thinking (default off)")
+    run.add_argument("--effort", choices=("low", "medium", "high"),
+                     help="how much effort the model puts into each answer (default: the model's own)")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
@@ -234,7 +238,8 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
                 await _session_or_fail(store, known_session)
             async with _hands(args, err) as gateway:
                 brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
-                              api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record)
+                              api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
+                              on_text=getattr(view, "on_text", None))
                 try:
                     with view:
                         try:
@@ -325,7 +330,7 @@ def _run(args) -> int:
         args.config_obj = BrainConfig(
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
-            store_retry=args.store_retry,
+            store_retry=args.store_retry, thinking=args.thinking, effort=args.effort,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
