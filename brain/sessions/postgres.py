@@ -191,6 +191,12 @@ class PostgresSessionStore:
         row = await self._pool.fetchrow(_SELECT + " WHERE id = $1", session_id)
         return SessionInfo.from_row(row) if row else None
 
+    async def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids that start with prefix (a short id), at most limit of them."""
+        rows = await self._pool.fetch(
+            "SELECT id FROM brain_sessions WHERE starts_with(id, $1) ORDER BY id LIMIT $2", prefix, limit)
+        return [r["id"] for r in rows]
+
     async def list_sessions(self, limit: int = 50, status: str | None = None) -> list[SessionInfo]:
         if status is None:
             rows = await self._pool.fetch(_SELECT + " ORDER BY created_at DESC LIMIT $1", limit)

@@ -136,10 +136,15 @@ def _store_name(store) -> str:
 
 
 async def _session_or_fail(store, session_id: str):
-    info = await store.get_session(session_id)
-    if info is None:
-        raise CliError(f"no session {session_id} in {_store_name(store)}; see `brainhands sessions list`")
-    return info
+    """The session with this id or unique id prefix (the short id listings print)."""
+    from brain.sessions import AmbiguousSessionId, SessionNotFound, resolve_session_id
+
+    try:
+        return await store.get_session(await resolve_session_id(store, session_id))
+    except AmbiguousSessionId as exc:
+        raise CliError(str(exc)) from None
+    except SessionNotFound:
+        raise CliError(f"no session {session_id} in {_store_name(store)}; see `brainhands sessions list`") from None
 
 
 @contextlib.asynccontextmanager
@@ -235,7 +240,7 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
         store = await _open(args.sessions)
         try:
             if known_session is not None:
-                await _session_or_fail(store, known_session)
+                await _session_or_fail(store, known_session)  # still there: _wake resolved its full id
             async with _hands(args, err) as gateway:
                 brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
                               api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
@@ -353,7 +358,7 @@ def _wake(args) -> int:
     async def look():
         store = await _open(args.sessions)
         try:
-            await _session_or_fail(store, args.session_id)
+            args.session_id = (await _session_or_fail(store, args.session_id)).id
             return await store.events(args.session_id)
         finally:
             await store.close()

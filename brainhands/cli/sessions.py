@@ -103,6 +103,7 @@ def _show(args) -> int:
         store = await _open(args.sessions)
         try:
             info = await _session_or_fail(store, args.session_id)
+            args.session_id = info.id
             events = await store.events(args.session_id)
             page = None
             if args.html:
@@ -208,10 +209,10 @@ async def _cancel_through_service(address: str, session_id: str, reason: str) ->
 async def _cancel_in_store(args) -> int:
     from brain.events import SessionCancelled, SessionState
 
-    sid = args.session_id
     store = await _open(args.sessions)
     try:
-        info = await _session_or_fail(store, sid)
+        info = await _session_or_fail(store, args.session_id)
+        sid = info.id
         if info.status != "running":
             print(f"session {sid} is not running ({info.status}); nothing to cancel")
             return 0
