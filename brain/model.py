@@ -92,6 +92,9 @@ class AnthropicModel:
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself, and retries 408/409/429/5xx
         # (overloaded included) with backoff that honours retry-after.
         self._client = client or anthropic.AsyncAnthropic(max_retries=max_retries, timeout=timeout)
+        if client is None and not _has_credentials(self._client):
+            # Said now, before a session exists, rather than as the SDK's TypeError on the first turn.
+            raise ModelError("ANTHROPIC_API_KEY is not set: export it (or ANTHROPIC_AUTH_TOKEN) before starting the brain")
 
     async def create(
         self,
@@ -141,6 +144,10 @@ class AnthropicModel:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:
+    return any(getattr(client, name, None) is not None for name in ("api_key", "auth_token", "credentials", "_token_cache"))
 
 
 def _message(exc: anthropic.APIStatusError) -> str:
