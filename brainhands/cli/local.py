@@ -99,8 +99,8 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     from rich.console import Console
 
     from brain import AnthropicModel, Brain, BrainConfig
-    from brainhands.cli.run import _open, _store_name
     from brain.timeline import render_timeline
+    from brainhands.cli.run import _open, _store_name
     from brainhands.demo_model import DEMO_TASK, start_demo_model
     from brainhands.stack import StackError, start_local_stack
 
