@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import structlog
+from pydantic import Field
 
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
 from hands import metadata as md
 from hands.builtin.llm import INPUT_SCHEMA as LLM_INPUT_SCHEMA
-from hands.builtin.llm import _env_int, user_message
+from hands.builtin.llm import WORKER_ENV_VARS, user_message
+from hands.config import DEFAULT_MODEL, ConfigModel, Duration, Text, whole
 
 log = structlog.get_logger("hands.agent")
 
@@ -43,47 +43,31 @@ DESCRIPTION = (
 )
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(ConfigModel):
     """Everything the agent hand needs, read once at start-up; a request can only lower the limits."""
 
+    config_name = "agent config"
+    env_vars = {
+        **WORKER_ENV_VARS,
+        "sessions": "BRAINHANDS_SESSIONS",
+        "model": ("BRAINHANDS_AGENT_MODEL", "BRAINHANDS_MODEL"),
+        "max_turns": "BRAINHANDS_AGENT_MAX_TURNS",
+        "max_tool_calls": "BRAINHANDS_AGENT_MAX_TOOL_CALLS",
+        "token_budget": "BRAINHANDS_AGENT_TOKEN_BUDGET",
+    }
+
     gateway: str | None = None  # where the agent's brain calls hands (its tools); required
-    gateway_api_key: str | None = field(default=None, repr=False)  # the agent's own key for the gateway
+    gateway_api_key: str | None = Field(None, repr=False)  # the agent's own key for the gateway
     sessions: str | None = None  # the session store its sessions are written to (None: the default SQLite file)
-    model: str = "claude-sonnet-5-5"
-    api_key: str | None = field(default=None, repr=False)
+    model: Text = DEFAULT_MODEL
+    api_key: str | None = Field(None, repr=False)
     base_url: str | None = None
-    max_depth: int = 3  # deepest nesting allowed; the root brain's direct calls are depth 0
-    max_turns: int = 12
-    max_parallel: int = 4
-    max_tool_calls: int = 40  # per agent session, before the caller's budget caps it further
-    token_budget: int = 400_000
-    call_timeout: float = 300.0  # seconds each of its tool calls may take (and never past its own deadline)
-
-    def __post_init__(self) -> None:
-        for key, minimum in (("max_depth", 0), ("max_turns", 1), ("max_parallel", 1), ("max_tool_calls", 1),
-                             ("token_budget", MIN_TOKEN_BUDGET)):  # fmt: skip
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"agent config: {key} must be an integer >= {minimum}, not {value!r}")
-        if not self.call_timeout > 0:
-            raise ValueError(f"agent config: call_timeout must be positive, not {self.call_timeout!r}")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
-        env = os.environ if environ is None else environ
-        return cls(
-            gateway=env.get("BRAINHANDS_GATEWAY") or None,
-            gateway_api_key=env.get("BRAINHANDS_API_KEY") or None,
-            sessions=env.get("BRAINHANDS_SESSIONS") or None,
-            model=env.get("BRAINHANDS_AGENT_MODEL") or env.get("BRAINHANDS_MODEL") or cls.model,
-            api_key=env.get("ANTHROPIC_API_KEY") or None,
-            base_url=env.get("ANTHROPIC_BASE_URL") or None,
-            max_depth=_env_int(env, "BRAINHANDS_MAX_DEPTH", cls.max_depth, 0),
-            max_turns=_env_int(env, "BRAINHANDS_AGENT_MAX_TURNS", cls.max_turns, 1),
-            max_tool_calls=_env_int(env, "BRAINHANDS_AGENT_MAX_TOOL_CALLS", cls.max_tool_calls, 1),
-            token_budget=_env_int(env, "BRAINHANDS_AGENT_TOKEN_BUDGET", cls.token_budget, MIN_TOKEN_BUDGET),
-        )
+    max_depth: whole(0) = 3  # deepest nesting allowed; the root brain's direct calls are depth 0
+    max_turns: whole(1) = 12
+    max_parallel: whole(1) = 4
+    max_tool_calls: whole(1) = 40  # per agent session, before the caller's budget caps it further
+    token_budget: whole(MIN_TOKEN_BUDGET) = 400_000
+    call_timeout: Duration = 300.0  # seconds each of its tool calls may take (and never past its own deadline)
 
 
 def _header_int(metadata: Mapping[str, str], key: str) -> int | None:

@@ -9,7 +9,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import anthropic
 from anthropic.types import Message
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
+from hands.config import DEFAULT_MODEL
+
 EPHEMERAL = {"type": "ephemeral"}
 
 Thinking = Literal["adaptive", "off"]

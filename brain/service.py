@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import Field, field_validator
 
 from brain import events as ev
 from brain.config import BrainConfig
@@ -29,6 +28,7 @@ from brain.scripted import ScriptedModel
 from brain.sessions import TERMINAL_STATUS, Event, SessionInfo, SessionNotFound, SessionStore, open_store
 from brain.v1 import brain_pb2, brain_pb2_grpc
 from hands import HandClient
+from hands.config import ConfigError, ConfigModel, Text
 from hands.serving import RunningServer, start_server
 
 log = structlog.get_logger("brain.service")
@@ -48,31 +48,51 @@ _STATUS_TO_PB = {
 _PB_TO_STATUS = {v: k for k, v in _STATUS_TO_PB.items()}
 
 
-@dataclass(frozen=True)
-class BrainServiceConfig:
+class BrainServiceConfig(ConfigModel):
     """Everything `brainhands serve brain` needs, read once from flags and environment in main."""
 
-    gateway: str  # the HandService the brain calls: a gateway or a single hand service
+    env_vars = {
+        "gateway": "BRAINHANDS_GATEWAY",
+        "sessions": "BRAINHANDS_SESSIONS",
+        "model": "BRAINHANDS_MODEL",
+        "api_key": "BRAINHANDS_API_KEY",
+        "anthropic_api_key": "ANTHROPIC_API_KEY",
+        "anthropic_base_url": "ANTHROPIC_BASE_URL",
+    }
+
+    # The HandService the brain calls: a gateway or a single hand service.
+    gateway: str = Field("", validate_default=True)
     sessions: str | None = None  # session store URL: a SQLite path or postgresql://...; None: the default file
     model: str = DEFAULT_MODEL  # a Claude model id, or scripted:PATH for a scripted model (tests, demos)
-    host: str = "127.0.0.1"
+    host: Text = "127.0.0.1"
     port: int = DEFAULT_PORT  # 0 picks a free port
-    api_key: str | None = None  # the key the brain presents to the gateway (BRAINHANDS_API_KEY)
-    anthropic_api_key: str | None = None  # ANTHROPIC_API_KEY
+    api_key: str | None = Field(None, repr=False)  # the key the brain presents to the gateway (BRAINHANDS_API_KEY)
+    anthropic_api_key: str | None = Field(None, repr=False)  # ANTHROPIC_API_KEY
     anthropic_base_url: str | None = None  # ANTHROPIC_BASE_URL: a compatible local endpoint works
-    limits: BrainConfig = field(default_factory=BrainConfig)  # defaults a RunRequest's limits override
+    limits: BrainConfig = BrainConfig()  # defaults a RunRequest's limits override
 
-    def __post_init__(self):
-        if not self.gateway or not self.gateway.strip():
-            raise ValueError("gateway: required; pass --gateway ADDR or set BRAINHANDS_GATEWAY")
-        if not self.host:
-            raise ValueError("host: must not be empty")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port: must be a whole number from 0 to 65535, got {self.port!r}")
-        if not self.model or not self.model.strip():
-            raise ValueError("model: must not be empty")
-        if self.model.startswith(SCRIPTED_PREFIX) and not self.model[len(SCRIPTED_PREFIX):]:
-            raise ValueError("model: write scripted:PATH, with the path of a model script")
+    @field_validator("gateway")
+    @classmethod
+    def _gateway_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required; pass --gateway ADDR or set BRAINHANDS_GATEWAY")
+        return value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ValueError(f"must be a whole number from 0 to 65535, got {value!r}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if value.startswith(SCRIPTED_PREFIX) and not value[len(SCRIPTED_PREFIX):]:
+            raise ValueError("write scripted:PATH, with the path of a model script")
+        return value
 
     @property
     def scripted(self) -> bool:
@@ -403,9 +423,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         if limits.HasField("call_timeout"):
             overrides["call_timeout"] = limits.call_timeout.ToTimedelta().total_seconds()
         try:
-            return dataclasses.replace(self.config.limits, **overrides)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("brain config ", "limits.", 1)) from None
+            return self.config.limits.replace(**overrides)
+        except ConfigError as exc:
+            raise ValueError(f"limits.{exc.key}: {exc.reason}") from None
 
     async def _events(self, sid: str, context: grpc.aio.ServicerContext, after_seq: int = 0) -> list[Event]:
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
+from hands.config import DEFAULT_MODEL
 
 #: The error "type" the real API puts in its error JSON, by HTTP status.
 ERROR_TYPES = {

@@ -17,7 +17,16 @@ from prometheus_client import Counter
 from gateway.config import GatewayConfig
 from gateway.context import current_tenant
 from gateway.metrics import GatewayMetrics
-from gateway.quotas import ADMITTED, Decision, QuotaStore, QuotaStoreUnavailable, holding, open_store
+from gateway.quotas import (
+    ADMITTED,
+    Decision,
+    Lease,
+    QuotaStore,
+    QuotaStoreUnavailable,
+    holding,
+    open_store,
+    reservations,
+)
 from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
@@ -106,9 +115,14 @@ class Access:
         return tenant
 
     async def admit(self, tenant: Tenant, hand: str, rules, context, started: float) -> Decision:
-        """Admit the call against every matching rule, or abort RESOURCE_EXHAUSTED / UNAVAILABLE."""
+        """Admit the call against every matching rule, or abort RESOURCE_EXHAUSTED / UNAVAILABLE.
+
+        A token rule's reservation is the call's own budget (x-brainhands-budget-tokens) or the rule's
+        reserve, the tighter of the two; the outer call of a nested one (depth > 0) has reserved for it.
+        """
         try:
-            decision = await self.store.admit(rules, uuid.uuid4().hex)
+            reserve = reservations(rules, _call_budget(md.as_dict(context.invocation_metadata())))
+            decision = await self.store.admit(rules, uuid.uuid4().hex, reserve)
         except QuotaStoreUnavailable as exc:
             if self.fail_open:
                 self.store_errors.labels("admitted").inc()
@@ -151,8 +165,8 @@ class Access:
         )  # fmt: skip
         raise AssertionError("unreachable: abort raises")
 
-    async def charge(self, rules, response, hand: str) -> None:
-        """Charge the tokens a finished call reports in its usage to the call's token rules."""
+    async def charge(self, rules, response, hand: str, leases: tuple[Lease, ...] = ()) -> None:
+        """Charge the tokens a finished call reports in its usage to its token rules, settling its reservations."""
         if not any(rule.kind == "tokens" for rule in rules):
             return
         try:
@@ -161,9 +175,9 @@ class Access:
             else:
                 tokens = response.usage.input_tokens + response.usage.output_tokens
         except DecodeError:
-            return
+            return  # the reservations are released with the call's other leases
         try:
-            await self.store.charge_tokens(rules, tokens)
+            await self.store.charge_tokens(rules, tokens, leases)
         except QuotaStoreUnavailable as exc:
             self.store_errors.labels("uncharged").inc()
             log.error(
@@ -230,7 +244,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 decision = await access.admit(tenant, name, rules, context, started)
                 async with holding(access.store, decision.leases):
                     response = await inner(request, context)
-                await access.charge(rules, response, name)
+                    # Settled while still held: a reservation leaves in the same step its real usage arrives.
+                    await access.charge(rules, response, name, decision.leases)
                 return response
 
             return handler._replace(unary_unary=execute)
@@ -291,6 +306,17 @@ class QuotaServicer(gateway_pb2_grpc.QuotaServiceServicer):
                 entry.window.FromMilliseconds(round(rule.window * 1000))
                 entry.resets_in.FromMilliseconds(round(usage.resets_in * 1000))
         return out
+
+
+def _call_budget(meta: dict[str, str]) -> int | None:
+    """The tokens a call says it may spend (x-brainhands-budget-tokens); None for a nested or unbudgeted call."""
+    try:
+        if int(meta.get(md.DEPTH, "0")) > 0:
+            return None  # the brain's call to the hand that made this one reserved the budget it handed down
+    except ValueError:
+        pass
+    raw = meta.get(md.BUDGET_TOKENS, "")
+    return int(raw) if raw.isdigit() else None
 
 
 def _pack(message) -> any_pb2.Any:

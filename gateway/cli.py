@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 
 from hands.cli import CliError, run_command
 
@@ -35,11 +34,11 @@ def serve_gateway(args: argparse.Namespace) -> int:
     if args.listen:
         if not is_address(args.listen):
             raise CliError(f"--listen: must be host:port, got {args.listen!r}")
-        config = dataclasses.replace(config, listen=args.listen)
+        config = config.replace(listen=args.listen)
     if args.metrics:
         if args.metrics != "off" and not is_address(args.metrics):
             raise CliError(f"--metrics: must be host:port or 'off', got {args.metrics!r}")
-        config = dataclasses.replace(config, metrics=None if args.metrics == "off" else args.metrics)
+        config = config.replace(metrics=None if args.metrics == "off" else args.metrics)
     configure_logging()
 
     async def run() -> None:

@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from pydantic import NonNegativeFloat
 
+from hands import dedupe
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
+from hands.config import ConfigModel, Duration, whole
 from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
 log = structlog.get_logger("hands")
 
 DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so any left is alone
 
 
-@dataclass(frozen=True)
-class HandServiceConfig:
+class HandServiceConfig(ConfigModel):
     """Limits for one hand service, fixed at start."""
 
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_concurrency: int = 64
-    default_timeout: float = 300.0  # seconds a call may run when neither caller nor hand says less
+    max_input_bytes: whole(1) = DEFAULT_MAX_INPUT_BYTES
+    max_concurrency: whole(1) = 64
+    default_timeout: Duration = 300.0  # seconds a call may run when neither caller nor hand says less
+    dedupe_ttl: NonNegativeFloat = dedupe.DEFAULT_TTL  # seconds a finished call's result answers repeats (0: off)
+    dedupe_store: str = "memory"  # or redis://host:port/db, shared by replicas of the service
+    # A longer output comes back is_error with its first part and a note: it must fit every hop's message limit.
+    max_output_bytes: whole(1) = DEFAULT_MAX_OUTPUT_BYTES
 
 
 class _Malformed:
@@ -58,6 +66,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         self._hands = check_unique(list(hands))
         self._config = config
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._once = dedupe.once(config.dedupe_store, config.dedupe_ttl)
         self._describe = hands_pb2.DescribeResponse(
             hands=[
                 hands_pb2.HandSpec(
@@ -97,7 +106,10 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             the_hand = self._hands.get(name)
             if the_hand is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no hand named {name!r} here")
-            response = await self._run(the_hand, request, context)
+            if self._once is None:
+                response = await self._run(the_hand, request, context)
+            else:  # a non-idempotent hand runs once per call id; a repeat gets the stored result
+                response = await self._once.run(the_hand, request, context, self._run)
             return response
         finally:
             note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
@@ -118,7 +130,13 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         try:
             args = the_hand.parse_input(request.input)
         except HandError as exc:
-            return hands_pb2.ExecuteResponse(output=str(exc), is_error=True)
+            return self._response(the_hand.name, str(exc), True)
+        if (where := _invalid_unicode(args)) is not None:
+            return hands_pb2.ExecuteResponse(
+                output=f"invalid input for {the_hand.name}: {where} holds invalid Unicode (a lone surrogate such as "
+                "\\udce9, which is not a character); send text as valid UTF-8",
+                is_error=True,
+            )
         if the_hand.takes_ctx:
             args["ctx"] = Context(
                 call_id=call_id,
@@ -139,7 +157,7 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
                 )
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{the_hand.name} did not finish before the deadline")
         except HandError as exc:
-            return hands_pb2.ExecuteResponse(output=str(exc), is_error=True)
+            return self._response(the_hand.name, str(exc), True)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -149,7 +167,74 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
                 grpc.StatusCode.INTERNAL,
                 f"internal error in hand {the_hand.name} (correlation id {correlation_id})",
             )
-        return _to_response(the_hand.name, result)
+        if isinstance(result, HandResult) and isinstance(result.output, str):
+            output, is_error = self._bounded(the_hand.name, result.output, result.is_error)
+            return hands_pb2.ExecuteResponse(
+                output=output,
+                is_error=is_error,
+                usage=hands_pb2.Usage(
+                    input_tokens=result.usage.input_tokens,
+                    output_tokens=result.usage.output_tokens,
+                    tool_calls=result.usage.tool_calls,
+                    nested_tokens=result.usage.nested_tokens,
+                ),
+            )
+        if isinstance(result, str):
+            return self._response(the_hand.name, result, False)
+        correlation_id = uuid.uuid4().hex[:16]
+        log.error("hand returned neither str nor HandResult", hand=the_hand.name, type=type(result).__name__,
+                  correlation_id=correlation_id)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error in hand {the_hand.name}: it returned {type(result).__name__}, not str or HandResult "
+            f"(correlation id {correlation_id})",
+        )
+
+    def _response(self, name: str, output: str, is_error: bool) -> hands_pb2.ExecuteResponse:
+        output, is_error = self._bounded(name, output, is_error)
+        return hands_pb2.ExecuteResponse(output=output, is_error=is_error)
+
+    def _bounded(self, name: str, output: str, is_error: bool) -> tuple[str, bool]:
+        """The output as the contract can carry it: valid UTF-8, at most max_output_bytes; else is_error with a note.
+
+        Without this a lone surrogate fails serialization (UNKNOWN, with Python's exception text) and an
+        output past the message limit comes back RESOURCE_EXHAUSTED, the quota status, with no retry info.
+        """
+        notes = []
+        bad = 0 if output.isascii() else len(_LONE_SURROGATE.findall(output))  # isascii: one fast pass for most
+        if bad:
+            output = _LONE_SURROGATE.sub("\ufffd", output)
+            notes.append(f"[{name}'s output held {bad} invalid Unicode characters (lone surrogates), shown as U+FFFD]")
+        limit = self._config.max_output_bytes
+        if len(output) * 4 > limit and len(encoded := output.encode()) > limit:  # no encoding for short ones
+            note = (f"[output cut: {name} returned {len(encoded)} bytes; the limit is {limit} bytes, "
+                    "and only the first part is shown; ask for less (a narrower path, pattern or range)]")
+            keep = max(0, limit - len(note.encode()) - 2 - sum(len(n.encode()) + 1 for n in notes))
+            output = encoded[:keep].decode("utf-8", "ignore")
+            notes.append(note)
+        if not notes:
+            return output, is_error
+        sep = "" if output.endswith("\n") or not output else "\n"
+        return output + sep + "\n".join(notes), True
+
+
+def _invalid_unicode(value, where: str = "") -> str | None:
+    """Which field of a parsed input holds a lone surrogate (e.g. from the JSON escape "\\udce9"), or None."""
+    if isinstance(value, str):
+        if value.isascii() or not _LONE_SURROGATE.search(value):
+            return None
+        return f"field {where!r}" if where else "the input"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _LONE_SURROGATE.search(str(key)):
+                return f"a key of {f'field {where!r}' if where else 'the input'}"
+            if found := _invalid_unicode(item, f"{where}.{key}" if where else str(key)):
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _invalid_unicode(item, f"{where}[{i}]"):
+                return found
+    return None
 
 
 def handler(servicer: HandServicer) -> grpc.GenericRpcHandler:
@@ -169,23 +254,6 @@ def handler(servicer: HandServicer) -> grpc.GenericRpcHandler:
             ),
         },
     )
-
-
-def _to_response(name: str, result) -> hands_pb2.ExecuteResponse:
-    if isinstance(result, HandResult):
-        return hands_pb2.ExecuteResponse(
-            output=result.output,
-            is_error=result.is_error,
-            usage=hands_pb2.Usage(
-                input_tokens=result.usage.input_tokens,
-                output_tokens=result.usage.output_tokens,
-                tool_calls=result.usage.tool_calls,
-                nested_tokens=result.usage.nested_tokens,
-            ),
-        )
-    if isinstance(result, str):
-        return hands_pb2.ExecuteResponse(output=result)
-    raise TypeError(f"hand {name} returned {type(result).__name__}; return str or HandResult")
 
 
 async def start(

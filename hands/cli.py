@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 
@@ -50,6 +51,14 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn")
     p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry")
     p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument(
+        "--dedupe-ttl", type=float, default=3600.0, metavar="SECONDS",
+        help="how long a non-idempotent call's result answers a repeat of its call id (0: off; default 3600)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dedupe-store", default=os.environ.get("BRAINHANDS_DEDUPE_STORE", "memory"), metavar="memory|redis://...",
+        help="where those results live: this process, or a Redis shared by replicas (env BRAINHANDS_DEDUPE_STORE)",
+    )  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,11 +83,20 @@ def service_config(args: argparse.Namespace):
     """The HandServiceConfig the service flags describe."""
     from hands import HandServiceConfig
 
-    return HandServiceConfig(
-        max_input_bytes=args.max_input_bytes,
-        max_concurrency=args.max_concurrency,
-        default_timeout=args.timeout,
-    )
+    if args.dedupe_ttl < 0:
+        raise CliError(f"--dedupe-ttl: expected seconds >= 0, got {args.dedupe_ttl:g}")
+    if args.dedupe_store != "memory" and not args.dedupe_store.startswith(("redis://", "rediss://", "unix://")):
+        raise CliError(f"--dedupe-store: expected 'memory' or a redis:// URL, got {args.dedupe_store!r}")
+    try:
+        return HandServiceConfig(
+            max_input_bytes=args.max_input_bytes,
+            max_concurrency=args.max_concurrency,
+            default_timeout=args.timeout,
+            dedupe_ttl=args.dedupe_ttl,
+            dedupe_store=args.dedupe_store,
+        )
+    except ValueError as exc:  # a bad limit: one line naming the key
+        raise CliError(str(exc)) from None
 
 
 def serve_hand(args: argparse.Namespace) -> int:
@@ -86,6 +104,7 @@ def serve_hand(args: argparse.Namespace) -> int:
     from hands._load import HandLoadError, load_hand_module
     from hands.logs import configure_logging
 
+    config = service_config(args)  # a bad limit is refused before anything loads
     configure_logging()  # before the module loads, so what a hand factory logs is formatted too
     try:
         module, found = load_hand_module(args.spec)
@@ -94,7 +113,6 @@ def serve_hand(args: argparse.Namespace) -> int:
     except (TypeError, ValueError, RuntimeError) as exc:  # a factory refusing its environment
         raise CliError(str(exc) if getattr(args, "named_by_prog", False) else f"{args.spec}: {exc}") from None
     port = args.port if args.port is not None else getattr(module, "DEFAULT_PORT", DEFAULT_PORT)
-    config = service_config(args)
     try:
         asyncio.run(serve_async(found, port=port, host=args.host, config=config,
                                 register=args.register, advertise=args.advertise))

@@ -11,7 +11,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound
+from brain.sessions import TERMINAL_STATUS, Event, SeqConflict, SessionInfo, SessionNotFound, SessionStoreError
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes: a damaged page, a file that is not SQLite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -39,6 +41,17 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at REAL NOT NULL
 );
 """
+
+
+class StoreCorrupt(SessionStoreError):
+    """The SQLite file is damaged; the message names the file and what to do about it."""
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
 
 
 class SqliteSessionStore:
@@ -75,7 +88,31 @@ class SqliteSessionStore:
         self._conn = conn
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            raise self._corrupt(str(exc)) from None
+
+    def _corrupt(self, why: str) -> StoreCorrupt:
+        path = os.path.abspath(self.path)
+        return StoreCorrupt(
+            f"the session store {path} is corrupt ({why}): check it with `sqlite3 {path} \"PRAGMA integrity_check\"`, "
+            "then restore it from a backup or move it aside (the next run starts a new, empty store)"
+        )
+
+    async def check_integrity(self) -> None:
+        """Raise StoreCorrupt if the file is damaged (PRAGMA quick_check: every page read, no index cross-check)."""
+
+        def go():
+            return [row[0] for row in self._conn.execute("PRAGMA quick_check").fetchall()]
+
+        rows = await self._run(go)
+        if rows != ["ok"]:
+            problems = [line for row in rows for line in str(row).splitlines() if line.strip() and not line.startswith("***")]
+            more = f", and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise self._corrupt((problems[0][:200] if problems else "quick_check failed") + more)
 
     # --- sessions -------------------------------------------------------------------------------
 

@@ -120,15 +120,24 @@ def _unreachable(gateway: str, exc: Exception) -> CliError:
 async def _open(url: str | None):
     from brain import open_store
     from brain.sessions import default_sessions_path, redacted_url
+    from brain.sessions.sqlite import StoreCorrupt
 
     url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
     try:
-        return await open_store(url)
-    except ValueError as exc:  # the stores' own messages name the URL and what to do
+        store = await open_store(url)
+    except (ValueError, StoreCorrupt) as exc:  # the stores' own messages name the URL and what to do
         raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         where = redacted_url(url or default_sessions_path())
         raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    check = getattr(store, "check_integrity", None)  # SQLite: a damaged file is one line here, not a traceback later
+    if check is not None:
+        try:
+            await check()
+        except StoreCorrupt as exc:
+            await store.close()
+            raise CliError(str(exc)) from None
+    return store
 
 
 def _store_name(store) -> str:

@@ -64,7 +64,7 @@ def _pairs(values: list[str], sep: str, what: str) -> dict[str, str]:
 def _serve_mcp(args: argparse.Namespace) -> int:
     from hands import serve_async
     from hands.logs import configure_logging
-    from hands.mcp import McpBridge, McpBridgeConfig, McpConfigError, McpUnavailable
+    from hands.mcp import McpBridge, McpBridgeConfig, McpUnavailable
 
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -79,9 +79,9 @@ def _serve_mcp(args: argparse.Namespace) -> int:
             headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout,
         )
-    except McpConfigError as exc:
+    except ValueError as exc:  # McpConfigError names the flag
         raise CliError(str(exc)) from None
-    service = hand_cli.service_config(args)
+    service = hand_cli.service_config(args)  # a bad limit is one CliError naming its key
     port = hand_cli.DEFAULT_PORT if args.port is None else args.port
     configure_logging()
 
@@ -119,22 +119,14 @@ def _register_brain(serve_commands) -> None:
 
 
 def _serve_brain(args: argparse.Namespace) -> int:
-    from brain.model import DEFAULT_MODEL
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
-    env = os.environ
     try:
-        config = BrainServiceConfig(
-            gateway=args.gateway or env.get("BRAINHANDS_GATEWAY") or "",
-            sessions=args.sessions or env.get("BRAINHANDS_SESSIONS") or None,
-            model=args.model or env.get("BRAINHANDS_MODEL") or DEFAULT_MODEL,
-            host=args.host,
-            port=args.port,
-            api_key=env.get("BRAINHANDS_API_KEY") or None,
-            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
-            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
-        )
+        config = BrainServiceConfig.from_env(
+            gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
+            host=args.host, port=args.port,
+        )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not config.scripted and not config.anthropic_api_key:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import anthropic
 import grpc
 import structlog
+from pydantic import Field
 
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
 from hands import metadata as md
+from hands.config import DEFAULT_MODEL, ConfigModel, Duration, Text, whole
 
 log = structlog.get_logger("hands.llm")
-
-DEFAULT_MODEL = "claude-sonnet-5-5"
 
 SYSTEM_PROMPT = """\
 You are a worker agent. An orchestrator has delegated exactly one task to you; \
@@ -71,58 +69,37 @@ DESCRIPTION = (
 )
 
 
-def _env_int(environ: Mapping[str, str], key: str, default: int, minimum: int) -> int:
-    raw = environ.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{key} must be at least {minimum}, not {value}")
-    return value
+#: What every worker hand (llm_worker, agent) reads from the same variables: its model endpoint, gateway and depth.
+WORKER_ENV_VARS = {
+    "api_key": "ANTHROPIC_API_KEY",
+    "base_url": "ANTHROPIC_BASE_URL",
+    "gateway": "BRAINHANDS_GATEWAY",
+    "gateway_api_key": "BRAINHANDS_API_KEY",
+    "max_depth": "BRAINHANDS_MAX_DEPTH",
+}
 
 
-@dataclass(frozen=True)
-class LLMWorkerConfig:
+class LLMWorkerConfig(ConfigModel):
     """Everything the llm hand needs, read once at start-up; requests never choose the key, model or gateway."""
 
-    api_key: str | None = field(default=None, repr=False)
+    config_name = "llm config"
+    env_vars = {
+        **WORKER_ENV_VARS,
+        "model": "BRAINHANDS_WORKER_MODEL",
+        "max_turns": "BRAINHANDS_WORKER_MAX_TURNS",
+        "max_tokens": "BRAINHANDS_WORKER_MAX_TOKENS",
+    }
+
+    api_key: str | None = Field(None, repr=False)
     base_url: str | None = None  # None: the SDK's default endpoint
-    model: str = DEFAULT_MODEL
+    model: Text = DEFAULT_MODEL
     gateway: str | None = None  # where the worker's tools are called; None: no tools
-    gateway_api_key: str | None = field(default=None, repr=False)  # the worker's own key for the gateway
-    max_depth: int = 3  # deepest nesting of workers allowed; the brain's direct calls are depth 0
-    max_turns: int = 8  # model calls per task, tool loop included
-    max_tokens: int = 8192  # per model call
-    max_retries: int = 2  # the SDK's retries on 429, 5xx, overloaded and connection errors
-    tool_timeout: float = 120.0  # seconds one tool call may take, within the caller's deadline
-
-    def __post_init__(self) -> None:
-        for key, minimum in (("max_depth", 0), ("max_turns", 1), ("max_tokens", 1), ("max_retries", 0)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"llm config: {key} must be an integer >= {minimum}, not {value!r}")
-        if not self.tool_timeout > 0:
-            raise ValueError(f"llm config: tool_timeout must be positive, not {self.tool_timeout!r}")
-        if not self.model:
-            raise ValueError("llm config: model must not be empty")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMWorkerConfig:
-        """The config from the service's own environment; a bad value is a ValueError naming the variable."""
-        env = os.environ if environ is None else environ
-        return cls(
-            api_key=env.get("ANTHROPIC_API_KEY") or None,
-            base_url=env.get("ANTHROPIC_BASE_URL") or None,
-            model=env.get("BRAINHANDS_WORKER_MODEL") or DEFAULT_MODEL,
-            gateway=env.get("BRAINHANDS_GATEWAY") or None,
-            gateway_api_key=env.get("BRAINHANDS_API_KEY") or None,
-            max_depth=_env_int(env, "BRAINHANDS_MAX_DEPTH", 3, 0),
-            max_turns=_env_int(env, "BRAINHANDS_WORKER_MAX_TURNS", 8, 1),
-            max_tokens=_env_int(env, "BRAINHANDS_WORKER_MAX_TOKENS", 8192, 1),
-        )
+    gateway_api_key: str | None = Field(None, repr=False)  # the worker's own key for the gateway
+    max_depth: whole(0) = 3  # deepest nesting of workers allowed; the brain's direct calls are depth 0
+    max_turns: whole(1) = 8  # model calls per task, tool loop included
+    max_tokens: whole(1) = 8192  # per model call
+    max_retries: whole(0) = 2  # the SDK's retries on 429, 5xx, overloaded and connection errors
+    tool_timeout: Duration = 120.0  # seconds one tool call may take, within the caller's deadline
 
 
 def user_message(task: str, context: str, output_format: str) -> str:

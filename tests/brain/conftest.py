@@ -77,7 +77,7 @@ def make_hands(rec: Recorder):
         rec.in_flight -= 1
         return HandResult("spent", usage=Usage(input_tokens=rec.token_usage, output_tokens=0))
 
-    @hand(description="Hangs the first time a call id is seen; answers when the same call is issued again.")
+    @hand(description="Hangs the first time a call id is seen; answers when the same call is issued again.", idempotent=True)
     async def hangs_once(ctx: Context) -> str:
         rec.enter(ctx)
         try:

@@ -51,7 +51,7 @@ async def hands_address(hand_service, hand_log):
     async def echo(text: str) -> str:
         return f"echo: {text}"
 
-    @hand(description="Work until released; records being cancelled.")
+    @hand(description="Work until released; records being cancelled.", idempotent=True)  # cancelled with its call
     async def slow(item: int, ctx: Context) -> str:
         hand_log.runs[ctx.call_id] += 1
         await hand_log.note(hand_log.entered, ctx.call_id)
@@ -62,7 +62,7 @@ async def hands_address(hand_service, hand_log):
             raise
         return f"item {item} done"
 
-    @hand(description="Hangs the first time a call id is seen; answers when the same call is issued again.")
+    @hand(description="Hangs the first time a call id is seen; answers when the same call is issued again.", idempotent=True)
     async def hangs_once(ctx: Context) -> str:
         hand_log.runs[ctx.call_id] += 1
         await hand_log.note(hand_log.entered, ctx.call_id)

@@ -74,5 +74,5 @@ async def test_thinking_and_effort_reach_the_api_as_the_sdk_documents(model, mes
 
 
 def test_a_bad_thinking_or_effort_is_one_line():
-    with pytest.raises(ValueError, match="brain config effort: expected low or medium or high"):
+    with pytest.raises(ValueError, match="brain config: effort: input should be .low., .medium. or .high."):
         BrainConfig(effort="extreme")

@@ -63,3 +63,11 @@ def test_a_bad_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read gateway config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_changed_copy_is_validated_like_a_new_config():
+    config = parse_config({"max_attempts": 5})
+    moved = config.replace(listen="0.0.0.0:6000")
+    assert (moved.listen, moved.max_attempts, config.listen) == ("0.0.0.0:6000", 5, "127.0.0.1:50051")
+    with pytest.raises(ConfigError, match=r"^listen: must be host:port, got 'nowhere'$"):
+        config.replace(listen="nowhere")

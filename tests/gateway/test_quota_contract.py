@@ -54,15 +54,33 @@ async def admit(store, rules):
     return await store.admit(rules, uuid.uuid4().hex)
 
 
-async def test_calls_window_admits_exactly_the_limit_and_says_when_the_window_ends(store):
+async def test_calls_window_admits_exactly_the_limit_and_says_when_the_oldest_call_slides_out(store):
     rules = rules_of({"hands": "*", "calls": "5/h"}, tenant=tenant_name())
     decisions = [await admit(store, rules) for _ in range(7)]
     assert [d.admitted for d in decisions] == [True] * 5 + [False] * 2
     denied = decisions[-1]
     assert denied.rule == rules[0]
-    expected = 3600 - time.time() % 3600  # the hour window ends on the hour
-    assert denied.retry_after == pytest.approx(expected, abs=2)
+    # The window slides: the first call leaves it an hour after it was made (plus at most one bucket, 1/60 of it).
+    assert 3600 - 5 <= denied.retry_after <= 3600 + 60 + 1
     assert denied.retry_after_ms >= denied.retry_after * 1000
+
+
+async def test_a_calls_window_slides_so_no_window_length_interval_admits_more_than_the_limit(store):
+    window, limit = 2.0, 5
+    rules = rules_of({"hands": "*", "calls": f"{limit}/2s"}, tenant=tenant_name())
+    assert rules[0].window == window
+    # Start just before a boundary of epoch-aligned windows: a fixed window would admit 5 more right after it.
+    await asyncio.sleep((window - 0.4 - time.time() % window) % window)
+    started = time.monotonic()
+    assert [(await admit(store, rules)).admitted for _ in range(limit)] == [True] * limit
+    denied = await admit(store, rules)
+    while not denied.admitted:
+        assert time.monotonic() - started < window * 5, "the window never slid on"
+        retry = denied.retry_after
+        await asyncio.sleep(min(retry, 0.05))
+        denied = await admit(store, rules)
+    # The sixth call got in only once the first five were a whole window behind it.
+    assert time.monotonic() - started >= window
 
 
 async def test_a_denied_call_consumes_nothing_from_the_rules_that_admitted_it(store):
@@ -140,9 +158,69 @@ async def test_tokens_are_charged_after_the_call_and_deny_until_the_window_ends(
     await store.charge_tokens(rules, 60)
     denied = await admit(store, rules)
     assert not denied.admitted and denied.rule.kind == "tokens"
-    assert denied.retry_after == pytest.approx(86400 - time.time() % 86400, abs=2)
+    assert 86400 - 5 <= denied.retry_after <= 86400 + 86400 / 60 + 1  # when the first 60 slide out
     [usage] = await store.usage(rules)
     assert (usage.used, usage.limit) == (120, 100)
+
+
+async def test_concurrent_reserving_calls_never_charge_past_the_token_limit(replicas):
+    a, b = replicas
+    [rule] = rules = rules_of({"hands": "llm_*", "tokens": "1000/day"}, tenant=tenant_name())
+
+    async def round_of_20(reserve: int, spends: int) -> int:
+        """20 calls at once; each admitted one runs until all 20 were decided, then reports what it spent."""
+        decided, everyone_decided = 0, asyncio.Event()
+
+        async def call(i: int) -> bool:
+            nonlocal decided
+            store = a if i % 2 else b
+            decision = await store.admit(rules, uuid.uuid4().hex, {rule.id: reserve})
+            decided += 1
+            if decided == 20:
+                everyone_decided.set()
+            if decision.admitted:
+                async with holding(store, decision.leases):
+                    await everyone_decided.wait()
+                    await store.charge_tokens(rules, spends, decision.leases)
+            return decision.admitted
+
+        return sum(await asyncio.gather(*(call(i) for i in range(20))))
+
+    assert await round_of_20(reserve=300, spends=200) == 3  # 3 x 300 reserved fit in 1000; a fourth would not
+    [usage] = await a.usage(rules)
+    assert usage.used == 600  # settled at what they spent, not at what they reserved
+    assert await round_of_20(reserve=300, spends=300) == 1  # 600 charged + 300 reserved; another 300 would not fit
+    [usage] = await a.usage(rules)
+    assert usage.used == 900 <= usage.limit
+
+
+async def test_a_reservation_whose_holder_stops_renewing_comes_back_after_the_lease(store):
+    [rule] = rules = rules_of({"hands": "*", "tokens": "1000/day"}, tenant=tenant_name())
+    held = await store.admit(rules, uuid.uuid4().hex, {rule.id: 1000})  # its gateway "died": never settled
+    assert held.admitted and [lease.tokens for lease in held.leases] == [1000]
+    started = time.monotonic()
+    while not (await store.admit(rules, uuid.uuid4().hex, {rule.id: 1000})).admitted:
+        assert time.monotonic() - started < LEASE * 10, "the dead call's reservation never came back"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= LEASE * 0.5
+
+
+async def test_a_reservation_held_by_a_running_call_is_renewed_and_a_failed_call_charges_nothing(store):
+    [rule] = rules = rules_of({"hands": "*", "tokens": "1000/day"}, tenant=tenant_name())
+    held = await store.admit(rules, uuid.uuid4().hex, {rule.id: 800})
+    async with holding(store, held.leases):
+        await asyncio.sleep(LEASE * 2.5)
+        assert not (await store.admit(rules, uuid.uuid4().hex, {rule.id: 300})).admitted
+    # The call ended without a result to charge: its reservation is simply given back.
+    assert (await store.admit(rules, uuid.uuid4().hex, {rule.id: 1000})).admitted
+    assert [u.used for u in await store.usage(rules)] == [0]
+
+
+async def test_a_call_that_reserves_nothing_is_admitted_while_charged_tokens_are_under_the_limit(store):
+    [rule] = rules = rules_of({"hands": "*", "tokens": "1000/day"}, tenant=tenant_name())
+    assert (await store.admit(rules, uuid.uuid4().hex, {rule.id: 1000})).admitted
+    assert not (await store.admit(rules, uuid.uuid4().hex, {rule.id: 1})).admitted
+    assert (await admit(store, rules)).admitted  # unbudgeted: charged after, as before reservations
 
 
 async def test_tenants_and_rules_do_not_share_counters(store):
@@ -174,6 +252,16 @@ async def test_usage_of_untouched_rules_is_zero(store):
         ("calls", 0, 9),
         ("tokens", 0, 7),
     ]
+
+
+async def test_counters_left_by_a_gateway_with_fixed_windows_do_not_break_admission(replicas):
+    store = replicas[0]
+    if not hasattr(store, "_redis"):
+        pytest.skip("only a shared Redis outlives a gateway upgrade")
+    rules = rules_of({"hands": "*", "calls": "2/h", "tokens": "9/h"}, tenant=tenant_name())
+    for rule in rules:  # what the fixed-window scripts wrote: the window index and its count
+        await store._redis.hset(store.key(rule), mapping={"w": int(time.time() // 3600), "n": 1})
+    assert [(await admit(store, rules)).admitted for _ in range(3)] == [True, True, False]
 
 
 async def test_an_unreachable_redis_is_reported_as_the_quota_store_being_down():

@@ -66,6 +66,14 @@ def test_burst_defaults_to_the_rate():
     assert (rule.hands, rule.limit, rule.window, rule.burst) == ("*", 7, 60.0, 7)
 
 
+def test_windows_may_be_several_units_and_token_rules_may_reserve():
+    quotas = [{"calls": "5/2s"}, {"hands": "llm_*", "tokens": "1000/12h", "reserve": 250}]
+    calls, tokens = parse_tenants(config(quotas=quotas), environ={"TEAM_B_KEY": KEY_B}).get("team-a").quotas
+    assert (calls.limit, calls.window, calls.reserve) == (5, 2.0, 0)
+    assert (tokens.limit, tokens.window, tokens.reserve) == (1000, 43200.0, 250)
+    assert calls.describe() == "5 calls per 2s to '*'"
+
+
 @pytest.mark.parametrize(
     ("overrides", "environ", "message"),
     [
@@ -77,6 +85,9 @@ def test_burst_defaults_to_the_rate():
         ({"quotas": [{"calls": "10/week"}]}, {}, r"tenants\[0\]\.quotas\[0\]\.calls: expected N/s\|m\|h\|day"),
         ({"quotas": [{"concurrency": 0}]}, {}, r"tenants\[0\]\.quotas\[0\]\.concurrency: expected a whole number"),
         ({"quotas": [{"burst": 3}]}, {}, r"tenants\[0\]\.quotas\[0\]\.burst: only meaningful with rate"),
+        ({"quotas": [{"calls": "5/0s"}]}, {}, r"tenants\[0\]\.quotas\[0\]\.calls: expected N/s\|m\|h\|day"),
+        ({"quotas": [{"calls": "1/h", "reserve": 5}]}, {}, r"quotas\[0\]\.reserve: only meaningful with tokens"),
+        ({"quotas": [{"tokens": "9/h", "reserve": -1}]}, {}, r"quotas\[0\]\.reserve: expected a whole number"),
         ({"quotas": [{"limit": 3}]}, {}, r"tenants\[0\]\.quotas\[0\]\.limit: unknown key"),
         ({"api_keys": ["sha256:abc"]}, {}, r"tenants\[0\]\.api_keys\[0\]: expected 'sha256:' followed by 64 hex"),
         ({"api_keys": ["env:NOPE"]}, {}, r"tenants\[0\]\.api_keys\[0\]: environment variable NOPE is not set"),

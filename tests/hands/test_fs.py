@@ -281,3 +281,52 @@ async def test_runs_as_its_own_service_process(workspace, hand_client):
         assert result.output == "# Demo\nhello world\n"
     finally:
         service.stop()
+
+
+async def test_read_by_byte_offset_and_length(fs, workspace):
+    (workspace / "u.txt").write_text("héllo wörld\nsecond\n")
+    head = await fs("fs_read", path="u.txt", byte_length=2)  # "h" and the first byte of "é": stops before it
+    rest = await fs("fs_read", path="u.txt", byte_offset=1, byte_length=6)
+    past = await fs("fs_read", path="u.txt", byte_offset=10_000)
+    assert head.output.startswith("h\n[bytes 0-0 of 21") and "byte_offset=1" in head.output
+    assert rest.output.startswith("éllo ")
+    assert past.is_error is False and "nothing at byte_offset 10000" in past.output
+
+
+async def test_a_line_longer_than_the_limit_is_shown_in_part_with_where_to_read_on(workspace, hand_service, hand_client):
+    (workspace / "long.txt").write_text("a" * 5000 + "\nshort\n")
+    running = await hand_service(make_fs_hands(workspace, FsConfig(max_read_bytes=1000)))
+    client = hand_client(running.address)
+    first = await client.execute("fs_read", {"path": "long.txt"})
+    body, note = first.output.rsplit("\n[", 1)
+    assert body == "a" * 1000 and "byte_offset=1000" in note and "offset=2" in note
+    after = await client.execute("fs_read", {"path": "long.txt", "offset": 2})
+    assert after.output == "short\n"
+
+
+async def test_edit_refuses_a_file_over_its_stated_limit(workspace, hand_service, hand_client):
+    (workspace / "big.txt").write_text("x" * 5000 + "needle\n")
+    running = await hand_service(make_fs_hands(workspace, FsConfig(max_edit_bytes=4096)))
+    client = hand_client(running.address)
+    result = await client.execute("fs_edit", {"path": "big.txt", "old": "needle", "new": "pin"})
+    assert result.is_error and "at most 4096 bytes" in result.output
+    specs = {s.name: s for s in await client.describe()}
+    assert "4096 bytes" in specs["fs_edit"].description
+
+
+async def test_grep_takes_re2_syntax_and_names_it_when_a_pattern_is_refused(fs):
+    found = await fs("fs_grep", pattern=r"def \w+\(")
+    refused = await fs("fs_grep", pattern=r"(a)\1")
+    assert "src/app.py:3: def main():" in found.output
+    assert refused.is_error and "RE2 syntax" in refused.output
+
+
+async def test_a_symlinked_directory_inside_the_workspace_is_followed_and_one_out_is_not(fs, workspace):
+    (workspace / "alias").symlink_to("src")
+    (workspace / "src" / "up").symlink_to("../..")  # climbs out of the root from inside a subdirectory
+    inside = await fs("fs_read", path="alias/util.py")
+    out = await fs("fs_read", path="src/up/secret.txt")
+    written = await fs("fs_write", path="src/up/pwned.txt", content="x")
+    assert inside.output == "def helper():\n    return 42\n"
+    assert out.is_error and "outside the workspace" in out.output
+    assert written.is_error and not (workspace.parent / "pwned.txt").exists()

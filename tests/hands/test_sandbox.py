@@ -296,3 +296,24 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="BRAINHANDS_SANDBOX_TIMEOUT"):
         SandboxConfig.from_env({"BRAINHANDS_SANDBOX_TIMEOUT": "soon"})
     assert SandboxConfig.from_env({"BRAINHANDS_SANDBOX_TIMEOUT": "5"}).timeout == 5.0
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="a per-run tmpfs needs root (CAP_SYS_ADMIN) to mount")
+@pytest.mark.parametrize("isolation", MODES)
+async def test_disk_budget_and_file_limit_bind_and_are_said(sandbox, isolation, hand_service, hand_client):
+    call = await sandbox(isolation, disk_bytes=8 << 20, max_files=100)
+    disk = await call("sandbox_shell", command='for i in $(seq 20); do head -c 1048576 /dev/zero > "${TMPDIR}/f$i" || break; '
+                                               'done; echo "wrote $i"')
+    files = await call("sandbox_shell", command="for i in $(seq 300); do : > f$i || break; done; echo made $i")
+    assert disk.is_error and "No space left on device" in disk.output and "disk budget of 8 MiB" in disk.output
+    assert files.is_error and "limit of 100 files and directories was reached" in files.output
+    described = make_sandbox_hands(SandboxConfig(isolation=isolation, disk_bytes=8 << 20))[0].description
+    assert "size-capped tmpfs of 8 MiB" in described
+
+
+def test_a_sigkill_is_not_blamed_on_the_memory_limit():
+    from hands.builtin.sandbox.runner import RunResult
+    from hands.builtin.sandbox.service import _render
+
+    result = _render(RunResult("", -9, False, 1.0, 0), 30, SandboxConfig())
+    assert result.is_error and "memory limit" not in result.output and "from outside the run" in result.output

@@ -215,3 +215,92 @@ async def test_a_name_of_bad_syntax_is_invalid_argument_at_both_servers(targets)
         for name in (b"echo\n", b"\x00", b"Echo", b"a" * 65):
             code, _, details = await send(channel, encode(name, b'{"text": "x"}'))
             assert code == INVALID, f"{server}: {name!r} -> {code} {details}"
+
+
+# ---- outputs and invalid Unicode: the status table applied to what a hand returns ------------------------
+
+
+@hand(description="Return n bytes of text.")
+async def shout(n: int) -> str:
+    return "x" * n
+
+
+@hand(description="Return text holding a lone surrogate, as a file name decoded with surrogateescape does.")
+async def lone() -> str:
+    return "caf\udce9.txt"
+
+
+@pytest.fixture
+async def hostile_hands(hand_service, hand_client, tmp_path):
+    """A client to one hand service holding shout, lone, the fs hands and the memory hands (SQLite)."""
+    from hands.builtin.fs import make_fs_hands
+    from hands.builtin.memory.service import MemoryConfig, make_memory_hands
+
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "a.txt").write_text("hello\n")
+    hands = [echo, shout, lone, *make_fs_hands(tmp_path / "ws"),
+             *make_memory_hands(MemoryConfig(store=str(tmp_path / "memory.db")))]
+    running = await hand_service(hands)
+    return hand_client(running.address)
+
+
+async def _status(client, name, payload: str, **kwargs) -> tuple[str, bool | None, str]:
+    try:
+        reply = await client.execute(name, payload, timeout=30, **kwargs)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name, None, exc.details() or ""
+    return "OK", reply.is_error, reply.output
+
+
+async def test_an_output_over_the_size_limit_is_an_error_with_its_first_part_not_resource_exhausted(hostile_hands, record):
+    """Regression: a 5 MiB output came back RESOURCE_EXHAUSTED (the quota status) with no retry information."""
+    code, is_error, output = await _status(hostile_hands, "shout", json.dumps({"n": 5 << 20}))
+    record("bad output", "a 5 MiB hand output", f"{code}, is_error={is_error}")
+    assert (code, is_error) == ("OK", True), f"{code} {output[:200]}"
+    assert output.startswith("x" * 1000) and "output cut" in output[-400:] and str(5 << 20) in output[-400:]
+    assert len(output.encode()) <= HandServiceConfig().max_output_bytes
+
+
+async def test_an_output_holding_a_lone_surrogate_is_an_error_the_model_reads_not_unknown(hostile_hands, record):
+    """Regression: such an output failed serialization and came back UNKNOWN with Python's exception text."""
+    code, is_error, output = await _status(hostile_hands, "lone", "{}")
+    record("bad output", "an output holding a lone surrogate", f"{code}, is_error={is_error}")
+    assert (code, is_error) == ("OK", True), f"{code} {output[:200]}"
+    assert output.startswith("caf\ufffd.txt") and "invalid Unicode" in output
+
+
+LONE_ESCAPES = ["\\udce9", "\\ud800", "\\udfff", "x\\udce9y", "\\ude00\\ud83d"]
+SURROGATE_CALLS = [
+    ("fs_read", '{"path": "%s"}'),
+    ("fs_write", '{"path": "b.txt", "content": "%s"}'),
+    ("fs_write", '{"path": "%s.txt", "content": "x"}'),
+    ("fs_grep", '{"pattern": "%s"}'),
+    ("fs_list", '{"path": ".", "pattern": "%s"}'),
+    ("fs_edit", '{"path": "a.txt", "old": "hello", "new": "%s"}'),
+    ("memory_put", '{"key": "k", "value": "%s", "namespace": "n"}'),
+    ("memory_put", '{"key": "%s", "value": "v", "namespace": "n"}'),
+    ("memory_get", '{"key": "%s", "namespace": "n"}'),
+]
+
+
+@pytest.mark.parametrize("name,template", SURROGATE_CALLS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SURROGATE_CALLS)])
+async def test_a_lone_surrogate_escape_in_the_input_is_an_error_the_model_reads(hostile_hands, name, template, record):
+    """Regression: '\\udce9' made fs_read answer UNKNOWN and fs_write/memory_put INTERNAL."""
+    for escape in LONE_ESCAPES:
+        code, is_error, output = await _status(hostile_hands, name, template % escape,
+                                               metadata={"x-brainhands-tenant": "t"})
+        assert (code, is_error) == ("OK", True), f"{name} {escape}: {code} {output[:200]}"
+        assert "invalid Unicode" in output, output[:200]
+    field = next(k for k, v in json.loads(template % "MARK").items() if "MARK" in v)
+    record("bad input", f"{name} with a lone surrogate escape in {field}", "is_error", escapes=len(LONE_ESCAPES))
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=40), at=st.integers(0, 40), code_point=st.integers(0xD800, 0xDFFF))
+async def test_any_lone_surrogate_anywhere_in_a_string_field_is_an_error_not_a_crash(hostile_hands, text, at, code_point):
+    at = min(at, len(text))
+    value = "".join((json.dumps(text[:at], ensure_ascii=False)[1:-1], f"\\u{code_point:04x}",
+                     json.dumps(text[at:], ensure_ascii=False)[1:-1]))
+    for name, template in (("fs_write", '{"path": "p.txt", "content": "%s"}'), ("echo", '{"text": "%s"}')):
+        code, is_error, output = await _status(hostile_hands, name, template % value)
+        assert code == "OK" and is_error, f"{name} {value!r}: {code} {output[:200]}"

@@ -1,10 +1,11 @@
-"""Hands for the quota system tests: a cheap echo, and a slow hand that records its own peak concurrency."""
+"""Hands for the quota system tests: a cheap echo, a slow hand that records its own peak concurrency, and a
+slow hand that reports LLM tokens spent."""
 
 from __future__ import annotations
 
 import asyncio
 
-from hands import hand
+from hands import HandResult, Usage, hand
 
 _in_flight = 0
 _peak = 0
@@ -32,4 +33,10 @@ async def peak() -> str:
     return str(_peak)
 
 
-HANDS = [echo, slow, peak]
+@hand(description="Take a while, then report the LLM tokens it spent, as a model-calling hand would.")
+async def spend(tokens: int = 1000, seconds: float = 1.5) -> HandResult:
+    await asyncio.sleep(seconds)
+    return HandResult(output="spent", usage=Usage(input_tokens=tokens // 2, output_tokens=tokens - tokens // 2))
+
+
+HANDS = [echo, slow, peak, spend]

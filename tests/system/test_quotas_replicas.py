@@ -1,4 +1,5 @@
-"""Quotas across real gateway processes: exact counts, a concurrency cap, a rate, slots of a killed gateway, Redis down."""
+"""Quotas across real gateway processes: exact counts, a concurrency cap, a rate, token reservations, sliding
+windows, slots of a killed gateway, Redis down."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import yaml
 
 from brainhands.procs import free_port
 from gateway.tenants import hash_key
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from hands import HandClient
+from hands import metadata as md
 from tests.services import IN_CI
 from tests.system.gateway_stack import ROOT, Proc
 
@@ -194,6 +197,57 @@ async def test_a_killed_gateways_concurrency_slots_come_back_within_the_lease(st
         for task in holders:
             task.cancel()
         await asyncio.gather(*holders, return_exceptions=True)
+
+
+@pytest.mark.parametrize("reserved_by", ["budget-header", "rule-reserve"])
+async def test_20_concurrent_reserved_calls_never_charge_past_the_token_limit(stack, store, reserved_by):
+    rule = {"hands": "spend", "tokens": "1000/day"}
+    metadata = {md.BUDGET_TOKENS: "1000"}  # what the brain sends: the most this call may spend
+    if reserved_by == "rule-reserve":
+        rule["reserve"], metadata = 1000, {}
+    clients = await gateways(stack, store, [rule])
+
+    async def one(i: int) -> grpc.StatusCode:
+        try:
+            await clients[i % len(clients)].execute("spend", {"tokens": 1000}, metadata=metadata, timeout=30)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
+    codes = await asyncio.gather(*(one(i) for i in range(20)))
+    usage = await gateway_pb2_grpc.QuotaServiceStub(clients[-1].channel).GetUsage(
+        gateway_pb2.GetUsageRequest(), metadata=(("authorization", f"Bearer {KEY}"),)
+    )
+    [charged] = [q.used for q in usage.quotas if q.kind == gateway_pb2.QUOTA_KIND_TOKENS]
+    assert charged <= 1000, f"{codes.count(grpc.StatusCode.OK)} calls admitted, {charged:g} tokens charged"
+    assert codes.count(grpc.StatusCode.OK) == 1 and codes.count(EXHAUSTED) == 19
+    assert charged == 1000
+
+
+async def test_a_calls_limit_admits_at_most_the_limit_in_any_window_length_interval_across_a_boundary(stack, store):
+    limit, window = 5, 2.0
+    clients = await gateways(stack, store, [{"hands": "echo", "calls": f"{limit}/2s"}])
+    admitted: list[tuple[float, float]] = []  # (sent, answered) of each admitted call, on this process's clock
+    # Start just before a boundary of epoch-aligned windows, where a fixed window lets the limit through twice.
+    await asyncio.sleep((window - 0.4 - time.time() % window) % window)
+    started = time.monotonic()
+
+    async def hammer(client: HandClient) -> None:
+        while time.monotonic() - started < window * 2.5:
+            sent = time.monotonic()
+            if await call(client, "echo", {"text": "x"}) == grpc.StatusCode.OK:
+                admitted.append((sent, time.monotonic()))
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(hammer(clients[i % len(clients)]) for i in range(6)))
+    # Each call was admitted somewhere between its sending and its answer. limit + 1 admitted calls all sent
+    # and answered within less than a window prove limit + 1 admissions in one window-length interval.
+    assert len(admitted) >= 2 * limit  # the window did slide on: calls were admitted in more than one window
+    for first_sent, _ in admitted:
+        answered = sorted(done for sent, done in admitted if sent >= first_sent)
+        if len(answered) > limit:
+            span = answered[limit] - first_sent
+            assert span >= window, f"{limit + 1} calls admitted within {span:.2f}s under calls: {limit}/2s"
 
 
 class OwnRedis:

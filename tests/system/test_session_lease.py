@@ -36,7 +36,7 @@ async def slow_hand(hand_service):
     in_flight: set[str] = set()
     release = asyncio.Event()
 
-    @hand(description="Work for as long as the test wants.")
+    @hand(description="Work for as long as the test wants.", idempotent=True)  # a re-issue runs it again
     async def slow(ctx: Context) -> str:
         attempts.append(ctx.call_id)
         in_flight.add(ctx.call_id)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 
 from hands import Context, Hand, HandError, hand
 from hands import metadata as md
 from hands.builtin.memory.store import MemoryStore, default_memory_path, open_memory_store
+from hands.config import ConfigModel, whole
 
 log = structlog.get_logger("hands.memory")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # not a character: no store can keep it as UTF-8 text
 MAX_KEY_CHARS = 200
 SEARCH_EXCERPT_CHARS = 2000
 
@@ -30,26 +30,20 @@ NamespaceArg = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class MemoryConfig:
+class MemoryConfig(ConfigModel):
     """Where the memory lives and how big a value may be, read once at start-up."""
 
-    store: str = ""  # a SQLite path or postgresql:// URL; "" -> the default SQLite file
-    max_value_bytes: int = 64 * 1024
+    config_name = "memory config"
+    env_vars = {"store": "BRAINHANDS_MEMORY", "max_value_bytes": "BRAINHANDS_MEMORY_MAX_VALUE_BYTES"}
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_value_bytes, int) or isinstance(self.max_value_bytes, bool) or self.max_value_bytes < 1:
-            raise ValueError(f"memory config max_value_bytes: must be a positive integer, not {self.max_value_bytes!r}")
+    store: str = ""  # a SQLite path or postgresql:// URL; "" -> the default SQLite file
+    max_value_bytes: whole(1) = 64 * 1024
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> MemoryConfig:
-        env = os.environ if environ is None else environ
-        raw = env.get("BRAINHANDS_MEMORY_MAX_VALUE_BYTES", "").strip()
-        try:
-            size = int(raw) if raw else cls.max_value_bytes
-        except ValueError:
-            raise ValueError(f"BRAINHANDS_MEMORY_MAX_VALUE_BYTES must be an integer, not {raw!r}") from None
-        return cls(store=env.get("BRAINHANDS_MEMORY") or default_memory_path(), max_value_bytes=size)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> MemoryConfig:
+        """The config from BRAINHANDS_MEMORY and BRAINHANDS_MEMORY_MAX_VALUE_BYTES, the default file named."""
+        config = super().from_env(environ, **overrides)
+        return config if config.store else config.replace(store=default_memory_path())
 
 
 def scope(ctx: Context, namespace: str) -> tuple[str, str, str]:
@@ -74,8 +68,8 @@ def scope(ctx: Context, namespace: str) -> tuple[str, str, str]:
 def _check_key(key: str) -> None:
     if not key.strip():
         raise HandError("key is empty: name the entry, e.g. 'findings/auth-module'")
-    if len(key) > MAX_KEY_CHARS or _CONTROL.search(key):
-        raise HandError(f"key must be at most {MAX_KEY_CHARS} characters with no control characters")
+    if len(key) > MAX_KEY_CHARS or _CONTROL.search(key) or _LONE_SURROGATE.search(key):
+        raise HandError(f"key must be at most {MAX_KEY_CHARS} valid characters with no control characters")
 
 
 class _Lazy:
@@ -118,6 +112,8 @@ def make_memory_hands(config: MemoryConfig = MemoryConfig(), store: MemoryStore 
     ) -> str:
         tenant, ns, where = scope(ctx, namespace)
         _check_key(key)
+        if _LONE_SURROGATE.search(value):
+            raise HandError("value holds invalid Unicode (a lone surrogate such as \\udce9); send valid UTF-8 text")
         size = len(value.encode())
         if size > config.max_value_bytes:
             raise HandError(f"value is {size} bytes; the limit is {config.max_value_bytes}: save a summary instead")

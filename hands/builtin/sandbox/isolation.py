@@ -68,8 +68,13 @@ class Isolation:
         return ("Isolation: LIMITS ONLY (bubblewrap unavailable: the code can reach the network and read "
                 "the system's files); resource limits and a scrubbed environment still apply.")
 
-    def wrap(self, argv: list[str], workdir: str, env: dict[str, str]) -> tuple[list[str], str]:
-        """The command line that runs argv isolated, and the cwd to start it in."""
+    def wrap(self, argv: list[str], workdir: str, env: dict[str, str], *, scratch: tuple[str, str] | None = None,
+             tmpfs_bytes: int = 64 * 1024 * 1024) -> tuple[list[str], str]:
+        """The command line that runs argv isolated, and the cwd to start it in.
+
+        scratch is (tmp, shm): host directories on the run's size-capped tmpfs to show as /tmp and
+        /dev/shm; without it each is a tmpfs of tmpfs_bytes (bwrap's default would be half the RAM).
+        """
         if self.mode != BUBBLEWRAP:
             return argv, workdir
         args = [
@@ -85,9 +90,17 @@ class Isolation:
             args += ["--ro-bind-try", path, path]
         if self.python_prefix:
             args += ["--ro-bind", self.python_prefix, self.python_prefix]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if scratch is not None:
+            args += ["--bind", scratch[0], "/tmp", "--bind", scratch[1], "/dev/shm"]
+        else:
+            args += ["--size", str(tmpfs_bytes), "--tmpfs", "/tmp", "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
         args += [
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            # /dev (bwrap's own tmpfs: device nodes are still usable) and the root are read-only, so no
+            # file can be made outside the bounded mounts.
+            "--remount-ro", "/dev",
             "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+            "--remount-ro", "/",
             "--clearenv",
         ]
         for key, value in env.items():

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -22,6 +24,134 @@ log = structlog.get_logger("hands.sandbox")
 _DRAIN_AFTER_KILL = 5.0  # seconds to collect the last output once every process is dead
 _SETTLE_BOUND = 10.0  # seconds to wait for a run's uid to own no process (not even a zombie) before reuse
 _PR_SET_CHILD_SUBREAPER = 36
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_UID_LOCKS: dict[int, int] = {}  # uid -> the fd of its lock file, held for this process's lifetime
+
+
+def claim_uids(base: int, count: int, ranges: int = 1) -> list[int]:
+    """Claim count uids for this service instance: [base, base + count), else the next free range of count.
+
+    Cleanup kills every process of a run's uid, so two instances sharing a uid would kill each other's
+    runs. Each uid has a lock file (flock: the kernel drops it when the holder dies, so a crash leaves
+    nothing stale), and a range that some other process runs as counts as taken, lock or not. Up to
+    `ranges` ranges are tried; RuntimeError, naming the holder, if none is free.
+    """
+    lock_dir = "/run/brainhands-sandbox" if os.access("/run", os.W_OK) else os.path.join(
+        tempfile.gettempdir(), "brainhands-sandbox-uids")
+    os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+    why = ""
+    for n in range(ranges):
+        start = base + n * count
+        why = _claim_range(lock_dir, start, count)
+        if not why:
+            return list(range(start, start + count))
+    tried = f"uids {base}-{base + count - 1}" if ranges == 1 else f"{ranges} ranges of {count} uids from {base}"
+    raise RuntimeError(
+        f"sandbox: no free uid range ({tried}; last: {why}); give each instance on a host its own range with "
+        f"BRAINHANDS_SANDBOX_UID_BASE (e.g. {base + ranges * count})"
+    )
+
+
+def _claim_range(lock_dir: str, start: int, count: int) -> str:
+    """Lock [start, start + count) for this process; "" on success, else why not (and nothing kept)."""
+    uids = range(start, start + count)
+    taken: list[int] = []
+    for uid in uids:
+        if uid in _UID_LOCKS:
+            continue  # this process holds it already (another Sandbox in the same process)
+        fd = os.open(os.path.join(lock_dir, f"uid-{uid}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            _release(taken)
+            return f"uid {uid} is held by another sandbox service, pid {holder}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _UID_LOCKS[uid] = fd
+        taken.append(uid)
+    owners = _processes_of(set(uids))
+    if owners and taken:  # uids this process held before are its own runs' business
+        _release(taken)
+        uid, pid, name = owners[0]
+        return f"uid {uid} is in use by pid {pid} ({name})"
+    return ""
+
+
+def _release(uids: list[int]) -> None:
+    for uid in uids:
+        os.close(_UID_LOCKS.pop(uid))
+
+
+def _processes_of(uids: set[int]) -> list[tuple[int, int, str]]:
+    """(uid, pid, name) of live (not zombie) processes running as one of uids."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        uid = int(status.get("Uid", "-1").split()[0])
+        if uid in uids and not status.get("State", "").startswith("Z"):
+            found.append((uid, int(entry.name), status.get("Name", "?").strip()))
+    return found
+
+
+def _mount_tmpfs(path: str, size: int, inodes: int) -> None:
+    options = f"size={size},nr_inodes={inodes},mode=0711".encode()
+    if _libc.mount(b"brainhands-sandbox", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _unmount(path: str) -> None:
+    # MNT_DETACH: a process that escaped the kill and still holds a file keeps the mount alive only for itself.
+    if _libc.umount2(path.encode(), _MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not mounted
+            raise OSError(code, os.strerror(code))
+
+
+def probe_disk_budget(work_root: str | None) -> str | None:
+    """None if this process can give each run a size-capped tmpfs here, else why not."""
+    try:
+        path = tempfile.mkdtemp(prefix="brainhands-sandbox-probe-", dir=work_root)
+    except OSError as exc:
+        return f"cannot make a directory in the work root ({exc.strerror})"
+    try:
+        _mount_tmpfs(path, 1024 * 1024, 64)
+        _unmount(path)
+        return None
+    except OSError as exc:
+        return f"mounting a tmpfs failed ({exc.strerror}; it needs root or CAP_SYS_ADMIN)"
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+@dataclass
+class _Scratch:
+    """Where one run's files live: base holds work (its working directory) and, on a capped tmpfs, tmp and shm."""
+
+    base: str
+    capped: bool
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.base, "work") if self.capped else self.base
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.base, "tmp")
+
+    @property
+    def shm(self) -> str:
+        return os.path.join(self.base, "shm")
 
 
 @dataclass(frozen=True)
@@ -33,6 +163,7 @@ class RunResult:
     timed_out: bool
     duration: float
     output_bytes: int  # before truncation
+    notes: tuple[str, ...] = field(default=())  # limits the run reached that its exit status does not show
 
 
 class _Capture:
@@ -70,9 +201,12 @@ class _Capture:
 class Sandbox:
     """Runs commands under one isolation and one set of limits; at most max_concurrent at once."""
 
-    def __init__(self, config: SandboxConfig, isolation: Isolation, uids: list[int | None]):
+    def __init__(self, config: SandboxConfig, isolation: Isolation, uids: list[int | None],
+                 disk_problem: str | None = "not probed"):
         self.config = config
         self.isolation = isolation
+        self.disk_capped = disk_problem is None
+        self.disk_problem = disk_problem
         self._slots: asyncio.Queue[int | None] = asyncio.Queue()
         for uid in uids:
             self._slots.put_nowait(uid)
@@ -99,38 +233,80 @@ class Sandbox:
     async def run(self, argv: list[str], *, files: dict[str, str], stdin: str | None, timeout: float) -> RunResult:
         uid = await self._slots.get()
         try:
-            workdir = await asyncio.to_thread(self._make_workdir, uid, files)
+            scratch = await asyncio.to_thread(self._make_scratch, uid, files)
             try:
-                return await self._run_in(workdir, uid, argv, stdin, timeout)
+                return await self._run_in(scratch, uid, argv, stdin, timeout)
             finally:
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+                await asyncio.to_thread(self._remove_scratch, scratch)
         finally:
             self._slots.put_nowait(uid)
 
-    def _make_workdir(self, uid: int | None, files: dict[str, str]) -> str:
-        workdir = tempfile.mkdtemp(prefix="brainhands-sandbox-", dir=self.config.work_root)
-        for name, content in files.items():
-            path = os.path.join(workdir, name)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(content)
+    def _make_scratch(self, uid: int | None, files: dict[str, str]) -> _Scratch:
+        scratch = _Scratch(tempfile.mkdtemp(prefix="brainhands-sandbox-", dir=self.config.work_root), self.disk_capped)
+        try:
+            if scratch.capped:
+                # One tmpfs for everything the run can write: its size is the run's whole disk budget,
+                # its inode count the file limit, and it is RAM the kernel frees at unmount.
+                _mount_tmpfs(scratch.base, self.config.disk_bytes, self.config.max_files)
+                for path in (scratch.work, scratch.tmp, scratch.shm):
+                    os.mkdir(path, 0o700)
+                    if uid is not None:
+                        os.chown(path, uid, uid)
+            for name, content in files.items():
+                path = os.path.join(scratch.work, name)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(content)
+                if uid is not None:
+                    os.chown(path, uid, uid)
             if uid is not None:
-                os.chown(path, uid, uid)
-        if uid is not None:
-            os.chown(workdir, uid, uid)
-        return workdir
+                os.chown(scratch.work, uid, uid)
+        except BaseException:
+            self._remove_scratch(scratch)
+            raise
+        return scratch
 
-    def _env(self, workdir: str) -> dict[str, str]:
+    def _remove_scratch(self, scratch: _Scratch) -> None:
+        if scratch.capped:
+            with contextlib.suppress(OSError):
+                _unmount(scratch.base)
+        shutil.rmtree(scratch.base, ignore_errors=True)
+
+    def _budget_notes(self, scratch: _Scratch) -> tuple[str, ...]:
+        """What the run's files reached of the disk budget and the file limit, read before the tmpfs goes."""
+        if not scratch.capped:
+            return ()
+        try:
+            st = os.statvfs(scratch.base)
+        except OSError:
+            return ()
+        notes = []
+        if st.f_bavail * st.f_frsize < 64 * 1024:
+            notes.append(f"the disk budget of {self.config.disk_bytes // (1024 * 1024)} MiB (working directory, /tmp "
+                         "and /dev/shm together) was reached: writes past it failed with 'No space left on device'")
+        if st.f_favail == 0:
+            notes.append(f"the limit of {self.config.max_files} files and directories was reached")
+        return tuple(notes)
+
+    def _env(self, scratch: _Scratch) -> dict[str, str]:
         # An allow-list, not a deny-list: nothing of the service's own environment (API keys) passes.
+        if self.isolation.mode == BUBBLEWRAP:
+            tmp = "/tmp"
+        else:
+            tmp = scratch.tmp if scratch.capped else scratch.work
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
-            "HOME": self.isolation.home(workdir),
-            "TMPDIR": "/tmp" if self.isolation.mode == BUBBLEWRAP else workdir,
+            "HOME": self.isolation.home(scratch.work),
+            "TMPDIR": tmp,
         }
 
-    async def _run_in(self, workdir: str, uid: int | None, argv: list[str], stdin: str | None, timeout: float) -> RunResult:
-        env = self._env(workdir)
-        wrapped, cwd = self.isolation.wrap(argv, workdir, env)
+    async def _run_in(self, scratch: _Scratch, uid: int | None, argv: list[str], stdin: str | None,
+                      timeout: float) -> RunResult:
+        env = self._env(scratch)
+        wrapped, cwd = self.isolation.wrap(
+            argv, scratch.work, env, scratch=(scratch.tmp, scratch.shm) if scratch.capped else None,
+            tmpfs_bytes=self.config.disk_bytes,
+        )
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *launcher_argv(self._limits, uid, wrapped),
@@ -165,6 +341,7 @@ class Sandbox:
             timed_out=timed_out,
             duration=time.monotonic() - started,
             output_bytes=capture.total,
+            notes=await asyncio.to_thread(self._budget_notes, scratch),
         )
 
     async def _kill_everything(self, proc: asyncio.subprocess.Process, uid: int | None) -> None:

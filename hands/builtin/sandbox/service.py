@@ -11,7 +11,7 @@ import structlog
 from hands import Context, Hand, HandError, HandResult, hand
 from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
-from hands.builtin.sandbox.runner import RunResult, Sandbox
+from hands.builtin.sandbox.runner import RunResult, Sandbox, claim_uids, probe_disk_budget
 
 log = structlog.get_logger("hands.sandbox")
 
@@ -29,20 +29,25 @@ def _why(sig: int, config: SandboxConfig) -> str:
     return {
         signal.SIGXCPU: f" (the CPU limit of {config.cpu_seconds}s was reached)",
         signal.SIGXFSZ: f" (the file size limit of {config.max_file_bytes} bytes was reached)",
-        signal.SIGKILL: " (killed; the memory limit may have been reached)",
+        # Not the memory limit (RLIMIT_AS shows as MemoryError or SIGSEGV) and not this run's timeout (said
+        # above): the CPU limit's hard stop, or a signal from outside the run, e.g. the kernel's OOM killer.
+        signal.SIGKILL: (f" from outside the run's own limits: the CPU limit's hard stop at {config.cpu_seconds + 1}s "
+                         "if the program ignored SIGXCPU, else another process or the kernel's out-of-memory killer"),
         signal.SIGSEGV: " (often memory exhaustion under the memory limit)",
     }.get(sig, "")
 
 
 def _render(result: RunResult, timeout: float, config: SandboxConfig) -> HandResult:
     out = result.output
+    for note in result.notes:
+        out += ("" if out == "" or out.endswith("\n") else "\n") + f"[{note}]"
     sep = "" if out == "" or out.endswith("\n") else "\n"
     if result.timed_out:
         note = f"[killed at the {timeout:g}s timeout; the output up to then is above]"
         return HandResult(out + sep + note, is_error=True)
     code = result.returncode
     if code == 0:
-        return HandResult(out if out else "[no output; exit status 0]")
+        return HandResult(out if out else "[no output; exit status 0]", is_error=bool(result.notes))
     if code is not None and code < 0:
         note = f"[killed by {_signal_name(-code)}{_why(-code, config)}]"
     elif code is not None and code > 128 and code - 128 < 65:
@@ -63,12 +68,18 @@ def _not_dumpable() -> None:
 def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
     """sandbox_python and sandbox_shell under config; probes bubblewrap once, here."""
     as_root = os.geteuid() == 0
-    uids = [config.uid_base + i for i in range(config.max_concurrent)] if as_root else [None] * config.max_concurrent
+    # Claimed before the probe runs as uids[0]: RuntimeError (one line at start-up) if another instance has them.
+    uids = (claim_uids(config.uid_base, config.max_concurrent, config.uid_ranges) if as_root
+            else [None] * config.max_concurrent)
     isolation = probe(config, uids[0])
+    disk_problem = probe_disk_budget(config.work_root)
     limits = {
         "timeout_s": config.timeout, "max_timeout_s": config.max_timeout, "cpu_s": config.cpu_seconds,
         "memory_bytes": config.memory_bytes, "max_processes": config.max_processes,
         "max_file_bytes": config.max_file_bytes, "max_output_bytes": config.max_output_bytes,
+        "disk_bytes": config.disk_bytes, "max_files": config.max_files,
+        "disk_budget": "tmpfs" if disk_problem is None else f"none: {disk_problem}",
+        "uids": f"{uids[0]}-{uids[-1]}" if as_root else "the service's own",
     }
     if isolation.mode == BUBBLEWRAP:
         log.info("sandbox isolation", isolation=isolation.mode, per_run_uid=as_root, **limits)
@@ -76,14 +87,23 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
         log.warning("sandbox isolation", isolation=isolation.mode, reason=isolation.reason, per_run_uid=as_root, **limits)
         if not as_root:
             _not_dumpable()
-    sandbox = Sandbox(config, isolation, uids)
+    sandbox = Sandbox(config, isolation, uids, disk_problem)
+    mib = config.disk_bytes // (1024 * 1024)
+    if disk_problem is None:
+        disk = (f"Disk: the working directory, /tmp and /dev/shm share one size-capped tmpfs of {mib} MiB "
+                f"(RAM-backed, freed when the run ends) holding at most {config.max_files} files.")
+    elif isolation.mode == BUBBLEWRAP:
+        disk = (f"Disk: /tmp and /dev/shm are tmpfs mounts of {mib} MiB each; the working directory is on the "
+                f"host's disk with no total bound ({disk_problem}).")
+    else:
+        disk = f"Disk: no total bound on what a run writes ({disk_problem})."
     common = (
         f"It runs in a fresh, empty working directory that is deleted afterwards, with no secrets in its "
         f"environment. Limits: wall clock {config.timeout:g}s by default (timeout, at most {config.max_timeout:g}s; "
         f"on timeout the process is killed and its output so far returned as an error), {config.cpu_seconds}s CPU, "
         f"{config.memory_bytes // (1024 * 1024)} MiB memory, {config.max_processes} processes, files up to "
         f"{config.max_file_bytes // (1024 * 1024)} MiB; stdout and stderr are merged and cut at "
-        f"{config.max_output_bytes} bytes. A non-zero exit status is an error. {isolation.description}"
+        f"{config.max_output_bytes} bytes. A non-zero exit status is an error. {disk} {isolation.description}"
     )
 
     def budget(timeout: float | None, ctx: Context) -> float:
