@@ -48,9 +48,9 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--register", metavar="GATEWAY", help="register with this gateway and keep the lease alive")
     p.add_argument("--advertise", metavar="ADDR", help="address the gateway should dial (default host:port)")
-    p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn")
-    p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry")
-    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn (default 64)")
+    p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry, in bytes (default 4194304: 4 MiB)")
+    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds (default 300)")
     p.add_argument(
         "--dedupe-ttl", type=float, default=3600.0, metavar="SECONDS",
         help="how long a non-idempotent call's result answers a repeat of its call id (0: off; default 3600)",

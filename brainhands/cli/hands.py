@@ -20,9 +20,10 @@ def register(commands) -> None:
     h.set_defaults(func=lambda args: h.print_help() or 2)
     lst = hc.add_parser("list", help="list the hands the target serves")
     call = hc.add_parser("call", help="call one hand and print its output")
-    call.add_argument("name")
+    call.add_argument("name", help="the hand's name, as `brainhands hands list` shows it")
     call.add_argument("input", nargs="?", default="{}", help="JSON input object; '-' reads standard input")
-    call.add_argument("--timeout", type=float, default=60.0)
+    call.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="seconds the call may take before it is given up (default 60)")
     for sp in (lst, call):
         sp.add_argument("--target", default=None, help=f"gateway or hand service (default $BRAINHANDS_GATEWAY or {DEFAULT_TARGET})")
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -37,15 +37,20 @@ def register(commands) -> None:
                       help="session store, the one `run` and `sessions` use: a SQLite path, sqlite:///PATH or "
                            "postgresql://... (default $BRAINHANDS_SESSIONS, else ~/.local/state/brainhands/sessions.db)")
     demo.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
-    demo.add_argument("--think-time", type=float, default=0.6, help="seconds the scripted model 'thinks' per reply, so the fan-out is visible (default 0.6)")
+    demo.add_argument("--think-time", type=float, default=0.6, metavar="SECONDS",
+                      help="seconds the scripted model 'thinks' per reply, so the fan-out is visible (default 0.6)")
     demo.set_defaults(func=_demo)
 
     up = commands.add_parser(
         "up",
         help="run a gateway, the built-in hands and a brain service on loopback until Ctrl-C",
+        description="Start a gateway and the built-in hands (fs on the workspace, sandbox, llm, memory) on free "
+                    "loopback ports, and a brain service when ANTHROPIC_API_KEY is set (or BRAINHANDS_MODEL is "
+                    "scripted:FILE). It prints each service's address and the gateway's metrics address, and runs "
+                    "until Ctrl-C. The gateway is open to this machine with no key unless --config adds tenants.",
     )
     up.add_argument("--config", metavar="FILE", help="gateway config (tenants, quotas, more routes) merged over the local defaults")
-    up.add_argument("--workspace", default=".", help="the fs hand's root (default: the current directory)")
+    up.add_argument("--workspace", metavar="DIR", default=".", help="the fs hand's root (default: the current directory)")
     up.add_argument("--sessions", metavar="URL", help="session store for the brain service (default $BRAINHANDS_SESSIONS or the SQLite default)")
     up.set_defaults(func=_up)
 

@@ -28,6 +28,9 @@ How a session is cancelled depends on who drives it:
 """
 
 
+ID_HELP = "the session's id, or the start of it that no other session shares (the short id listings print)"
+
+
 def register(commands) -> None:
     sessions = commands.add_parser("sessions", help="list, show, wake or cancel brain sessions")
     sc = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
@@ -35,13 +38,14 @@ def register(commands) -> None:
 
     lst = sc.add_parser("list", help="list recent sessions, newest first")
     _sessions_flag(lst)
-    lst.add_argument("--status", choices=["running", "finished", "failed", "cancelled"])
-    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--status", choices=["running", "finished", "failed", "cancelled"],
+                     help="only the sessions with this status (default: all)")
+    lst.add_argument("--limit", type=int, default=20, metavar="N", help="number of sessions to list, newest first (default 20)")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=_list)
 
     show = sc.add_parser("show", help="show a session: task, status, turns with their tool calls, result")
-    show.add_argument("session_id")
+    show.add_argument("session_id", help=ID_HELP)
     show.add_argument("--html", metavar="FILE", help="write the session's timeline (one self-contained HTML page) to FILE")
     _sessions_flag(show)
     show.add_argument("--json", action="store_true", help="print the session's events as JSON lines")
@@ -52,10 +56,10 @@ def register(commands) -> None:
         description="Continue a session where its log ends: finished tool calls are not run again, calls that were "
                     "started and not finished are re-issued. Like `run`, it starts a local stack unless a gateway is given.",
     )
-    wake.add_argument("session_id")
+    wake.add_argument("session_id", help=ID_HELP)
     _hands_flags(wake)
     wake.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="if another brain holds the session, wait up to this long for its lease to expire")
+                      help="if another brain holds the session, seconds to wait for its lease to expire (default 0)")
     _model_flag(wake, "model id (default: the one the session started with)")
     _sessions_flag(wake)
     _json_flag(wake)
@@ -63,7 +67,7 @@ def register(commands) -> None:
 
     cancel = sc.add_parser("cancel", help="stop a session (see --help for who can stop what)",
                            description=CANCEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cancel.add_argument("session_id")
+    cancel.add_argument("session_id", help=ID_HELP)
     cancel.add_argument("--brain", metavar="ADDR", help="the brain service driving the session (default $BRAINHANDS_BRAIN)")
     cancel.add_argument("--reason", default="", help="why, recorded in the log")
     _sessions_flag(cancel)
