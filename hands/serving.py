@@ -31,6 +31,29 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection as v1alpha and v1 (grpcurl and buf try v1 first).
+
+    grpcio-reflection ships only v1alpha; v1 is the same protocol renamed (identical messages, field for
+    field), so the one servicer answers both, the v1 method decoding with the v1alpha messages.
+    """
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        handlers = {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
 def reconnect_options(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
     """Keepalive plus quick reconnects, for a long-lived client channel (to a hand, a gateway, a backend).
 
@@ -192,8 +215,8 @@ async def start_server(
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+    _serve_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME, REFLECTION_V1],
         server,
     )
     address = f"{host}:{port}"

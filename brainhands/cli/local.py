@@ -229,6 +229,8 @@ async def _run_up(args, extra: dict) -> int:
         width = max(len(n) for n in stack.addresses)
         for name, address in stack.addresses.items():
             print(f"  {name:<{width}}  {address}")
+        if stack.metrics:
+            print(f"  {'metrics':<{width}}  http://{stack.metrics}/metrics")
         print(f"\nexport BRAINHANDS_GATEWAY={stack.gateway}   # then: brainhands hands list · brainhands run \"...\"",
               file=sys.stderr)
         print(f"logs: {stack.workdir}", file=sys.stderr)
