@@ -83,14 +83,14 @@ class PostgresSessionStore:
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=10, command_timeout=60)
         except ValueError as exc:
-            raise ValueError(f"sessions URL for PostgreSQL {where} is not valid ({exc}): check BRAINHANDS_SESSIONS") from None
+            raise ValueError(f"sessions URL for PostgreSQL {where} is not valid ({exc}): check the sessions URL") from None
         except (OSError, TimeoutError) as exc:
             raise ValueError(
-                f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running? check BRAINHANDS_SESSIONS"
+                f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running? check the sessions URL"
             ) from None
         except asyncpg.PostgresError as exc:
             # A wrong database, role or password: the server answered, the URL is wrong.
-            raise ValueError(f"PostgreSQL at {where} refused the connection ({exc}): check BRAINHANDS_SESSIONS") from None
+            raise ValueError(f"PostgreSQL at {where} refused the connection ({exc}): check the sessions URL") from None
         store = cls(pool, url)
         try:
             await store._migrate()
@@ -106,7 +106,7 @@ class PostgresSessionStore:
             if schema is None:
                 raise ValueError(
                     "PostgreSQL has no schema to create the session tables in: the URL's search_path names none that"
-                    " exists; create it or fix BRAINHANDS_SESSIONS"
+                    " exists; create it or fix the sessions URL"
                 )
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS brain_schema_version"

@@ -117,19 +117,36 @@ def _unreachable(gateway: str, exc: Exception) -> CliError:
                     " `brainhands up`, or leave out --gateway and BRAINHANDS_GATEWAY to run on a local stack")
 
 
-async def _open(url: str | None):
+class NoStore(CliError):
+    """The SQLite store to read does not exist (reading never creates one)."""
+
+
+async def _open(url: str | None, *, must_exist: bool = False):
+    """The session store of --sessions, else $BRAINHANDS_SESSIONS, else the default file.
+
+    must_exist: for commands that only read or change what is there (sessions list/show/cancel/wake): a SQLite
+    file that is not there is one line (a mistyped path), not a new empty database and the folders to it.
+    """
     from brain import open_store
     from brain.sessions import default_sessions_path, redacted_url
     from brain.sessions.sqlite import StoreCorrupt
 
+    source = "--sessions" if url else "$BRAINHANDS_SESSIONS" if os.environ.get("BRAINHANDS_SESSIONS") else None
+    given = f" (given by {source})" if source else ""
     url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
+    if must_exist:
+        path = _sqlite_path(url or default_sessions_path())
+        if path is not None and not Path(path).exists():
+            raise NoStore(f"no session store at {path}{given}: nothing has run with it; check the path, or run"
+                          " `brainhands run` or `brainhands demo` first")
     try:
         store = await open_store(url)
     except (ValueError, StoreCorrupt) as exc:  # the stores' own messages name the URL and what to do
-        raise CliError(str(exc)) from None
+        raise CliError(f"{exc}{given}") from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         where = redacted_url(url or default_sessions_path())
-        raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise CliError(f"cannot open the session store {where}{given}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     check = getattr(store, "check_integrity", None)  # SQLite: a damaged file is one line here, not a traceback later
     if check is not None:
         try:
@@ -138,6 +155,13 @@ async def _open(url: str | None):
             await store.close()
             raise CliError(str(exc)) from None
     return store
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite sessions URL, None for PostgreSQL (or a URL open_store will refuse itself)."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    return None if "://" in url else url
 
 
 def _store_name(store) -> str:
@@ -365,7 +389,7 @@ def _wake(args) -> int:
         _workspace(args)
 
     async def look():
-        store = await _open(args.sessions)
+        store = await _open(args.sessions, must_exist=True)
         try:
             args.session_id = (await _session_or_fail(store, args.session_id)).id
             return await store.events(args.session_id)

@@ -11,7 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from brainhands.cli.run import _hands_flags, _json_flag, _model_flag, _open, _session_or_fail, _sessions_flag, _wake
+from brainhands.cli.run import (
+    NoStore,
+    _hands_flags,
+    _json_flag,
+    _model_flag,
+    _open,
+    _session_or_fail,
+    _sessions_flag,
+    _wake,
+)
 from hands.cli import CliError
 
 CANCEL_HELP = """\
@@ -81,7 +90,12 @@ def register(commands) -> None:
 
 def _list(args) -> int:
     async def go():
-        store = await _open(args.sessions)
+        try:
+            store = await _open(args.sessions, must_exist=True)
+        except NoStore:
+            if args.sessions or os.environ.get("BRAINHANDS_SESSIONS"):
+                raise
+            return []  # the default store is made by the first run: nothing has run yet
         try:
             return await store.list_sessions(limit=args.limit, status=args.status)
         finally:
@@ -104,7 +118,7 @@ def _list(args) -> int:
 
 def _show(args) -> int:
     async def go():
-        store = await _open(args.sessions)
+        store = await _open(args.sessions, must_exist=True)
         try:
             info = await _session_or_fail(store, args.session_id)
             args.session_id = info.id
@@ -213,7 +227,7 @@ async def _cancel_through_service(address: str, session_id: str, reason: str) ->
 async def _cancel_in_store(args) -> int:
     from brain.events import SessionCancelled, SessionState
 
-    store = await _open(args.sessions)
+    store = await _open(args.sessions, must_exist=True)
     try:
         info = await _session_or_fail(store, args.session_id)
         sid = info.id
