@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import gc
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,20 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
 ]
 
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (a bind as gRPC's, SO_REUSEADDR, would fail)."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False  # gRPC will say what is wrong with the address
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
@@ -220,6 +236,9 @@ async def start_server(
         server,
     )
     address = f"{host}:{port}"
+    if port and _port_taken(host, port):
+        # Said before gRPC tries: its core would print its own log line to stderr ahead of ours.
+        raise OSError(f"could not listen on {address}: the port is in use (another service, or one still stopping?)")
     try:
         bound = (
             server.add_secure_port(address, credentials)
