@@ -22,7 +22,7 @@ def test_a_misspelt_setting_is_refused_naming_the_known_ones():
     with pytest.raises(ValueError) as bad:
         HandServiceConfig(max_concurency=3)
     assert str(bad.value) == (
-        "max_concurency: unknown key (expected dedupe_store, dedupe_ttl, default_timeout, max_concurrency, max_input_bytes)"
+        "max_concurency: unknown key (expected dedupe_store, dedupe_ttl, default_timeout, max_concurrency, max_input_bytes, max_output_bytes)"
     )
 
 

@@ -361,8 +361,10 @@ class Sandbox:
             except TimeoutError:
                 killer.kill()
         if proc.returncode is None:
+            # os.kill, not proc.kill(): Popen.kill() polls first, and that waitpid reaps an exited process
+            # before asyncio's child watcher does, which then reports exit status 255 for a run that succeeded.
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.kill(proc.pid, signal.SIGKILL)
         try:
             # wait() also waits for the pipes to close, which they do once every process holding them is dead.
             await asyncio.wait_for(proc.wait(), _DRAIN_AFTER_KILL)
