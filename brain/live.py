@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from rich.tree import Tree
 
 from brain import events as ev
 from brain.events import Call, SessionState, Turn
-from brain.humanize import format_duration
+from brain.humanize import format_duration, summarize_input
 from brain.sessions import Event
 
 #: what each call state looks like: (mark, style)
@@ -78,29 +77,6 @@ def counts(state: SessionState) -> dict[str, int]:
 
 
 # --- small text helpers --------------------------------------------------------------------------
-
-
-def summarize_input(name: str, value: Any, width: int = 48) -> str:
-    """A short, one-line hint of what a call is about: the worker's task, the path, the command."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-    if isinstance(value, dict):
-        for key in ("task", "command", "pattern", "path", "code", "query", "url"):
-            if isinstance(value.get(key), str) and value[key].strip():
-                text = value[key]
-                if key == "pattern" and isinstance(value.get("path"), str) and value["path"] not in ("", "."):
-                    text = f"{text} in {value['path']}"
-                break
-        else:
-            only = next(iter(value.values())) if len(value) == 1 else None
-            text = only if isinstance(only, str) else json.dumps(value, ensure_ascii=False)
-    else:
-        text = json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def human_count(n: int) -> str:
