@@ -12,7 +12,9 @@ from urllib.parse import urlparse
 
 from bench import report
 
-BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions")
+BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions", "tracing")
+#: What runs without --only: the tracing figure is asked for by name (it adds three processes and a baseline checkout).
+DEFAULT_RUN = ("gateway", "fanout", "brain", "quotas", "sessions")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, url, have in (("Redis", args.redis, redis_url), ("PostgreSQL", args.database, database_url)):
         if not have:
             print(f"bench: {what} at {url} does not answer; its rows are left out", file=sys.stderr)
-    chosen = args.only or BENCHMARKS
+    chosen = args.only or DEFAULT_RUN
     started = time.time()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     sections: list[report.Section] = []
@@ -77,6 +79,10 @@ def run_one(name: str, mode: str, redis_url: str | None, database_url: str | Non
         from bench import gateway_bench
 
         return gateway_bench.run(mode, redis_url, baseline)
+    if name == "tracing":  # not in the default run: `python -m bench --only tracing [--baseline REV]`
+        from bench import gateway_bench
+
+        return [gateway_bench.tracing_cost(mode, baseline or "main")]
     if name == "fanout":
         from bench import fanout_bench
 

@@ -302,3 +302,87 @@ def _memory_section(memory: dict) -> Section:
                           ["process", "at rest", "peak under load (c=64)"], rows))
     s.data = memory
     return s
+
+
+# --- the per-call cost of tracing (issue 22): off, today's code (a baseline revision), on -------------------
+
+
+def _otlp_sink():
+    """A trace receiver on the official opentelemetry-proto TraceService, in a thread: (server, address, counts)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    counts = {"spans": 0}
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            counts["spans"] += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"http://127.0.0.1:{port}", counts
+
+
+def tracing_cost(mode: str, baseline: str | None = "main") -> Section:
+    """Per-call latency and CPU of gateway + hand: tracing off, the code of `baseline` (no tracing code at all) and
+    tracing on (exporting over OTLP/gRPC to a local sink), measured interleaved in one run. `python -m bench --only tracing`.
+    """
+    import os
+
+    seconds = {"smoke": 1.0, "quick": 2.0, "full": 5.0}[mode]
+    reps = {"smoke": 1, "quick": 3, "full": 5}[mode]
+    levels = [1] if mode == "smoke" else [1, 16]
+    sink, endpoint, counts = _otlp_sink()
+    try:
+        with Procs() as procs:
+            hand = procs.hand()
+            paths = [("tracing off", procs.gateway("gateway", [hand.address]), hand)]
+            if baseline:
+                tree = procs.checkout(baseline)
+                old_hand = procs.hand("hand-baseline", root=tree)
+                paths.append((f"today's code ({baseline})", procs.gateway("gateway-baseline", [old_hand.address], root=tree), old_hand))
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint  # inherited by the two traced processes only
+            try:
+                traced_hand = procs.hand("hand-traced")
+                paths.append(("tracing on (OTLP/gRPC)", procs.gateway("gateway-traced", [traced_hand.address]), traced_hand))
+            finally:
+                del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            for _, gw, _ in paths:
+                asyncio.run(_check_echo(gw.address, None))
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for _ in range(reps):
+                for concurrency in levels:
+                    for path, gw, path_hand in paths:
+                        runs.setdefault((path, concurrency), []).append(_measure(
+                            path, gw, gw, path_hand, concurrency=concurrency, seconds=seconds, api_key=None, procs=procs))
+    finally:
+        sink.stop(0)
+    rows = []
+    for (path, concurrency), measured in runs.items():
+        r = _median_row(measured)
+        rows.append([path, concurrency, r["calls_per_s"], r["p50_us"], r["p99_us"], r["proxy_cpu_us_per_call"],
+                     r["hand_cpu_us_per_call"], r["failed"]])
+    rows.sort(key=lambda row: (row[1], [p for p, _, _ in paths].index(row[0])))
+    s = Section("tracing", "Tracing: the per-call cost, off and on")
+    s.tables.append(Table(
+        f"An echo call through gateway + hand, h2load for {seconds:g} s per run, median of {reps} runs, paths interleaved",
+        ["path", "concurrency", "calls/s", "p50 µs", "p99 µs", "gateway CPU µs/call", "hand CPU µs/call", "failed"],
+        rows,
+    ))
+    by = {(row[0], row[1]): row for row in rows}
+    off = by[("tracing off", levels[-1])]
+    if baseline:
+        old = by[(f"today's code ({baseline})", levels[-1])]
+        s.summary = (f"With tracing off a call costs the gateway {off[5]:.0f} µs of CPU against {old[5]:.0f} µs for "
+                     f"{baseline} (concurrency {levels[-1]}); ")  # fmt: skip
+    on = by[("tracing on (OTLP/gRPC)", levels[-1])]
+    s.summary += f"with tracing on, {on[5]:.0f} µs ({counts['spans']} spans reached the sink)."
+    s.notes.append("h2load sends no traceparent, so with tracing on each call starts a trace at the gateway "
+                   "(its routing span and one attempt span) and the hand adds its span: three spans per call.")
+    s.data = {"rows": rows, "spans_exported": counts["spans"]}
+    return s

@@ -160,6 +160,8 @@ class SessionStarted(Payload):
     tools: list[dict[str, Any]] = field(default_factory=list)
     model: str = ""
     parent_id: str | None = None
+    #: {trace_id, span_id} of the session's first OpenTelemetry trace, when tracing was on (a wake links to it)
+    trace: dict[str, str] | None = field(default=None, metadata=_omit_none())
 
 
 @_record(kw_only=True)

@@ -19,6 +19,7 @@ import structlog
 from brain import budget as tb
 from brain import events as ev
 from brain import prompts
+from brain import tracing as traces
 from brain.config import BrainConfig
 from brain.dispatch import Dispatcher, HandsUnauthenticated
 from brain.events import SessionState
@@ -142,8 +143,9 @@ class Brain:
                 f" (in {max(0.0, (info.lease_expires_at or 0) - time.time()):.0f}s)"
             )
         # Re-read under the lease: the previous holder may have written more before it stopped.
-        state = SessionState.from_events(session_id, await self.store.events(session_id))
-        return await _Driver(self, state, config).drive()
+        events = await self.store.events(session_id)
+        state = SessionState.from_events(session_id, events)
+        return await _Driver(self, state, config).drive(woken_from=traces.earlier_trace(events))
 
     def cancel(self, session_id: str, reason: str = "cancelled") -> bool:
         """Stop a session this brain is driving: its in-flight tool calls are cancelled, the log ends with
@@ -175,6 +177,7 @@ class _Driver:
         self._queued: list[tuple[str, dict[str, Any], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         self.log = log.bind(session_id=state.session_id)
+        self._turn_spans: dict[int, Any] = {}  # turn number -> its span, the parent of the turn's tool call spans
 
     async def record(self, payload: ev.Payload) -> Event:
         """Append the event (seq = last + 1) and fold it into the state: the only way the state changes.
@@ -263,7 +266,13 @@ class _Driver:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(writer)
 
-    async def drive(self, first: ev.SessionStarted | None = None) -> RunResult:
+    async def drive(self, first: ev.SessionStarted | None = None, woken_from: dict[str, str] | None = None) -> RunResult:
+        """Drive the session to its end, inside its span while tracing is on (the trace's ids go in session_started)."""
+        parent_id = first.parent_id if first is not None else None
+        with traces.session_span(self.state.session_id, depth=self.brain.depth, woken_from=woken_from, parent_id=parent_id):
+            return await self._drive(traces.with_trace(first))
+
+    async def _drive(self, first: ev.SessionStarted | None = None) -> RunResult:
         store, sid, owner = self.brain.store, self.state.session_id, self.brain.owner
         steps = asyncio.current_task()
         lost = asyncio.Event()
@@ -399,17 +408,26 @@ class _Driver:
             room = max(tb.synthesis_room(c.token_budget, used, prompt), tb.SYNTHESIS_FLOOR)
         else:
             room = max(tb.turn_room(c.token_budget, used, prompt), tb.TURN_FLOOR)
+        span_cm = traces.turn_span(s.model or getattr(self.brain.model, "id", ""), len(s.turns) + 1, room)
         try:
-            message = await self.brain.model.create(
-                system=s.system,
-                tools=s.tools,
-                messages=s.messages(),
-                tool_choice={"type": "none"} if synthesis else None,
-                max_tokens=room,
-                thinking=c.thinking,
-                effort=c.effort,
-                on_text=None if self.brain.on_text is None else functools.partial(self.brain.on_text, s.session_id),
-            )
+            with span_cm as span:
+                try:
+                    message = await self.brain.model.create(
+                        system=s.system,
+                        tools=s.tools,
+                        messages=s.messages(),
+                        tool_choice={"type": "none"} if synthesis else None,
+                        max_tokens=room,
+                        thinking=c.thinking,
+                        effort=c.effort,
+                        on_text=None if self.brain.on_text is None else functools.partial(self.brain.on_text, s.session_id),
+                    )
+                except Exception as exc:
+                    traces.record_failure(span, exc)
+                    raise
+                if span is not None:
+                    self._turn_spans[len(s.turns) + 1] = span
+                    traces.record_response(span, message)
         except ContextWindowExceeded as exc:
             if s.limit is not None and s.limit.trimmed:
                 await self.record(ev.SessionFailed(
@@ -464,7 +482,10 @@ class _Driver:
                 await self.record(ev.ToolCallStarted(
                     call_id=call.call_id, name=call.name, input=call.input, attempt=call.starts + 1,
                 ))
-                outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input, budget=budget)
+                with traces.tool_span(call.name, call.call_id, call.starts, self.brain.client.target,
+                                      parent=self._turn_spans.get(len(s.turns))) as span:  # fmt: skip
+                    outcome = await self.dispatcher.call(s.session_id, call.call_id, call.name, call.input, budget=budget)
+                    traces.record_outcome(span, outcome)
                 await self.record(outcome.finished(call.call_id, call.name))
 
         try:

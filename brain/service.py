@@ -210,7 +210,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         model: Model | None = None,
         owner: str | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
+        metrics=None,
     ):
+        """metrics: a brain.metrics.BrainMetrics that counts the sessions driven here (None: none)."""
         self.config = config
         self.store = store
         self.hands = hands
@@ -221,6 +223,13 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.track_running(lambda: len(self._live))
+
+    def _on_event(self, live: _Live):
+        """The Brain's on_event: to the followers, counted in the metrics first when there are metrics."""
+        return live.publish if self.metrics is None else self.metrics.publisher(live.publish)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         brain_pb2_grpc.add_BrainServiceServicer_to_server(self, server)
@@ -239,7 +248,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         await self._refuse_when_closed(context)
         live = _Live()
         live.on_started = lambda started: self._live.__setitem__(started.session_id, started)
-        live.brain = Brain(target=self.hands, model=model, store=self.store, config=limits, on_event=live.publish, owner=self.owner)
+        live.brain = Brain(target=self.hands, model=model, store=self.store, config=limits, on_event=self._on_event(live), owner=self.owner)
         queue = live.subscribe()  # before the session starts: the stream sees every event from session_started
         self._start(live, live.brain.run(request.task))
         async for event in self._follow(live, queue, context, after_seq=0, backlog=[]):
@@ -349,9 +358,11 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             model=self.models.for_session(started.model),
             store=self.store,
             config=self.config.limits,  # wake() runs the session under the limits its log recorded
-            on_event=live.publish,
+            on_event=self._on_event(live),
             owner=self.owner,
         )
+        if self.metrics is not None:
+            self.metrics.adopted.inc()
         log.info("waking session", session_id=sid, last_seq=events[-1].seq)
         self._start(live, live.brain.wake(sid))
         return live
@@ -538,7 +549,7 @@ def to_pb_outcome(last: Event) -> brain_pb2.SessionOutcome:
 
 
 async def start_brain_service(
-    config: BrainServiceConfig, *, model: Model | None = None, store: SessionStore | None = None
+    config: BrainServiceConfig, *, model: Model | None = None, store: SessionStore | None = None, metrics=None
 ) -> RunningServer:
     """Start BrainService (with health and reflection) on config.host:config.port.
 
@@ -552,7 +563,7 @@ async def start_brain_service(
     hands = HandClient(config.gateway, api_key=config.api_key)
     closers.append(hands.close)
     try:
-        servicer = BrainServicer(config=config, store=store, hands=hands, model=model, closers=closers)
+        servicer = BrainServicer(config=config, store=store, hands=hands, model=model, closers=closers, metrics=metrics)
     except BaseException:
         for close in reversed(closers):
             await close()

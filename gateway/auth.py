@@ -31,6 +31,7 @@ from gateway.tenants import ANONYMOUS, Tenant, Tenants, bearer_token
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name, response_usage
 from hands import metadata as md
+from hands import tracing
 from hands.serving import note_call
 from hands.v1 import hands_pb2
 
@@ -125,18 +126,22 @@ class Access:
             decision = await self.store.admit(rules, uuid.uuid4().hex, reserve)
         except QuotaStoreUnavailable as exc:
             if self.fail_open:
+                tracing.set_attributes(brainhands__quota__decision="admitted_fail_open")
                 self.store_errors.labels("admitted").inc()
                 log.warning("quota store down; admitting without a quota check (fail_open: true)", error=str(exc))
                 return ADMITTED
             self.store_errors.labels("refused").inc()
+            tracing.set_attributes(brainhands__quota__decision="refused_store_down")
             log.error("quota store down; refusing the call (fail_open: false)", error=str(exc))
             await self.refuse(
                 context, grpc.StatusCode.UNAVAILABLE, f"the quota store is down, so calls are refused: {exc}",
                 hand, tenant.name, started,
             )  # fmt: skip
         if decision.admitted:
+            tracing.set_attributes(brainhands__quota__decision="admitted")
             return decision
         rule = decision.rule
+        tracing.set_attributes(brainhands__quota__decision="denied", brainhands__quota__rule=rule.id)
         label = self._label(hand)
         self.denials.labels(tenant.name, label, rule.id).inc()
         retry_ms = decision.retry_after_ms
@@ -204,6 +209,11 @@ class Access:
         seconds = time.perf_counter() - started
         label = self._label(hand)
         self._metrics.observe_call(label, tenant, code.name, seconds)
+        if tracing.enabled():  # the call's span, named as a routed call's is, with why it was refused
+            span = tracing.current_span()
+            if span is not None:
+                span.update_name(f"gateway {label}")
+            tracing.set_attributes(brainhands__hand=label, brainhands__tenant=tenant, brainhands__code=code.name)
         note_call(hand=label, tenant=tenant, backend="", attempts=0)
         await context.abort(code, details, trailing_metadata=tuple(trailing))
 
@@ -240,6 +250,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     )  # fmt: skip
                 rules = tenant.rules_for(name)
                 if not rules:
+                    tracing.set_attributes(brainhands__quota__decision="no_quota")
                     return await inner(request, context)
                 decision = await access.admit(tenant, name, rules, context, started)
                 async with holding(access.store, decision.leases):

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="gateway YAML config (see examples/gateway.yaml); default: no static routes")
     p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address (port 0 picks one)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="override the config's Prometheus address ('off' to disable)")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.set_defaults(func=serve_gateway)
 
 
@@ -42,6 +43,9 @@ def serve_gateway(args: argparse.Namespace) -> int:
     configure_logging()
 
     async def run() -> None:
+        from hands.tracing import configure_tracing
+
+        configure_tracing("brainhands-gateway", args.otel)  # off without --otel or OTEL_EXPORTER_OTLP_ENDPOINT
         running = await start_gateway(config)  # with its MCP front when the config has `mcp:`
         await run_until_signalled(running)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from gateway.registry import Registry
 from gateway.routing import HandRoute, RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import hand_name
-from hands import NAME_RE
+from hands import NAME_RE, tracing
 from hands import metadata as md
 from hands.serving import RunningServer, note_call, start_server
 from hands.v1 import hands_pb2
@@ -131,6 +132,8 @@ class FrontService:
             metrics.in_flight.dec()
             tenant = current_tenant.get()
             metrics.observe_call(label, tenant, code, seconds)
+            if tracing.enabled():
+                _trace_route(label, tenant, backend, attempts, code)
             note_call(hand=label, tenant=tenant, backend=backend, attempts=attempts, **({"details": details} if details else {}))
 
     def _no_route(self, name: str) -> _Refusal:
@@ -162,8 +165,17 @@ class FrontService:
             if timeout is not None and timeout <= 0:
                 raise _Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed before {route.name} could run")
             backend.in_flight += 1
+            attempt_span = _attempt_span(route.name, backend.address, attempt) if tracing.enabled() else _NO_SPAN
             try:
-                response = await backend.execute(raw, timeout=timeout, metadata=metadata, wait_for_ready=False)
+                with attempt_span as span:
+                    sent_metadata = _with_traceparent(metadata) if span is not None else metadata
+                    try:
+                        response = await backend.execute(raw, timeout=timeout, metadata=sent_metadata, wait_for_ready=False)
+                    except grpc.aio.AioRpcError as exc:
+                        if span is not None:
+                            span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+                            tracing.mark_error(span, exc.details() or exc.code().name, exc.code().name)
+                        raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not _UNAVAILABLE:
                     backend.record_success()  # the transport worked; the status is the hand's answer
@@ -206,6 +218,36 @@ class FrontService:
                 consecutive_failures=backend.consecutive_failures,
                 for_s=ejected_for,
             )
+
+
+# --- tracing hooks (no-ops while tracing is off) ------------------------------------------------------------
+
+
+_NO_SPAN = contextlib.nullcontext(None)
+
+
+def _trace_route(hand: str, tenant: str, backend: str, attempts: int, code: str) -> None:
+    """The routing facts on the call's SERVER span (the quota decision is set by the access interceptor)."""
+    span = tracing.current_span()
+    if span is not None:
+        span.update_name(f"gateway {hand}")
+        span.set_attributes({"brainhands.hand": hand, "brainhands.tenant": tenant, "brainhands.backend": backend,
+                             "brainhands.attempts": attempts, "brainhands.code": code})  # fmt: skip
+
+
+def _attempt_span(hand: str, address: str, attempt: int):
+    host, _, port = address.rpartition(":")
+    return tracing.start_span(
+        f"attempt {attempt} {hand}", kind="client",
+        attributes={"brainhands.hand": hand, "brainhands.backend": address, "brainhands.attempt": attempt,
+                    "rpc.system": "grpc", "rpc.service": HAND_SERVICE, "rpc.method": "Execute",
+                    "server.address": host, **({"server.port": int(port)} if port.isdigit() else {})},
+    )  # fmt: skip
+
+
+def _with_traceparent(metadata: tuple) -> tuple:
+    """The forwarded metadata with the caller's traceparent replaced by the attempt span's, so the hand nests under it."""
+    return (*((k, v) for k, v in metadata if k not in ("traceparent", "tracestate")), *tracing.headers())
 
 
 #: Adds more servicers to the gateway's server and returns their full service names (for health, reflection).

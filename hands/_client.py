@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from hands import metadata as md
+from hands import tracing
 from hands.serving import reconnect_options
 from hands.v1 import hands_pb2, hands_pb2_grpc
 
@@ -74,11 +75,14 @@ class HandClient:
             meta.append((md.SESSION_ID, session_id))
         if metadata:
             meta.extend(metadata.items())
+        if tracing.enabled():  # W3C traceparent of the current span: the callee's spans nest under it
+            meta.extend(tracing.headers())
         request = hands_pb2.ExecuteRequest(name=name, input=input, call_id=call_id, session_id=session_id)
         return await self._stub.Execute(request, timeout=timeout, metadata=meta, wait_for_ready=wait_for_ready)
 
     async def describe(self, *, timeout: float | None = None) -> list[hands_pb2.HandSpec]:
-        response = await self._stub.Describe(hands_pb2.DescribeRequest(), timeout=timeout, metadata=self._metadata)
+        metadata = (*self._metadata, *tracing.headers()) if tracing.enabled() else self._metadata
+        response = await self._stub.Describe(hands_pb2.DescribeRequest(), timeout=timeout, metadata=metadata)
         return list(response.hands)
 
     async def close(self) -> None:

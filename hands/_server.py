@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from pydantic import NonNegativeFloat
 
-from hands import dedupe
+from hands import dedupe, tracing
 from hands import metadata as md
 from hands._hand import NAME_RE, Context, Hand, HandError, HandResult, check_unique
 from hands.config import ConfigModel, Duration, whole
@@ -62,9 +63,10 @@ def _parse_or_malformed(parse):
 class HandServicer(hands_pb2_grpc.HandServiceServicer):
     """Runs the hands it was given; knows nothing of gateways or brains."""
 
-    def __init__(self, hands: Sequence[Hand], config: HandServiceConfig = HandServiceConfig()):
+    def __init__(self, hands: Sequence[Hand], config: HandServiceConfig = HandServiceConfig(), metrics=None):
         self._hands = check_unique(list(hands))
         self._config = config
+        self._metrics = metrics  # a hands.metrics.HandMetrics, or None: no metrics
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._once = dedupe.once(config.dedupe_store, config.dedupe_ttl)
         self._describe = hands_pb2.DescribeResponse(
@@ -83,8 +85,10 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
         return self._describe
 
     async def Execute(self, request: hands_pb2.ExecuteRequest, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()  # for the duration histogram (the call's log line times itself)
         name = "" if isinstance(request, _Malformed) else request.name
         response = None
+        counted = False  # in the in-flight gauge
         try:
             if isinstance(request, _Malformed):
                 await context.abort(
@@ -106,12 +110,19 @@ class HandServicer(hands_pb2_grpc.HandServiceServicer):
             the_hand = self._hands.get(name)
             if the_hand is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no hand named {name!r} here")
+            if self._metrics is not None:
+                self._metrics.started(name)
+                counted = True
+            if tracing.enabled():
+                _trace_hand(name, request)
             if self._once is None:
                 response = await self._run(the_hand, request, context)
             else:  # a non-idempotent hand runs once per call id; a repeat gets the stored result
                 response = await self._once.run(the_hand, request, context, self._run)
             return response
         finally:
+            if self._metrics is not None:
+                _observe(self._metrics, name if name in self._hands else "unknown", counted, context.code(), response, started)
             note_call(hand=name[:64], is_error=bool(response is not None and response.is_error))
 
     async def _run(self, the_hand: Hand, request, context) -> hands_pb2.ExecuteResponse:
@@ -237,6 +248,26 @@ def _invalid_unicode(value, where: str = "") -> str | None:
     return None
 
 
+def _trace_hand(name: str, request) -> None:
+    """Name the call's SERVER span after the hand, with what the brain's tool call span says too."""
+    span = tracing.current_span()
+    if span is not None:
+        span.update_name(f"hand {name}")
+        span.set_attributes({"brainhands.hand": name, "gen_ai.tool.name": name, "gen_ai.tool.call.id": request.call_id})
+
+
+def _observe(metrics, label: str, counted: bool, code, response, started: float) -> None:
+    """Count a finished call; out of the in-flight gauge only when it was counted in (it reached its hand)."""
+    if response is not None and code is None:
+        outcome = "is_error" if response.is_error else "ok"
+    else:
+        outcome = code.name if code is not None else "CANCELLED"
+    if counted:
+        metrics.in_flight.labels(label).dec()
+    metrics.calls.labels(label, outcome).inc()
+    metrics.duration.labels(label).observe(time.perf_counter() - started)
+
+
 def handler(servicer: HandServicer) -> grpc.GenericRpcHandler:
     """HandService's method handlers, as generated, but with requests that fail to parse passed on as _Malformed."""
     return grpc.method_handlers_generic_handler(
@@ -263,9 +294,13 @@ async def start(
     port: int = 0,
     config: HandServiceConfig = HandServiceConfig(),
     credentials: grpc.ServerCredentials | None = None,
+    metrics=None,
 ) -> RunningServer:
-    """Start a hand service in the running loop and return it (port 0 picks a free port)."""
-    servicer = HandServicer(hands, config)
+    """Start a hand service in the running loop and return it (port 0 picks a free port).
+
+    metrics: a hands.metrics.HandMetrics the service counts its calls in (serving it is the caller's part).
+    """
+    servicer = HandServicer(hands, config, metrics)
 
     def register(server: grpc.aio.Server):
         server.add_generic_rpc_handlers((handler(servicer),))

@@ -59,6 +59,8 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
         "--dedupe-store", default=os.environ.get("BRAINHANDS_DEDUPE_STORE", "memory"), metavar="memory|redis://...",
         help="where those results live: this process, or a Redis shared by replicas (env BRAINHANDS_DEDUPE_STORE)",
     )  # fmt: skip
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_hand_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,6 +85,7 @@ def service_config(args: argparse.Namespace):
     """The HandServiceConfig the service flags describe."""
     from hands import HandServiceConfig
 
+    _check_metrics_address(args)
     if args.dedupe_ttl < 0:
         raise CliError(f"--dedupe-ttl: expected seconds >= 0, got {args.dedupe_ttl:g}")
     if args.dedupe_store != "memory" and not args.dedupe_store.startswith(("redis://", "rediss://", "unix://")):
@@ -97,6 +100,17 @@ def service_config(args: argparse.Namespace):
         )
     except ValueError as exc:  # a bad limit: one line naming the key
         raise CliError(str(exc)) from None
+
+
+def _check_metrics_address(args: argparse.Namespace) -> None:
+    """--metrics HOST:PORT, checked with the other flags so a typo is one line before anything starts."""
+    if getattr(args, "metrics", None):
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
 
 
 def serve_hand(args: argparse.Namespace) -> int:
@@ -115,7 +129,8 @@ def serve_hand(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else getattr(module, "DEFAULT_PORT", DEFAULT_PORT)
     try:
         asyncio.run(serve_async(found, port=port, host=args.host, config=config,
-                                register=args.register, advertise=args.advertise))
+                                register=args.register, advertise=args.advertise,
+                                metrics=args.metrics, otel=args.otel))
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -10,6 +10,8 @@ import threading
 import orjson
 import structlog
 
+from hands import tracing
+
 
 def _shared_processors() -> list:
     return [
@@ -18,7 +20,19 @@ def _shared_processors() -> list:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        add_trace_id,
     ]
+
+
+def add_trace_id(_logger, _method, event: dict) -> dict:
+    """Put the current OpenTelemetry trace and span ids in the line, so a log line leads to its trace."""
+    if tracing.enabled() and "trace_id" not in event:
+        span = tracing.current_span()
+        if span is not None:
+            c = span.get_span_context()
+            event["trace_id"] = format(c.trace_id, "032x")
+            event["span_id"] = format(c.span_id, "016x")
+    return event
 
 
 def _orjson_text(obj, **kw) -> str:

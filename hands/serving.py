@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hands import metadata as md
+from hands import tracing
 
 log = structlog.get_logger("hands.serving")
 
@@ -219,7 +220,7 @@ async def start_server(
     health status SERVING and reflection.
     """
     server = grpc.aio.server(
-        interceptors=[LogContextInterceptor(), *interceptors],
+        interceptors=[*tracing.server_interceptors(), LogContextInterceptor(), *interceptors],  # tracing: [] while off
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

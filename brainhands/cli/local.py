@@ -52,6 +52,9 @@ def register(commands) -> None:
     up.add_argument("--config", metavar="FILE", help="gateway config (tenants, quotas, more routes) merged over the local defaults")
     up.add_argument("--workspace", metavar="DIR", default=".", help="the fs hand's root (default: the current directory)")
     up.add_argument("--sessions", metavar="URL", help="session store for the brain service (default $BRAINHANDS_SESSIONS or the SQLite default)")
+    up.add_argument("--otel", metavar="ENDPOINT",
+                    help="send every service's traces to this OTLP/gRPC receiver, e.g. 127.0.0.1:4317 (Jaeger, an "
+                         "OpenTelemetry Collector); sets OTEL_EXPORTER_OTLP_ENDPOINT for the services")  # fmt: skip
     up.set_defaults(func=_up)
 
 
@@ -188,6 +191,13 @@ def _up(args: argparse.Namespace) -> int:
     from hands.logs import configure_logging
 
     configure_logging(level="warning")
+    if args.otel:
+        from hands.tracing import normalize_endpoint
+
+        if not args.otel.strip() or any(c.isspace() for c in args.otel):
+            raise CliError(f"--otel: expected an endpoint such as 127.0.0.1:4317 or http://collector:4317, got {args.otel!r}")
+        # The children inherit it: each service exports its own spans there, as the OpenTelemetry conventions say.
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = normalize_endpoint(args.otel.strip())
     extra: dict = {}
     if args.config:
         try:
@@ -234,6 +244,8 @@ async def _run_up(args, extra: dict) -> int:
         print(f"\nexport BRAINHANDS_GATEWAY={stack.gateway}   # then: brainhands hands list · brainhands run \"...\"",
               file=sys.stderr)
         print(f"logs: {stack.workdir}", file=sys.stderr)
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            print(f"traces: OTLP/gRPC to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']}", file=sys.stderr)
         sys.stdout.flush()
         dead = asyncio.ensure_future(_first_exit(stack))
         waiter = asyncio.ensure_future(stop.wait())

@@ -259,6 +259,9 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
     """
     from brain import Brain, HandsUnauthenticated, HandsUnreachable, LeaseLost, SessionBusy, SessionNotFound
     from brain.sessions import StoreUnavailable
+    from hands.tracing import configure_tracing
+
+    configure_tracing("brainhands-run")  # on only with OTEL_EXPORTER_OTLP_ENDPOINT set (the SDK flushes at exit)
 
     err, view, on_event = _display(args.json)
     if history and hasattr(view, "replay"):

@@ -91,7 +91,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         try:
             await serve_async(
                 bridge.hands(), host=args.host, port=port, config=service,
-                register=args.register, advertise=args.advertise,
+                register=args.register, advertise=args.advertise, metrics=args.metrics, otel=args.otel,
             )  # fmt: skip
         finally:
             await bridge.close()
@@ -115,6 +115,8 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")
     p.add_argument("--model", metavar="ID", help="Claude model id, or scripted:PATH (default $BRAINHANDS_MODEL)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (brainhands_brain_*) here")
+    p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.set_defaults(func=_serve_brain)
 
 
@@ -131,9 +133,16 @@ def _serve_brain(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not config.scripted and not config.anthropic_api_key:
         raise CliError(f"model {config.model} needs ANTHROPIC_API_KEY; set it, or pass --model scripted:PATH to run offline")
+    if args.metrics:
+        from hands.metrics import split_metrics_address
+
+        try:
+            split_metrics_address(args.metrics)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     configure_logging()
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, metrics=args.metrics, otel=args.otel, tenant=os.environ.get("BRAINHANDS_TENANT") or "default"))
     except ValueError as exc:  # a bad sessions URL or model script
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -141,12 +150,14 @@ def _serve_brain(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config) -> None:
+async def _serve(config, *, metrics: str | None = None, otel: str | None = None, tenant: str = "default") -> None:
     import structlog
 
+    from brain.metrics import BrainMetrics
     from brain.service import start_brain_service
     from brain.sessions import default_sessions_path, open_store, redacted_url
     from hands.serving import run_until_signalled
+    from hands.tracing import configure_tracing
 
     where = redacted_url(config.sessions or default_sessions_path())
     try:
@@ -155,16 +166,23 @@ async def _serve(config) -> None:
         raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         raise CliError(f"cannot open the session store {where}: {exc}") from None
+    configure_tracing("brainhands-brain", otel)  # off without --otel or OTEL_EXPORTER_OTLP_ENDPOINT
+    counters = BrainMetrics(tenant=tenant) if metrics else None
     try:
+        if counters is not None:
+            counters.serve(metrics)
         try:
-            running = await start_brain_service(config, store=store)
+            running = await start_brain_service(config, store=store, metrics=counters)
         except RuntimeError as exc:  # grpcio reports a port it cannot bind as a RuntimeError
             if "Failed to bind" not in str(exc):
                 raise
             raise CliError(f"cannot listen on {config.host}:{config.port}: is the port in use?") from None
         structlog.get_logger("brain.service").info(
-            "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where
+            "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
+            **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{counters.port}"} if counters else {}),
         )
         await run_until_signalled(running)
     finally:
+        if counters is not None:
+            counters.close()
         await store.close()

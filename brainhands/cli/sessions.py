@@ -161,6 +161,7 @@ def _print_session(info, events, children=()) -> None:
     from brain.events import SessionState
     from brain.humanize import format_duration
     from brain.live import render_tree
+    from brain.tracing import earlier_trace
 
     view = SessionState.from_events(info.id, events)
     out = Console(highlight=False, soft_wrap=False)
@@ -175,6 +176,9 @@ def _print_session(info, events, children=()) -> None:
         facts.append(f" · model {view.model}")
     if info.parent_id:
         facts.append(f" · sub-session of {info.parent_id}")
+    trace = earlier_trace(events)
+    if trace:  # the OpenTelemetry trace of the session's first run (a wake's trace links to it)
+        facts.append(f" · trace {trace['trace_id']}")
     out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                           status=info.status))
     out.print(facts)
