@@ -196,10 +196,12 @@ def _writing(streamed: str, width: int) -> str:
 
 
 def render_tree(view: SessionState, *, now: float, height: int = 40, width: int = 100, live: bool = True,
-                expand_all: bool = False, status: str | None = None, streamed: str = "") -> RenderableType:
+                expand_all: bool = False, status: str | None = None, streamed: str = "",
+                nested: dict[str, list[RenderableType]] | None = None) -> RenderableType:
     """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls.
 
-    streamed: the text of the turn the model is writing now (it is in no event until the turn ends)."""
+    streamed: the text of the turn the model is writing now (it is in no event until the turn ends);
+    nested: what to draw under a call, by call id (a sub-agent's own session, under the call that started it)."""
     tree = Tree(_header(view, now, status or view.status), guide_style="dim")
     last_with_calls = max((t.number for t in view.turns if t.calls), default=0)
     budget = max(4, height - 6 - len(view.turns))  # call lines that fit on the screen
@@ -217,7 +219,9 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
             calls = sorted(calls, key=lambda c: order.get(call_state(c), 3))[: budget - 1]
         name_width = min(24, max(len(c.name) for c in turn.calls))
         for call in calls:
-            node.add(_call_label(call, now, name_width, width - 8, live))
+            leaf = node.add(_call_label(call, now, name_width, width - 8, live))
+            for below in (nested or {}).get(call.call_id, ()):
+                leaf.add(below)
         hidden = len(turn.calls) - len(calls)
         if hidden:
             rest = [c for c in turn.calls if c not in calls]

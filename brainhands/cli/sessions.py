@@ -155,7 +155,6 @@ def _show(args) -> int:
 
 def _print_session(info, events, children=()) -> None:
     from rich.console import Console
-    from rich.padding import Padding
     from rich.text import Text
 
     from brain.events import SessionState
@@ -179,8 +178,21 @@ def _print_session(info, events, children=()) -> None:
     trace = earlier_trace(events)
     if trace:  # the OpenTelemetry trace of the session's first run (a wake's trace links to it)
         facts.append(f" · trace {trace['trace_id']}")
-    out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
-                          status=info.status))
+    # Each sub-agent's own session is drawn under the call that started it, its own sub-agents under its calls.
+    by_parent: dict[str, list] = {}
+    for _, child, child_events in children:
+        by_parent.setdefault(child.parent_id or "", []).append((child, child_events))
+
+    def tree_of(state, session_status):
+        nested: dict[str, list] = {}
+        for child, child_events in by_parent.get(state.session_id, ()):
+            child_state = SessionState.from_events(child.id, child_events)
+            head = Text(f"sub-agent {child.id} · {child.status} · {' '.join(child.task.split())[:60]}", style="bold")
+            nested.setdefault(_starter(state, child), []).extend([head, tree_of(child_state, child.status)])
+        return render_tree(state, now=state.ended_at or time.time(), width=out.width, live=False, expand_all=True,
+                           status=session_status, nested=nested)
+
+    out.print(tree_of(view, info.status))
     out.print(facts)
     outcome = view.outcome
     if view.status == "finished":
@@ -189,16 +201,15 @@ def _print_session(info, events, children=()) -> None:
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {outcome.reason if outcome.reason is not None else ''}", style="bold"))
     if children:
-        out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
-    for depth, child, child_events in children:
-        indent = "  " * depth
-        # Indented one step per level under its parent, which is the nearest line above with less indent.
-        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
-        child_view = SessionState.from_events(child.id, child_events)
-        tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
-                           live=False, expand_all=True, status=child.status)
-        out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
+        out.print(Text(f"{len(children)} sub-agent session{'s' if len(children) != 1 else ''}, drawn under their calls",
+                       style="dim"))
 
+
+def _starter(state, child) -> str:
+    """The id of the call in state that was running when the child session began (the shortest such call)."""
+    running = [(((c.finished_at or float("inf")) - c.started_at), c.call_id) for c in state.calls.values()
+               if c.started_at is not None and c.started_at <= child.created_at <= (c.finished_at or float("inf"))]
+    return min(running)[1] if running else ""
 
 def _cancel(args) -> int:
     brain = args.brain or os.environ.get("BRAINHANDS_BRAIN")
