@@ -187,7 +187,7 @@ def _print_session(info, events, children=()) -> None:
         nested: dict[str, list] = {}
         for child, child_events in by_parent.get(state.session_id, ()):
             child_state = SessionState.from_events(child.id, child_events)
-            head = Text(f"sub-agent {child.id} · {child.status} · {' '.join(child.task.split())[:60]}", style="bold")
+            head = Text(f"sub-agent {child.id[:12]} · {child.status} · {' '.join(child.task.split())[:60]}", style="bold")
             nested.setdefault(_starter(state, child), []).extend([head, tree_of(child_state, child.status)])
         return render_tree(state, now=state.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                            status=session_status, nested=nested)
@@ -201,7 +201,8 @@ def _print_session(info, events, children=()) -> None:
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {outcome.reason if outcome.reason is not None else ''}", style="bold"))
     if children:
-        out.print(Text(f"{len(children)} sub-agent session{'s' if len(children) != 1 else ''}, drawn under their calls",
+        one = len(children) == 1
+        out.print(Text(f"{len(children)} sub-agent session{'' if one else 's'}, drawn under {'its call' if one else 'their calls'}",
                        style="dim"))
 
 
