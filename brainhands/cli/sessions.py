@@ -156,6 +156,7 @@ def _show(args) -> int:
 def _print_session(info, events, children=()) -> None:
     from rich.console import Console
     from rich.text import Text
+    from rich.tree import Tree
 
     from brain.events import SessionState
     from brain.humanize import format_duration
@@ -188,7 +189,9 @@ def _print_session(info, events, children=()) -> None:
         for child, child_events in by_parent.get(state.session_id, ()):
             child_state = SessionState.from_events(child.id, child_events)
             head = Text(f"sub-agent {child.id[:12]} · {child.status} · {' '.join(child.task.split())[:60]}", style="bold")
-            nested.setdefault(_starter(state, child), []).extend([head, tree_of(child_state, child.status)])
+            below = Tree(head, guide_style="dim")
+            below.add(tree_of(child_state, child.status))
+            nested.setdefault(_starter(state, child), []).append(below)
         return render_tree(state, now=state.ended_at or time.time(), width=out.width, live=False, expand_all=True,
                            status=session_status, nested=nested)
 
