@@ -335,6 +335,7 @@ async def test_each_mistake_is_one_line_and_a_non_zero_exit(args, expected, spaw
     args = [model if a == "MODEL" else a for a in args]
     if "--sessions" not in args and args[0] == "sessions" or args[:1] == ["run"] and "--sessions" not in args:
         args += ["--sessions", str(tmp_path / "s.db")]
+        await (await open_store(str(tmp_path / "s.db"))).close()  # a store without the session (a missing one is its own line)
     code, out, err = await brainhands(spawn, *args, cwd=tmp_path)
     assert code != 0 and out == ""
     assert assert_one_line(err).startswith(expected), err
