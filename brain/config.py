@@ -27,6 +27,8 @@ class BrainConfig(ConfigModel):
     server_tools: tuple[Literal["web_search", "web_fetch"], ...] = ()
     server_tool_max_uses: whole(1) = 5
     store_retry: Duration = 30.0  # seconds an append is retried while the session store is unreachable; then the brain stops
+    thinking: Literal["adaptive", "off"] = "off"  # "adaptive": the model decides when and how much to think
+    effort: Literal["low", "medium", "high"] | None = None  # the model's effort; None: the model's own default
     #: hand-name globs (fnmatch: fs_write, fs_*, *) whose calls wait for a person's approval before they run
     approve: tuple[str, ...] = ()
 

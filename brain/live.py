@@ -18,7 +18,7 @@ from rich.tree import Tree
 
 from brain import events as ev
 from brain.events import Call, SessionState, Turn
-from brain.humanize import format_duration
+from brain.humanize import format_duration, summarize_input
 from brain.sessions import Event
 
 #: what each call state looks like: (mark, style)
@@ -81,29 +81,6 @@ def counts(state: SessionState) -> dict[str, int]:
 
 
 # --- small text helpers --------------------------------------------------------------------------
-
-
-def summarize_input(name: str, value: Any, width: int = 48) -> str:
-    """A short, one-line hint of what a call is about: the worker's task, the path, the command."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-    if isinstance(value, dict):
-        for key in ("task", "command", "pattern", "path", "code", "query", "url"):
-            if isinstance(value.get(key), str) and value[key].strip():
-                text = value[key]
-                if key == "pattern" and isinstance(value.get("path"), str) and value["path"] not in ("", "."):
-                    text = f"{text} in {value['path']}"
-                break
-        else:
-            only = next(iter(value.values())) if len(value) == 1 else None
-            text = only if isinstance(only, str) else json.dumps(value, ensure_ascii=False)
-    else:
-        text = json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def human_count(n: int) -> str:
@@ -266,9 +243,20 @@ def _totals(view: SessionState, now: float, live: bool = True) -> Text:
     return out
 
 
+def _writing(streamed: str, width: int) -> str:
+    """The end of the text the model is writing now, on one line."""
+    text = " ".join(streamed.split())
+    room = max(10, width - 40)
+    return text if len(text) <= room else "…" + text[-(room - 1):]
+
+
 def render_tree(view: SessionState, *, now: float, height: int = 40, width: int = 100, live: bool = True,
-                expand_all: bool = False, status: str | None = None) -> RenderableType:
-    """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls."""
+                expand_all: bool = False, status: str | None = None, streamed: str = "",
+                nested: dict[str, list[RenderableType]] | None = None) -> RenderableType:
+    """The session as a tree: earlier turns on one line each, the last (or every) turn with its calls.
+
+    streamed: the text of the turn the model is writing now (it is in no event until the turn ends);
+    nested: what to draw under a call, by call id (a sub-agent's own session, under the call that started it)."""
     tree = Tree(_header(view, now, status or view.status), guide_style="dim")
     last_with_calls = max((t.number for t in view.turns if t.calls), default=0)
     budget = max(4, height - 6 - len(view.turns))  # call lines that fit on the screen
@@ -293,15 +281,19 @@ def render_tree(view: SessionState, *, now: float, height: int = 40, width: int 
             call_node = node.add(_call_label(call, now, name_width, width - 8, live))
             if call.approval is not None:  # on a line of its own: who decided is not to be cut off by the input
                 call_node.add(_approval_note(call))
+            for below in (nested or {}).get(call.call_id, ()):
+                call_node.add(below)
         hidden = len(turn.calls) - len(calls)
         if hidden:
             rest = [c for c in turn.calls if c not in calls]
             done = sum(1 for c in rest if call_state(c) == "ok")
             node.add(Text(f"… {hidden} more ({done} ok, {hidden - done} other)", style="dim"))
     if thinking(view) and live:
-        tree.add(Spinner("dots", text=Text(
-            f"turn {len(view.turns) + 1} · model thinking… {format_duration(now - (view.last_at or now))}",
-            style="bold"), style="magenta"))
+        label = Text(f"turn {len(view.turns) + 1} · model {'writing' if streamed else 'thinking'}… "
+                     f"{format_duration(now - (view.last_at or now))}", style="bold", no_wrap=True, overflow="ellipsis")
+        if streamed:
+            label.append(f"  {_writing(streamed, width)}", style="italic")
+        tree.add(Spinner("dots", text=label, style="magenta"))
     for interrupt in view.interrupts:
         if interrupt.call_ids:
             tree.add(Text(f"⏹ {interrupt.by or 'a person'} interrupted: {len(interrupt.call_ids)} call"
@@ -481,6 +473,7 @@ class LiveView:
         self._live: Live | None = None
         self._refresh = refresh_per_second
         self._done = False
+        self.streamed = ""  # the text of the turn being written, shown as it arrives, dropped when the turn is logged
         self._answer = answer
         self._store = None
         self._asked: set[str] = set()
@@ -545,9 +538,17 @@ class LiveView:
             for event in events:
                 self.view.apply(event)
 
+    def on_text(self, session_id: str, text: str) -> None:
+        """A piece of the current turn's text (the brain's on_text): shown now, never written to the log."""
+        with self._lock:
+            if session_id == self.view.session_id or not self.view.session_id:
+                self.streamed += text
+
     def on_event(self, event: Event) -> None:
         with self._lock:
             self.view.apply(event)
+            if event.type == ev.MODEL_RESPONSE:
+                self.streamed = ""
             line = None if self.live else plain_line(self.view, event)
         if self._store is not None and event.type == ev.APPROVAL_REQUESTED and event.data.get("call_id") not in self._asked:
             self._asked.add(event.data["call_id"])
@@ -559,7 +560,8 @@ class LiveView:
 
     def renderable(self) -> RenderableType:
         with self._lock:
-            return render_tree(self.view, now=self.clock(), height=self.console.height, width=self.console.width)
+            return render_tree(self.view, now=self.clock(), height=self.console.height, width=self.console.width,
+                               streamed=self.streamed)
 
     def final(self, result: Any = None, *, status: str | None = None) -> None:
         """Stop the live tree and leave the compact summary (once); result is the RunResult, if there is one."""

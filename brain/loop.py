@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -116,6 +117,7 @@ class Brain:
         config: BrainConfig = BrainConfig(),
         api_key: str | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_text: Callable[[str, str], None] | None = None,
         owner: str | None = None,
         depth: int = 0,
         tools: Sequence[str] | None = None,
@@ -134,6 +136,7 @@ class Brain:
         self.store = store
         self.config = config
         self.on_event = on_event
+        self.on_text = on_text  # (session id, a piece of the turn's text as it streams): never logged
         self.depth = depth
         self.allowed_tools = None if tools is None else frozenset(tools)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -549,6 +552,9 @@ class _Driver:
                         messages=s.messages(),
                         tool_choice={"type": "none"} if synthesis else None,
                         max_tokens=room,
+                        thinking=c.thinking,
+                        effort=c.effort,
+                        on_text=None if self.brain.on_text is None else functools.partial(self.brain.on_text, s.session_id),
                     )
                 except Exception as exc:
                     traces.record_failure(span, exc)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anthropic
 from anthropic.types import Message
@@ -11,6 +12,11 @@ from anthropic.types import Message
 from hands.config import DEFAULT_MODEL
 
 EPHEMERAL = {"type": "ephemeral"}
+
+Thinking = Literal["adaptive", "off"]
+Effort = Literal["low", "medium", "high"]
+#: Called with each piece of a turn's text as the model writes it (not logged: the log keeps whole messages).
+OnText = Callable[[str], None]
 
 
 class ContextWindowExceeded(Exception):
@@ -35,6 +41,9 @@ class Model(Protocol):
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
         max_tokens: int | None = None,  # this turn's output cap, when the token budget bounds it below the model's own
+        thinking: Thinking = "off",  # "adaptive": the model decides when and how much to think
+        effort: Effort | None = None,  # None: the model's own default
+        on_text: OnText | None = None,  # the turn's text as it arrives
     ) -> Message: ...
 
 
@@ -84,6 +93,9 @@ class AnthropicModel:
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself, and retries 408/409/429/5xx
         # (overloaded included) with backoff that honours retry-after.
         self._client = client or anthropic.AsyncAnthropic(max_retries=max_retries, timeout=timeout)
+        if client is None and not _has_credentials(self._client):
+            # Said now, before a session exists, rather than as the SDK's TypeError on the first turn.
+            raise ModelError("ANTHROPIC_API_KEY is not set: export it (or ANTHROPIC_AUTH_TOKEN) before starting the brain")
 
     async def create(
         self,
@@ -93,6 +105,9 @@ class AnthropicModel:
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
         max_tokens: int | None = None,
+        thinking: Thinking = "off",
+        effort: Effort | None = None,
+        on_text: OnText | None = None,
     ) -> Message:
         system_blocks, tools, messages = with_cache_breakpoints(system, tools, messages)
         kwargs: dict[str, Any] = {
@@ -105,8 +120,18 @@ class AnthropicModel:
             kwargs["tools"] = tools
             if tool_choice:
                 kwargs["tool_choice"] = tool_choice
+        if thinking == "adaptive":
+            kwargs["thinking"] = {"type": "adaptive"}
+        if effort is not None:
+            kwargs["output_config"] = {"effort": effort}
         try:
-            return await self._client.messages.create(**kwargs)
+            # Streamed, as the SDK advises for long requests (it refuses a plain call whose max_tokens implies
+            # more than ten minutes); the final message is the same Message a plain call returns.
+            async with self._client.messages.stream(**kwargs) as stream:
+                if on_text is not None:
+                    async for text in stream.text_stream:
+                        on_text(text)
+                return await stream.get_final_message()
         except anthropic.BadRequestError as exc:
             if _is_context_overflow(exc):
                 raise ContextWindowExceeded(_message(exc)) from exc
@@ -120,6 +145,10 @@ class AnthropicModel:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:
+    return any(getattr(client, name, None) is not None for name in ("api_key", "auth_token", "credentials", "_token_cache"))
 
 
 def _message(exc: anthropic.APIStatusError) -> str:

@@ -52,8 +52,12 @@ class ScriptedModel:
         messages: list[dict[str, Any]],
         tool_choice: dict[str, Any] | None = None,
         max_tokens: int | None = None,
+        thinking: str = "off",
+        effort: str | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Message:
-        request = {"system": system, "tools": tools, "messages": messages, "tool_choice": tool_choice, "max_tokens": max_tokens}
+        request = {"system": system, "tools": tools, "messages": messages, "tool_choice": tool_choice, "max_tokens": max_tokens,
+                   "thinking": thinking, "effort": effort}
         self.requests.append(request)
         index = sum(1 for m in messages if m["role"] == "assistant")
         step = self._step(index)
@@ -65,7 +69,12 @@ class ScriptedModel:
             raise ContextWindowExceeded("prompt is too long (scripted)")
         if "raise" in step:
             raise ModelError(str(step["raise"]))
-        return to_message(step, index, request)
+        message = to_message(step, index, request)
+        if on_text is not None:
+            for block in message.content:
+                if block.type == "text" and block.text:
+                    on_text(block.text)
+        return message
 
     def _step(self, index: int) -> Step:
         if index < len(self.steps):

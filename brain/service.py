@@ -27,7 +27,16 @@ from brain.events import SessionState
 from brain.loop import Brain, LeaseLost, SessionBusy
 from brain.model import DEFAULT_MODEL, AnthropicModel, Model
 from brain.scripted import ScriptedModel
-from brain.sessions import TERMINAL_STATUS, Event, SessionInfo, SessionNotFound, SessionStore, open_store
+from brain.sessions import (
+    TERMINAL_STATUS,
+    AmbiguousSessionId,
+    Event,
+    SessionInfo,
+    SessionNotFound,
+    SessionStore,
+    open_store,
+    resolve_session_id,
+)
 from brain.v1 import brain_pb2, brain_pb2_grpc
 from hands import HandClient
 from hands.config import ConfigError, ConfigModel, Text
@@ -299,7 +308,14 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
     async def GetSession(self, request: brain_pb2.GetSessionRequest, context: grpc.aio.ServicerContext) -> brain_pb2.GetSessionResponse:
         if not request.session_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
-        info = await self._info(request.session_id, context)
+        sid = request.session_id
+        try:  # a unique start of the id (the short id listings print) names the session too
+            sid = await resolve_session_id(self.store, sid)
+        except AmbiguousSessionId as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session_id: {exc}")
+        except SessionNotFound:
+            pass  # _info says so
+        info = await self._info(sid, context)
         response = brain_pb2.GetSessionResponse(session=to_pb_session(info))
         if info.status != "running" and info.last_seq > 0:
             [last] = await self.store.events(info.id, after_seq=info.last_seq - 1)

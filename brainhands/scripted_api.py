@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -244,6 +245,15 @@ def _halves(index: int, delta_type: str, field: str, value: str) -> list[tuple[s
     ]
 
 
+def _pieces(index: int, text: str, size: int = 12) -> list[tuple[str, dict[str, Any]]]:
+    """A text block as the real API streams it: many text_delta events of a few words each."""
+    pieces = [text[i:i + size] for i in range(0, len(text), size)] or []
+    return [
+        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})
+        for piece in pieces
+    ]
+
+
 def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The stream of events the real API sends for a response body, in order."""
     usage = dict(reply.get("usage") or {})
@@ -264,7 +274,7 @@ def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""},
             }))
-            events += _halves(index, "text_delta", "text", text)
+            events += _pieces(index, text)
         elif kind == "tool_use":
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index,
@@ -324,6 +334,11 @@ class ScriptedMessagesAPI:
         self._lock = threading.Lock()
         self._replies: deque[Reply] = deque()
         self.requests: list[RecordedRequest] = []
+        # Seconds between the events of a streamed answer, so text arrives over time as it does from the real API.
+        self.stream_delay = 0.0
+        # When set, a streamed answer pauses after its first text delta until the event is set: a test can look at
+        # what a client shows mid-turn without timing anything.
+        self.hold_stream: threading.Event | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -492,16 +507,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _send_stream(self, reply: Mapping[str, Any], request_id: str) -> None:
-        # The whole stream with a content-length: the SDK parses it event by event just the
-        # same, and the connection stays reusable without chunked encoding.
-        data = b"".join(
-            f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in sse_events(reply)
-        )
+        # Chunked, one event per chunk, flushed as it goes: the client sees each event when it is sent, and the
+        # connection stays reusable for the next request.
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("cache-control", "no-cache")
-        self.send_header("content-length", str(len(data)))
+        self.send_header("transfer-encoding", "chunked")
         self.send_header("request-id", request_id)
         self.end_headers()
-        self.wfile.write(data)
+        held = False
+        for name, payload in sse_events(reply):
+            data = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+            hold = self.fake.hold_stream
+            if not held and hold is not None and payload.get("delta", {}).get("type") == "text_delta":
+                held = True
+                hold.wait(timeout=30)
+            elif self.fake.stream_delay and name == "content_block_delta":
+                time.sleep(self.fake.stream_delay)
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

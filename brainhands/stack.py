@@ -92,6 +92,7 @@ class LocalStack:
     services: list[StackProcess] = field(default_factory=list)
     workdir: Path | None = None
     api_key: str | None = None
+    metrics: str | None = None  # the gateway's Prometheus endpoint, host:port
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -178,6 +179,7 @@ async def start_local_stack(
             **extra,
             "routes": [*routes, *extra.get("routes", [])],
         }
+        stack.metrics = config.get("metrics") or None
         config_path = log_dir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         proc, log_path = _spawn("gateway", ["serve", "gateway", "--config", str(config_path)], env, log_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import socket
 import uuid
@@ -43,6 +44,14 @@ _PROTOCOL_ERRORS = {
     grpc.StatusCode.PERMISSION_DENIED: types.INVALID_PARAMS,
     grpc.StatusCode.UNAUTHENTICATED: types.INVALID_REQUEST,
 }
+
+
+def _version() -> str:
+    """The installed brainhands version, which MCP clients see in initialize's serverInfo."""
+    try:
+        return importlib.metadata.version("brainhands")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class _BearerAuth:
@@ -116,7 +125,7 @@ class McpFront:
         )
         self._stub = hands_pb2_grpc.HandServiceStub(self._channel)
         self._call_timeout = call_timeout
-        self.server = Server("brainhands-gateway", on_list_tools=self.list_tools, on_call_tool=self.call_tool)
+        self.server = Server("brainhands-gateway", version=_version(), on_list_tools=self.list_tools, on_call_tool=self.call_tool)
 
     async def list_tools(self, ctx, params) -> types.ListToolsResult:
         try:

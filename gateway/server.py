@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import structlog
@@ -311,6 +312,21 @@ class GatewayServer(RunningServer):
             await self.access.close()
 
 
+async def _say_if_quota_store_is_down(store, url: str) -> None:
+    """One warning at start when the shared quota store does not answer: calls are refused until it does."""
+    ping = getattr(store, "ping", None)
+    if ping is None:
+        return
+    try:
+        await asyncio.wait_for(ping(), timeout=3.0)
+    except Exception as exc:  # redis, socket and timeout errors alike: the store is not usable now
+        parts = urlsplit(url)
+        if parts.password is not None:  # the URL may carry Redis's password: never log it
+            url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.hostname}:{parts.port or 6379}"))
+        log.warning("quota store unreachable: calls are refused until it answers", quota_store=url,
+                    error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
 async def start_gateway(
     config: GatewayConfig,
     *,
@@ -349,6 +365,7 @@ async def start_gateway(
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
     access = Access.from_config(config, metrics, known_hand=lambda name: name in table.routes)
     registry_access = RegistryAccess(config)
+    await _say_if_quota_store_is_down(access.store, config.quota_store)
 
     def register(server: grpc.aio.Server) -> list[str]:
         server.add_generic_rpc_handlers((front.handler(),))

@@ -54,9 +54,9 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register-tls-cert", metavar="PEM", help="client certificate for an mTLS gateway front "
                    "(default: $BRAINHANDS_REGISTER_TLS_CERT)")
     p.add_argument("--register-tls-key", metavar="PEM", help="its private key (default: $BRAINHANDS_REGISTER_TLS_KEY)")
-    p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn")
-    p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry")
-    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds")
+    p.add_argument("--max-concurrency", type=int, default=64, help="calls run at once; more wait their turn (default 64)")
+    p.add_argument("--max-input-bytes", type=int, default=4 * 1024 * 1024, help="largest input a call may carry, in bytes (default 4194304: 4 MiB)")
+    p.add_argument("--timeout", type=float, default=300.0, help="longest a call may run, in seconds (default 300)")
     p.add_argument(
         "--dedupe-ttl", type=float, default=3600.0, metavar="SECONDS",
         help="how long a non-idempotent call's result answers a repeat of its call id (0: off; default 3600)",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import gc
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,43 @@ def set_not_dumpable() -> bool:
         return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
     except (OSError, AttributeError):  # not Linux: nothing to do
         return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (a bind as gRPC's, SO_REUSEADDR, would fail)."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False  # gRPC will say what is wrong with the address
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection as v1alpha and v1 (grpcurl and buf try v1 first).
+
+    grpcio-reflection ships only v1alpha; v1 is the same protocol renamed (identical messages, field for
+    field), so the one servicer answers both, the v1 method decoding with the v1alpha messages.
+    """
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        handlers = {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 def reconnect_options(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
@@ -209,11 +248,14 @@ async def start_server(
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+    _serve_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME, REFLECTION_V1],
         server,
     )
     address = f"{host}:{port}"
+    if port and _port_taken(host, port):
+        # Said before gRPC tries: its core would print its own log line to stderr ahead of ours.
+        raise OSError(f"could not listen on {address}: the port is in use (another service, or one still stopping?)")
     try:
         bound = (
             server.add_secure_port(address, credentials)

@@ -71,7 +71,11 @@ def _answers(url: str, default_port: int) -> bool:
         await conn.close()
         return True
 
-    return asyncio.run(check())
+    # A session fixture may first be set up inside a running event loop (an async test's): check from a thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, check()).result()
 
 
 def service_url(kind: str, env_var: str, default_port: int, container_factory):

@@ -33,6 +33,15 @@ class SessionNotFound(SessionStoreError):
     """No session has this id."""
 
 
+class AmbiguousSessionId(SessionStoreError):
+    """A short id that more than one session starts with."""
+
+    def __init__(self, prefix: str, candidates: list[str]):
+        self.prefix, self.candidates = prefix, candidates
+        more = "" if len(candidates) < 10 else ", …"
+        super().__init__(f"session id {prefix} is ambiguous: it starts {', '.join(candidates)}{more}; give more of it")
+
+
 class SeqConflict(SessionStoreError):
     """The seq is taken or not the next one: another writer drives this session."""
 
@@ -116,6 +125,10 @@ class SessionStore(Protocol):
         self, limit: int = 50, status: str | None = None, tenant: str | None = None
     ) -> list[SessionInfo]: ...
 
+    async def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids that start with prefix, in id order, at most limit."""
+        ...
+
     async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
 
     async def renew_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
@@ -123,6 +136,24 @@ class SessionStore(Protocol):
     async def release_lease(self, session_id: str, owner: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def resolve_session_id(store: SessionStore, session_id: str) -> str:
+    """The full id of a session given its id or a unique prefix of it (a short id, as listings print).
+
+    Raises SessionNotFound when nothing matches and AmbiguousSessionId naming the candidates when several do.
+    """
+    session_id = session_id.strip()
+    if not session_id:
+        raise SessionNotFound("the session id is empty")
+    if await store.get_session(session_id) is not None:
+        return session_id
+    matches = await store.ids_with_prefix(session_id, limit=10)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AmbiguousSessionId(session_id, matches)
+    raise SessionNotFound(f"no session {session_id}")
 
 
 def default_sessions_path() -> str:
@@ -161,6 +192,7 @@ async def open_store(url: str | None = None) -> SessionStore:
 __all__ = [
     "DEFAULT_TENANT",
     "STATUSES",
+    "AmbiguousSessionId",
     "EVENT_STATUS",
     "TERMINAL_STATUS",
     "Event",
@@ -172,6 +204,7 @@ __all__ = [
     "StoreUnavailable",
     "default_sessions_path",
     "open_store",
+    "resolve_session_id",
 ]
 
 

@@ -99,14 +99,14 @@ class PostgresSessionStore:
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=10, command_timeout=60)
         except ValueError as exc:
-            raise ValueError(f"sessions URL for PostgreSQL {where} is not valid ({exc}): check BRAINHANDS_SESSIONS") from None
+            raise ValueError(f"sessions URL for PostgreSQL {where} is not valid ({exc}): check the sessions URL") from None
         except (OSError, TimeoutError) as exc:
             raise ValueError(
-                f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running? check BRAINHANDS_SESSIONS"
+                f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running? check the sessions URL"
             ) from None
         except asyncpg.PostgresError as exc:
             # A wrong database, role or password: the server answered, the URL is wrong.
-            raise ValueError(f"PostgreSQL at {where} refused the connection ({exc}): check BRAINHANDS_SESSIONS") from None
+            raise ValueError(f"PostgreSQL at {where} refused the connection ({exc}): check the sessions URL") from None
         store = cls(pool, url)
         try:
             await store._migrate()
@@ -122,7 +122,7 @@ class PostgresSessionStore:
             if schema is None:
                 raise ValueError(
                     "PostgreSQL has no schema to create the session tables in: the URL's search_path names none that"
-                    " exists; create it or fix BRAINHANDS_SESSIONS"
+                    " exists; create it or fix the sessions URL"
                 )
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS brain_schema_version"
@@ -208,6 +208,12 @@ class PostgresSessionStore:
     async def get_session(self, session_id: str) -> SessionInfo | None:
         row = await self._pool.fetchrow(_SELECT + " WHERE id = $1", session_id)
         return SessionInfo.from_row(row) if row else None
+
+    async def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids that start with prefix (a short id), at most limit of them."""
+        rows = await self._pool.fetch(
+            "SELECT id FROM brain_sessions WHERE starts_with(id, $1) ORDER BY id LIMIT $2", prefix, limit)
+        return [r["id"] for r in rows]
 
     async def list_sessions(
         self, limit: int = 50, status: str | None = None, tenant: str | None = None

@@ -211,6 +211,12 @@ class SqliteSessionStore:
         row = await self._run(lambda: self._conn.execute(self._SELECT + " WHERE s.id = ?", (session_id,)).fetchone())
         return SessionInfo.from_row(row) if row else None
 
+    async def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids that start with prefix (a short id), at most limit of them."""
+        rows = await self._run(lambda: self._conn.execute(
+            "SELECT id FROM sessions WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?2", (prefix, limit)).fetchall())
+        return [r[0] for r in rows]
+
     async def list_sessions(
         self, limit: int = 50, status: str | None = None, tenant: str | None = None
     ) -> list[SessionInfo]:

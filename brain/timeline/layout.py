@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from brain.events import Call, SessionState, ToolCallFinished, Turn
-from brain.humanize import format_duration
+from brain.humanize import format_duration, summarize_input
 from brain.sessions import Event, SessionInfo
 from brain.timeline.tree import tree_order
 
@@ -169,11 +169,41 @@ def lay_out(session: SessionInfo, events: list[Event], children: dict[str, tuple
     subs = [(depth, lane(info, children[info.id][1])) for depth, info in placed]
     t0 = min([main.start, *(c.start for _, c in subs)])
     t1 = max([main.end, *(c.end for _, c in subs)])
-    rows = session_rows(main, 0)
+    kids: dict[str, list[tuple[int, Lane]]] = {}
     for depth, child in subs:
-        rows.append(Row("session", Label("sub-agent", child.info.id, code=True), [], depth, child))
-        rows += session_rows(child, depth)
+        kids.setdefault(child.info.parent_id or "", []).append((depth, child))
+    rows = _rows_with_sub_agents(main, 0, kids)
     return Chart(main, [c for _, c in subs], rows, t0, max(t1 - t0, 1e-3))
+
+
+def _rows_with_sub_agents(s: Lane, depth: int, kids: dict[str, list[tuple[int, Lane]]]) -> list[Row]:
+    """The session's rows with each sub-agent's drawn right under the row of the call that started it."""
+    rows = session_rows(s, depth)
+    after: dict[int, list[Row]] = {}
+    for child_depth, child in kids.get(s.info.id, []):
+        block = [Row("session", Label("sub-agent", summarize_input("agent", child.info.task, 60)), [], child_depth, child),
+                 *_rows_with_sub_agents(child, child_depth, kids)]
+        after.setdefault(_starter_row(rows, child), []).extend(block)
+    out: list[Row] = []
+    for i, row in enumerate(rows):
+        out.append(row)
+        out += after.get(i, [])
+    return out + after.get(len(rows), [])
+
+
+def _starter_row(rows: list[Row], child: Lane) -> int:
+    """The index of the calls row whose call started the sub-agent: the shortest call that spans the sub-agent's
+    session (started before it, ended after it; still running counts), else one running when it began; else the end."""
+    def best(fits) -> int | None:
+        found = [(bar.end - bar.start, i) for i, row in enumerate(rows) if row.kind == "calls" for bar in row.bars
+                 if fits(bar)]
+        return min(found)[1] if found else None
+
+    spans = best(lambda bar: bar.start <= child.info.created_at and bar.end >= child.end)
+    if spans is not None:
+        return spans
+    began = best(lambda bar: bar.start <= child.info.created_at <= bar.end)
+    return len(rows) if began is None else began
 
 
 def pack(attempts: list[Attempt]) -> list[list[Attempt]]:
@@ -206,10 +236,15 @@ def session_rows(s: Lane, depth: int) -> list[Row]:
         for packed in pack(ran):
             names = sorted({a.name for a in packed})
             if len(packed) == 1:
-                label = Label(names[0], packed[0].call_id, code=True)
+                # Named by what it did (the path, the query, the worker's task), not by its tool-use id.
+                label = Label(names[0], summarize_input(names[0], packed[0].input, 60))
             else:
                 label = Label(", ".join(names), f"{len(packed)} calls", code=True)
-            rows.append(Row("calls", label, [_call_bar(s, a, a is slowest) for a in packed], depth))
+            bars = [_call_bar(s, a, a is slowest) for a in packed]
+            if len(packed) > 1:  # one row for several calls in turn: each bar says which it is
+                for a, bar in zip(packed, bars, strict=True):
+                    bar.note = f"{summarize_input(a.name, a.input, 32)} · {bar.note}"
+            rows.append(Row("calls", label, bars, depth))
         skipped = [a for a in attempts if a.outcome == "not-run"]
         if skipped:
             # Refused in one go before dispatch, so they share one instant: one row, one note for all of them.

@@ -24,7 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.register(commands)
     local.register(commands)
     console.register(commands)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A command registered with only a one-line help gets it as its --help description too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):
+                    text = helps[name]
+                    sub.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+                _describe(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

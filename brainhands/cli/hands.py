@@ -20,9 +20,10 @@ def register(commands) -> None:
     h.set_defaults(func=lambda args: h.print_help() or 2)
     lst = hc.add_parser("list", help="list the hands the target serves")
     call = hc.add_parser("call", help="call one hand and print its output")
-    call.add_argument("name")
+    call.add_argument("name", help="the hand's name, as `brainhands hands list` shows it")
     call.add_argument("input", nargs="?", default="{}", help="JSON input object; '-' reads standard input")
-    call.add_argument("--timeout", type=float, default=60.0)
+    call.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="seconds the call may take before it is given up (default 60)")
     for sp in (lst, call):
         sp.add_argument("--target", default=None, help=f"gateway or hand service (default $BRAINHANDS_GATEWAY or {DEFAULT_TARGET})")
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -40,10 +41,22 @@ def _client(args):
     return HandClient(_target(args), api_key=os.environ.get("BRAINHANDS_API_KEY") or None)
 
 
+#: Words grpc puts in UNAVAILABLE when no connection was made (the service itself never answered).
+_NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed", "connect failed",
+                  "no route to host", "socket closed", "connections to all backends failing", "deadline")
+
+
+def _answered(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return not any(words in details for words in _NO_CONNECTION)
+
+
 def _explain(exc: grpc.aio.AioRpcError, target: str) -> CliError:
     code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         return CliError(f"cannot reach {target} ({exc.details()}); is the gateway or hand service running there?")
+    if code == grpc.StatusCode.UNAVAILABLE:  # it answered: its own words say what is down (the quota store, a hand)
+        return CliError(f"{target} is up but cannot serve the call: {exc.details()}")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return CliError(f"{target} refused the credentials ({exc.details()}); set BRAINHANDS_API_KEY to a valid key")
     return CliError(f"{code.name}: {exc.details()}")

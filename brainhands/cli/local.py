@@ -31,17 +31,26 @@ def register(commands) -> None:
             "needs no key and no network; the brain, workers, gateway and hands are the real ones."
         ),
     )
-    demo.add_argument("--dir", default="brainhands-demo", help="where to put the project copy, its session log and timeline (default ./brainhands-demo)")
+    demo.add_argument("--dir", metavar="DIR", default="brainhands-demo",
+                      help="where to put the project copy, its service logs and timeline (default ./brainhands-demo)")
+    demo.add_argument("--sessions", metavar="URL",
+                      help="session store, the one `run` and `sessions` use: a SQLite path, sqlite:///PATH or "
+                           "postgresql://... (default $BRAINHANDS_SESSIONS, else ~/.local/state/brainhands/sessions.db)")
     demo.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
-    demo.add_argument("--think-time", type=float, default=0.6, help="seconds the scripted model 'thinks' per reply, so the fan-out is visible (default 0.6)")
+    demo.add_argument("--think-time", type=float, default=0.6, metavar="SECONDS",
+                      help="seconds the scripted model 'thinks' per reply, so the fan-out is visible (default 0.6)")
     demo.set_defaults(func=_demo)
 
     up = commands.add_parser(
         "up",
         help="run a gateway, the built-in hands and a brain service on loopback until Ctrl-C",
+        description="Start a gateway and the built-in hands (fs on the workspace, sandbox, llm, memory) on free "
+                    "loopback ports, and a brain service when ANTHROPIC_API_KEY is set (or BRAINHANDS_MODEL is "
+                    "scripted:FILE). It prints each service's address and the gateway's metrics address, and runs "
+                    "until Ctrl-C. The gateway is open to this machine with no key unless --config adds tenants.",
     )
     up.add_argument("--config", metavar="FILE", help="gateway config (tenants, quotas, more routes) merged over the local defaults")
-    up.add_argument("--workspace", default=".", help="the fs hand's root (default: the current directory)")
+    up.add_argument("--workspace", metavar="DIR", default=".", help="the fs hand's root (default: the current directory)")
     up.add_argument("--sessions", metavar="URL", help="session store for the brain service (default $BRAINHANDS_SESSIONS or the SQLite default)")
     up.add_argument("--console", default="127.0.0.1:0", metavar="HOST:PORT",
                     help="where the web console listens (default a free loopback port; 'off' starts none)")
@@ -64,6 +73,8 @@ def _prepare_demo_dir(target: Path) -> Path:
     workspace = target / "workspace"
     shutil.copytree(DEMO_WORKSPACE, workspace, ignore=_BYTECODE)
     (target / DEMO_MARKER).write_text("made by brainhands demo; safe to delete\n")
+    # Run inside a git checkout, the demo's copy, logs and timeline stay out of `git status`.
+    (target / ".gitignore").write_text("# made by brainhands demo: ignore all of it\n*\n")
     return workspace
 
 
@@ -101,8 +112,9 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     import anthropic
     from rich.console import Console
 
-    from brain import AnthropicModel, Brain, BrainConfig, open_store
+    from brain import AnthropicModel, Brain, BrainConfig
     from brain.timeline import render_timeline
+    from brainhands.cli.run import _open, _store_name
     from brainhands.demo_model import DEMO_TASK, start_demo_model
     from brainhands.stack import StackError, start_local_stack
 
@@ -125,7 +137,7 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         except StackError as exc:
             raise CliError(f"the local stack did not start: {exc}") from None
         err.print(f"gateway {stack.gateway} · hands {', '.join(f'{k} {v}' for k, v in stack.addresses.items() if k != 'gateway')}")
-        store = await open_store(str(target / "sessions.db"))
+        store = await _open(args.sessions)
         client = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
         model = AnthropicModel(client=client)
         view, on_event = _event_sink(args.json, err)
@@ -154,7 +166,8 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     for path, removed, added in changes:
         err.print(f"  {path}  [red]-{removed}[/] [green]+{added}[/]")
     err.print(f"timeline: {timeline}   (open it in a browser: every worker is a bar on a time axis)")
-    err.print(f"session {result.session_id}: brainhands sessions show {result.session_id} --sessions {target / 'sessions.db'}")
+    sessions = f" --sessions {args.sessions}" if args.sessions else ""
+    err.print(f"session {result.session_id[:12]} in {_store_name(store)}: brainhands sessions show {result.session_id[:12]}{sessions}")
     err.print()
     err.print("The model was scripted. To do the same with Claude:")
     err.print("  export ANTHROPIC_API_KEY=sk-ant-...")
@@ -241,6 +254,8 @@ async def _run_up(args, extra: dict) -> int:
         width = max(len(n) for n in addresses)
         for name, address in addresses.items():
             print(f"  {name:<{width}}  {address}")
+        if stack.metrics:
+            print(f"  {'metrics':<{width}}  http://{stack.metrics}/metrics")
         print(f"\nexport BRAINHANDS_GATEWAY={stack.gateway}   # then: brainhands hands list · brainhands run \"...\"",
               file=sys.stderr)
         print(f"logs: {stack.workdir}", file=sys.stderr)

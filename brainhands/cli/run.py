@@ -46,6 +46,10 @@ def register(commands) -> None:
                      help="calls to hands matching GLOB (fs_write, fs_*, *) wait for a person's approval before they run;"
                           " repeatable. On a terminal the live view asks; otherwise the run ends with the session waiting:"
                           " decide with `brainhands sessions approve|deny ID`, then `sessions wake ID`")
+    run.add_argument("--thinking", choices=("adaptive", "off"), default="off",
+                     help="adaptive: the model decides when and how much to think; off: no thinking (default off)")
+    run.add_argument("--effort", choices=("low", "medium", "high"),
+                     help="how much effort the model puts into each answer (default: the model's own)")
     _model_flag(run)
     _sessions_flag(run)
     _json_flag(run)
@@ -119,19 +123,36 @@ def _unreachable(gateway: str, exc: Exception) -> CliError:
                     " `brainhands up`, or leave out --gateway and BRAINHANDS_GATEWAY to run on a local stack")
 
 
-async def _open(url: str | None):
+class NoStore(CliError):
+    """The SQLite store to read does not exist (reading never creates one)."""
+
+
+async def _open(url: str | None, *, must_exist: bool = False):
+    """The session store of --sessions, else $BRAINHANDS_SESSIONS, else the default file.
+
+    must_exist: for commands that only read or change what is there (sessions list/show/cancel/wake): a SQLite
+    file that is not there is one line (a mistyped path), not a new empty database and the folders to it.
+    """
     from brain import open_store
     from brain.sessions import default_sessions_path, redacted_url
     from brain.sessions.sqlite import StoreCorrupt
 
+    source = "--sessions" if url else "$BRAINHANDS_SESSIONS" if os.environ.get("BRAINHANDS_SESSIONS") else None
+    given = f" (given by {source})" if source else ""
     url = url or os.environ.get("BRAINHANDS_SESSIONS") or None
+    if must_exist:
+        path = _sqlite_path(url or default_sessions_path())
+        if path is not None and not Path(path).exists():
+            raise NoStore(f"no session store at {path}{given}: nothing has run with it; check the path, or run"
+                          " `brainhands run` or `brainhands demo` first")
     try:
         store = await open_store(url)
     except (ValueError, StoreCorrupt) as exc:  # the stores' own messages name the URL and what to do
-        raise CliError(str(exc)) from None
+        raise CliError(f"{exc}{given}") from None
     except Exception as exc:  # sqlite3, asyncpg and socket errors alike: the store named is not usable
         where = redacted_url(url or default_sessions_path())
-        raise CliError(f"cannot open the session store {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise CliError(f"cannot open the session store {where}{given}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     check = getattr(store, "check_integrity", None)  # SQLite: a damaged file is one line here, not a traceback later
     if check is not None:
         try:
@@ -142,15 +163,27 @@ async def _open(url: str | None):
     return store
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite sessions URL, None for PostgreSQL (or a URL open_store will refuse itself)."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    return None if "://" in url else url
+
+
 def _store_name(store) -> str:
     return str(getattr(store, "path", None) or "the session store")
 
 
 async def _session_or_fail(store, session_id: str):
-    info = await store.get_session(session_id)
-    if info is None:
-        raise CliError(f"no session {session_id} in {_store_name(store)}; see `brainhands sessions list`")
-    return info
+    """The session with this id or unique id prefix (the short id listings print)."""
+    from brain.sessions import AmbiguousSessionId, SessionNotFound, resolve_session_id
+
+    try:
+        return await store.get_session(await resolve_session_id(store, session_id))
+    except AmbiguousSessionId as exc:
+        raise CliError(str(exc)) from None
+    except SessionNotFound:
+        raise CliError(f"no session {session_id} in {_store_name(store)}; see `brainhands sessions list`") from None
 
 
 @contextlib.asynccontextmanager
@@ -249,12 +282,12 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
         store = await _open(args.sessions)
         try:
             if known_session is not None:
-                await _session_or_fail(store, known_session)
+                await _session_or_fail(store, known_session)  # still there: _wake resolved its full id
             async with _hands(args, err) as gateway:
                 prompts = getattr(view, "asks", False)  # a live view on a terminal asks the person to decide
                 brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
                               api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
-                              wait_for_decisions=prompts)
+                              wait_for_decisions=prompts, on_text=getattr(view, "on_text", None))
                 if prompts:
                     view.attach(store)
                 try:
@@ -361,6 +394,7 @@ def _run(args) -> int:
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
             store_retry=args.store_retry, server_tools=_server_tools(args.server_tools), approve=tuple(args.approve),
+            thinking=args.thinking, effort=args.effort,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -389,9 +423,9 @@ def _wake(args) -> int:
         _workspace(args)
 
     async def look():
-        store = await _open(args.sessions)
+        store = await _open(args.sessions, must_exist=True)
         try:
-            await _session_or_fail(store, args.session_id)
+            args.session_id = (await _session_or_fail(store, args.session_id)).id
             return await store.events(args.session_id)
         finally:
             await store.close()

@@ -38,7 +38,7 @@ def _register_mcp(serve_commands) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
                    help="environment variable for the stdio server; KEY alone copies ours (repeatable)")  # fmt: skip
     p.add_argument("--cwd", help="working directory of the stdio server")
-    p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server")
+    p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the MCP server (default 30)")
     hand_cli.add_service_arguments(p)  # --port, --register, limits: the flags of `serve hand`
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command that runs the MCP server on stdio")
     p.set_defaults(func=_serve_mcp)
@@ -111,7 +111,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
 
 def _register_brain(serve_commands) -> None:
     p = serve_commands.add_parser("brain", help="run the BrainService: start, follow, wake and cancel sessions over gRPC")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=BRAIN_PORT, help=f"gRPC port (default {BRAIN_PORT}; 0 picks one)")
     p.add_argument("--gateway", metavar="ADDR", help="the gateway (or hand service) the brain calls (default $BRAINHANDS_GATEWAY)")
     p.add_argument("--sessions", metavar="URL", help="session store: a SQLite path or postgresql://... (default $BRAINHANDS_SESSIONS)")

@@ -11,7 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from brainhands.cli.run import _hands_flags, _json_flag, _model_flag, _open, _session_or_fail, _sessions_flag, _wake
+from brainhands.cli.run import (
+    NoStore,
+    _hands_flags,
+    _json_flag,
+    _model_flag,
+    _open,
+    _session_or_fail,
+    _sessions_flag,
+    _wake,
+)
 from hands.cli import CliError
 
 CANCEL_HELP = """\
@@ -28,6 +37,9 @@ How a session is cancelled depends on who drives it:
 """
 
 
+ID_HELP = "the session's id, or the start of it that no other session shares (the short id listings print)"
+
+
 def register(commands) -> None:
     sessions = commands.add_parser("sessions", help="list, show, wake or cancel brain sessions")
     sc = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
@@ -35,13 +47,14 @@ def register(commands) -> None:
 
     lst = sc.add_parser("list", help="list recent sessions, newest first")
     _sessions_flag(lst)
-    lst.add_argument("--status", choices=["running", "waiting", "finished", "failed", "cancelled"])
-    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--status", choices=["running", "waiting", "finished", "failed", "cancelled"],
+                     help="only the sessions with this status (default: all)")
+    lst.add_argument("--limit", type=int, default=20, metavar="N", help="number of sessions to list, newest first (default 20)")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=_list)
 
     show = sc.add_parser("show", help="show a session: task, status, turns with their tool calls, result")
-    show.add_argument("session_id")
+    show.add_argument("session_id", help=ID_HELP)
     show.add_argument("--html", metavar="FILE", help="write the session's timeline (one self-contained HTML page) to FILE")
     _sessions_flag(show)
     show.add_argument("--json", action="store_true", help="print the session's events as JSON lines")
@@ -52,10 +65,10 @@ def register(commands) -> None:
         description="Continue a session where its log ends: finished tool calls are not run again, calls that were "
                     "started and not finished are re-issued. Like `run`, it starts a local stack unless a gateway is given.",
     )
-    wake.add_argument("session_id")
+    wake.add_argument("session_id", help=ID_HELP)
     _hands_flags(wake)
     wake.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="if another brain holds the session, wait up to this long for its lease to expire")
+                      help="if another brain holds the session, seconds to wait for its lease to expire (default 0)")
     _model_flag(wake, "model id (default: the one the session started with)")
     _sessions_flag(wake)
     _json_flag(wake)
@@ -63,7 +76,7 @@ def register(commands) -> None:
 
     cancel = sc.add_parser("cancel", help="stop a session (see --help for who can stop what)",
                            description=CANCEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cancel.add_argument("session_id")
+    cancel.add_argument("session_id", help=ID_HELP)
     cancel.add_argument("--brain", metavar="ADDR", help="the brain service driving the session (default $BRAINHANDS_BRAIN)")
     cancel.add_argument("--reason", default="", help="why, recorded in the log")
     _sessions_flag(cancel)
@@ -118,7 +131,12 @@ def register(commands) -> None:
 
 def _list(args) -> int:
     async def go():
-        store = await _open(args.sessions)
+        try:
+            store = await _open(args.sessions, must_exist=True)
+        except NoStore:
+            if args.sessions or os.environ.get("BRAINHANDS_SESSIONS"):
+                raise
+            return []  # the default store is made by the first run: nothing has run yet
         try:
             return await store.list_sessions(limit=args.limit, status=args.status)
         finally:
@@ -141,9 +159,10 @@ def _list(args) -> int:
 
 def _show(args) -> int:
     async def go():
-        store = await _open(args.sessions)
+        store = await _open(args.sessions, must_exist=True)
         try:
             info = await _session_or_fail(store, args.session_id)
+            args.session_id = info.id
             events = await store.events(args.session_id)
             page = None
             if args.html:
@@ -177,8 +196,8 @@ def _show(args) -> int:
 
 def _print_session(info, events, children=()) -> None:
     from rich.console import Console
-    from rich.padding import Padding
     from rich.text import Text
+    from rich.tree import Tree
 
     from brain.events import SessionState
     from brain.humanize import format_duration
@@ -201,8 +220,23 @@ def _print_session(info, events, children=()) -> None:
     trace = earlier_trace(events)
     if trace:  # the OpenTelemetry trace of the session's first run (a wake's trace links to it)
         facts.append(f" · trace {trace['trace_id']}")
-    out.print(render_tree(view, now=view.ended_at or time.time(), width=out.width, live=False, expand_all=True,
-                          status=info.status))
+    # Each sub-agent's own session is drawn under the call that started it, its own sub-agents under its calls.
+    by_parent: dict[str, list] = {}
+    for _, child, child_events in children:
+        by_parent.setdefault(child.parent_id or "", []).append((child, child_events))
+
+    def tree_of(state, session_status):
+        nested: dict[str, list] = {}
+        for child, child_events in by_parent.get(state.session_id, ()):
+            child_state = SessionState.from_events(child.id, child_events)
+            head = Text(f"sub-agent {child.id[:12]} · {child.status} · {' '.join(child.task.split())[:60]}", style="bold")
+            below = Tree(head, guide_style="dim")
+            below.add(tree_of(child_state, child.status))
+            nested.setdefault(_starter(state, child), []).append(below)
+        return render_tree(state, now=state.ended_at or time.time(), width=out.width, live=False, expand_all=True,
+                           status=session_status, nested=nested)
+
+    out.print(tree_of(view, info.status))
     out.print(facts)
     server = _server_tool_lines(view)
     if server:
@@ -218,15 +252,9 @@ def _print_session(info, events, children=()) -> None:
     elif view.status in ("failed", "cancelled"):
         out.print(Text(f"{view.status}: {outcome.reason if outcome.reason is not None else ''}", style="bold"))
     if children:
-        out.print(Text(f"sub-sessions ({len(children)}), the whole tree under this one:", style="bold"))
-    for depth, child, child_events in children:
-        indent = "  " * depth
-        # Indented one step per level under its parent, which is the nearest line above with less indent.
-        out.print(f"{indent}{child.id}  {child.status:<9}  {' '.join(child.task.split())[:60]}", markup=False, highlight=False)
-        child_view = SessionState.from_events(child.id, child_events)
-        tree = render_tree(child_view, now=child_view.ended_at or time.time(), width=max(40, out.width - len(indent) - 2),
-                           live=False, expand_all=True, status=child.status)
-        out.print(Padding(tree, (0, 0, 0, len(indent) + 2)))
+        one = len(children) == 1
+        out.print(Text(f"{len(children)} sub-agent session{'' if one else 's'}, drawn under {'its call' if one else 'their calls'}",
+                       style="dim"))
 
 
 def _citation_lines(view) -> list[str]:
@@ -269,6 +297,12 @@ def _server_tool_lines(view) -> list[str]:
     return lines
 
 
+def _starter(state, child) -> str:
+    """The id of the call in state that was running when the child session began (the shortest such call)."""
+    running = [(((c.finished_at or float("inf")) - c.started_at), c.call_id) for c in state.calls.values()
+               if c.started_at is not None and c.started_at <= child.created_at <= (c.finished_at or float("inf"))]
+    return min(running)[1] if running else ""
+
 def _cancel(args) -> int:
     brain = args.brain or os.environ.get("BRAINHANDS_BRAIN")
     if brain:
@@ -308,10 +342,10 @@ async def _cancel_through_service(address: str, session_id: str, reason: str) ->
 async def _cancel_in_store(args) -> int:
     from brain.events import SessionCancelled, SessionState
 
-    sid = args.session_id
-    store = await _open(args.sessions)
+    store = await _open(args.sessions, must_exist=True)
     try:
-        info = await _session_or_fail(store, sid)
+        info = await _session_or_fail(store, args.session_id)
+        sid = info.id
         if info.status != "running":
             print(f"session {sid} is not running ({info.status}); nothing to cancel")
             return 0

@@ -357,6 +357,10 @@ class RedisQuotaStore:
             out.append(RuleUsage(rule, used, limit, int(reply[2 * i + 1]) / 1000))
         return out
 
+    async def ping(self) -> None:
+        """Raise when Redis does not answer (the gateway checks once at start)."""
+        await self._redis.ping()
+
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)
 

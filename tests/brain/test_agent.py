@@ -174,8 +174,15 @@ async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_d
     out = await _sessions_show(root.id, tree.sessions, "--html", page)
     assert re.findall(rf'data-kind="tool-call"[^>]*data-session="{grand.id}"', Path(page).read_text())
     text = await _sessions_show(root.id, tree.sessions)
-    assert "sub-sessions (2)" in text
-    below = text[text.index(grand.id):]  # the grandchild's own calls are listed under its line
+    assert "2 sub-agent sessions, drawn under their calls" in text
+    # Nested: the child's session under the root's agent call, the grandchild's under the child's, deeper each time.
+    lines = text.splitlines()
+    child_at = next(i for i, line in enumerate(lines) if f"sub-agent {child.id[:12]}" in line)
+    grand_at = next(i for i, line in enumerate(lines) if f"sub-agent {grand.id[:12]}" in line)
+    assert "agent" in lines[child_at - 1] and child_at < grand_at
+    indent = [len(lines[i]) - len(lines[i].lstrip(" │├└─")) for i in (child_at - 1, child_at, grand_at)]
+    assert indent[0] < indent[1] < indent[2]
+    below = text[text.index(grand.id[:12]):]  # the grandchild's own calls are listed under its line
     # its calls: echo ran 3 times, and its refused agent call shows as an error
     assert below.count("✓ echo") == own_calls(grand_events) - 1 and "✗ agent" in below and "LEVEL3: too deep" in below
     assert out.strip() == str(Path(page).resolve())

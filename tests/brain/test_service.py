@@ -151,6 +151,8 @@ async def test_get_session_and_list_sessions_show_a_finished_run(brain_service):
 
     got = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=sid))
     assert got.session.status == FINISHED and got.session.task == "The answer?"
+    short = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=sid[:8]))  # a short id, as listings print
+    assert short.session.session_id == sid
     assert got.session.last_seq == events[-1].seq and got.session.lease_owner == ""
     assert got.outcome.result == "Forty-two." and not got.outcome.cut_short
     assert json.loads(got.outcome.totals_json)["turns"] == 1

@@ -188,3 +188,21 @@ async def test_a_sqlite_store_from_before_tenants_is_migrated(tmp_path):
         assert [s.id for s in await store.list_sessions(tenant="local")] == ["old"]
     finally:
         await store.close()
+
+
+async def test_a_unique_prefix_names_a_session_and_an_ambiguous_one_names_the_candidates(store):
+    from brain.sessions import AmbiguousSessionId, SessionNotFound, resolve_session_id
+
+    ids = [await store.create_session(f"task {i}", {}) for i in range(40)]
+    full = ids[0]
+    assert await resolve_session_id(store, full) == full
+    # the shortest prefix of the first id that no other id shares
+    short = next(full[:n] for n in range(1, len(full)) if sum(i.startswith(full[:n]) for i in ids) == 1)
+    assert await resolve_session_id(store, short) == full
+    shared = next(i[:1] for i in ids if sum(j.startswith(i[:1]) for j in ids) > 1)
+    with pytest.raises(AmbiguousSessionId) as caught:
+        await resolve_session_id(store, shared)
+    assert all(c.startswith(shared) for c in caught.value.candidates) and len(caught.value.candidates) > 1
+    assert "ambiguous" in str(caught.value) and caught.value.candidates[0] in str(caught.value)
+    with pytest.raises(SessionNotFound):
+        await resolve_session_id(store, "zz-no-such")

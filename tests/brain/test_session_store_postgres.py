@@ -24,12 +24,12 @@ async def test_an_unreachable_server_is_one_clear_error_without_the_password():
         await open_store("postgresql://brain:s3cret@127.0.0.1:1/sessions")
     message = str(caught.value)
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/sessions" in message
-    assert "is it running?" in message and "BRAINHANDS_SESSIONS" in message
+    assert "is it running?" in message and "check the sessions URL" in message
     assert "s3cret" not in message
 
 
 async def test_a_malformed_url_is_reported_as_such():
-    with pytest.raises(ValueError, match="not valid.*BRAINHANDS_SESSIONS"):
+    with pytest.raises(ValueError, match="not valid.*check the sessions URL"):
         await open_store("postgresql://postgres@127.0.0.1:notaport/test")
 
 

@@ -324,3 +324,27 @@ def test_the_time_axis_is_labelled_in_units_that_fit_the_session_length():
     assert axis_labels(fan_out()) == [f"{s / 2:.1f} s" for s in range(8)]  # 3.6 s: every half second
     assert axis_labels(session().model(text="hi", at=400).finish(at=400)) == ["0 s"] + [f"{m} m" for m in range(1, 7)]  # 6 m 40 s: every minute
     assert axis_labels(session().model(text="hi", at=150).finish(at=150))[:4] == ["0 s", "30 s", "1 m", "1 m 30 s"]
+
+
+def test_call_rows_say_what_each_call_did_and_a_sub_agent_is_drawn_under_the_call_that_started_it():
+    parent = session()
+    parent.model([("r1", "fs_read", {"path": "docs/guide.md"}),
+                  ("a1", "agent", {"task": "Audit the payment module for rounding errors"})], at=0.2)
+    parent.started("r1", "fs_read", at=0.3).started("a1", "agent", at=0.3)
+    parent.finished("r1", name="fs_read", at=0.5).finished("a1", name="agent", at=4.0)
+    parent.model([("q1", "web_search", {"query": "banker's rounding"})], at=4.3).started("q1", "web_search", at=4.4)
+    parent.finished("q1", name="web_search", at=4.8).model(text="done", at=5.0).finish(at=5.0)
+    child = session("sess-child", task="Audit the payment module for rounding errors", parent_id="sess-1", start=0.4)
+    child.model([("k1", "fs_grep", {"pattern": "round(", "path": "payments"})], at=1.0).started("k1", "fs_grep", at=1.1)
+    child.finished("k1", name="fs_grep", at=2.0).model(text="two places", at=3.0).finish(at=3.0)
+    els = render(parent, children={"sess-child": (child.info(), child.events)})
+    rows = [e for e in els if e.attrs.get("data-kind", "").endswith("-row")]
+    labels = [(r.attrs["data-kind"], " ".join(r.text.split())) for r in rows]
+    text = " | ".join(label for _, label in labels)
+    assert "docs/guide.md" in text and "banker's rounding" in text and "round( in payments" in text
+    assert not any(call_id in label for call_id in ("r1", "a1", "q1", "k1") for _, label in labels if label.split()[-1] == call_id)
+    kinds = [kind for kind, _ in labels]
+    at = kinds.index("session-row")
+    assert "agent" in labels[at - 1][1] and "Audit the payment" in labels[at][1]  # right under the agent call
+    assert labels[at + 1][0] == "turn-row" and "round( in payments" in labels[at + 2][1]  # the worker's own calls
+    assert "banker's rounding" in " ".join(label for _, label in labels[at + 3:])  # the parent's next turn after it

@@ -211,6 +211,27 @@ async def test_an_unreachable_quota_store_fails_closed_or_open_as_configured(gat
     assert (await hand_client(gw.address, api_key=KEY_B).execute("echo", {"text": "b"})).output == "b"
 
 
+async def test_an_unreachable_quota_store_is_said_at_start_and_by_the_cli(gateway, tmp_path):
+    import asyncio
+    import os
+    import sys
+
+    from structlog.testing import capture_logs
+
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    with capture_logs() as logs:
+        gw = await gateway(tenants=tenants(a_quotas=[{"hands": "*", "calls": "100/h"}]), quota_store=url)
+    [warning] = [e for e in logs if e["log_level"] == "warning" and "quota store" in e["event"]]
+    assert warning["quota_store"] == url and "refused" in warning["event"]
+    env = {**os.environ, "BRAINHANDS_API_KEY": KEY_A}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brainhands", "hands", "call", "echo", '{"text": "x"}', "--target", gw.address,
+        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    [line] = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and "the quota store is down" in line and "running there" not in line
+
+
 @pytest.fixture
 def pki(tmp_path):
     """A CA, a server certificate for localhost, client certificates for a caller and for the gateway."""

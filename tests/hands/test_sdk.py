@@ -277,3 +277,19 @@ async def test_a_failing_drain_hook_is_logged_and_the_drain_goes_on(hand_service
     assert ran == ["second hook"]
     failed = [entry for entry in logs if entry["event"] == "drain hook failed"]
     assert len(failed) == 1 and "gateway_gone" in failed[0]["hook"]
+
+
+async def test_reflection_v1_answers_too(hand_service):
+    """grpcurl and buf ask grpc.reflection.v1 first: the same answers as v1alpha, and a descriptor to decode."""
+    running = await hand_service(sample_hands.HANDS)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="hands.v1.HandService")]))
+        listed, described = [response async for response in call]
+    services = [s.name for s in listed.list_services_response.service]
+    assert "hands.v1.HandService" in services and "grpc.reflection.v1.ServerReflection" in services
+    assert described.file_descriptor_response.file_descriptor_proto

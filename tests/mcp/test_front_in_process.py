@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import socket
 
 from mcp import Client
@@ -39,6 +40,8 @@ async def test_start_gateway_serves_mcp_when_configured_and_drain_stops_it(hand_
         assert gateway.mcp is not None
         http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEY}"})
         async with Client(streamable_http_client(gateway.mcp.url, http_client=http), cache=None) as client:
+            assert client.server_info.name == "brainhands-gateway"
+            assert client.server_info.version == importlib.metadata.version("brainhands")  # not empty
             assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
             result = await client.call_tool("echo", {"text": "through the front"})
             assert not result.is_error and result.content[0].text == "through the front"

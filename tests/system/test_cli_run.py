@@ -261,7 +261,8 @@ async def test_sessions_show_cancel_and_the_timeline_of_a_stopped_session(spawn,
     assert "running" in out.splitlines()[0] and "Count the files" in out
     assert "fs_list" in out and "started, no result" in out
     assert "brainhands sessions wake" in out  # no brain drives it: say how to continue
-    assert re.search(rf"^  {child}  running +Count the files in src/$", out, re.M), out
+    # The sub-agent's session is drawn under the call that was running when it began.
+    assert re.search(rf"└── sub-agent {child[:12]} · running · Count the files in src/$", out, re.M), out
 
     page = tmp_path / "timeline.html"
     code, out, err = await brainhands(spawn, "sessions", "show", sid, "--sessions", str(db), "--html", str(page))
@@ -334,6 +335,7 @@ async def test_each_mistake_is_one_line_and_a_non_zero_exit(args, expected, spaw
     args = [model if a == "MODEL" else a for a in args]
     if "--sessions" not in args and args[0] == "sessions" or args[:1] == ["run"] and "--sessions" not in args:
         args += ["--sessions", str(tmp_path / "s.db")]
+        await (await open_store(str(tmp_path / "s.db"))).close()  # a store without the session (a missing one is its own line)
     code, out, err = await brainhands(spawn, *args, cwd=tmp_path)
     assert code != 0 and out == ""
     assert assert_one_line(err).startswith(expected), err

@@ -32,6 +32,7 @@ def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_n
     target = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BRAINHANDS_"))}
     env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"  # anything that tried the real API would fail here
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # the default session store, as `run` and `sessions` use it
     proc = subprocess.run(
         ["brainhands", "demo", "--dir", str(target), "--think-time", "0.05"],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
@@ -65,7 +66,22 @@ def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_n
 
     timeline = (target / "timeline.html").read_text()
     assert timeline.count('data-hand="llm_worker"') == 5
-    assert (target / "sessions.db").exists()
+    # The session is in the default store, so `sessions list` finds it, and the short id printed works.
+    listed = subprocess.run(["brainhands", "sessions", "list"], capture_output=True, text=True, timeout=60, env=env,
+                            cwd=tmp_path)
+    assert listed.returncode == 0 and listed.stdout, (listed.stderr, proc.stderr[-600:])
+    [line] = listed.stdout.splitlines()
+    assert "finished" in line and "utcnow" in line
+    [short] = [w for line in proc.stderr.splitlines() if "brainhands sessions show" in line for w in line.split()[-1:]]
+    assert len(short) < 32 and line.startswith(short)
+    shown = subprocess.run(["brainhands", "sessions", "show", short], capture_output=True, text=True, timeout=60,
+                           env=env, cwd=tmp_path)
+    assert shown.returncode == 0 and "finished" in shown.stdout, shown.stderr
+    # The demo's folder keeps itself out of git.
+    ignored = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=60) if subprocess.run(
+        ["git", "init", "-q", str(tmp_path)], timeout=60).returncode == 0 else None
+    assert ignored is not None and "demo/" not in ignored.stdout
 
     assert _processes_with(f"BRAINHANDS_WORKSPACE={workspace}".encode()) == []
 
