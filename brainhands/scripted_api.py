@@ -275,6 +275,11 @@ def sse_events(reply: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""},
             }))
             events += _pieces(index, text)
+            for citation in block.get("citations") or ():  # as the API streams them: one delta per citation
+                events.append(("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "citations_delta", "citation": citation},
+                }))
         elif kind == "tool_use":
             events.append(("content_block_start", {
                 "type": "content_block_start", "index": index,

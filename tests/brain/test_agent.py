@@ -182,7 +182,8 @@ async def test_a_depth_2_tree_stays_inside_the_root_budget_is_refused_past_max_d
     assert "agent" in lines[child_at - 1] and child_at < grand_at
     indent = [len(lines[i]) - len(lines[i].lstrip(" │├└─")) for i in (child_at - 1, child_at, grand_at)]
     assert indent[0] < indent[1] < indent[2]
-    below = text[text.index(grand.id[:12]):]  # the grandchild's own calls are listed under its line
+    below = text[text.index(grand.id[:12]):]  # the grandchild's own calls are listed under its line,
+    below = below[:below.index("limit reached")]  # down to its own summary line (its parent's calls follow)
     # its calls: echo ran 3 times, and its refused agent call shows as an error
     assert below.count("✓ echo") == own_calls(grand_events) - 1 and "✗ agent" in below and "LEVEL3: too deep" in below
     assert out.strip() == str(Path(page).resolve())
