@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hands import metadata as md
+from hands import tracing
 from hands._client import HandClient
 from hands.v1 import hands_pb2
 
@@ -62,6 +63,9 @@ class CallerClient(HandClient):
             if key in ctx.metadata:
                 meta[key] = ctx.metadata[key]
         meta.update(extra or {})
+        # Traced here: the callee nests under this hand's own span (the caller's traceparent is its parent's).
+        # Not traced here: pass the caller's on, so the services past this one still join its trace.
+        meta.update(tracing.headers())
         meta.pop(md.AUTHORIZATION, None)  # the caller's identity, not a key of the hand's
         if self.delegation is not None:
             meta[md.DELEGATION] = self.delegation

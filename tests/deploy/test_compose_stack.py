@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.container, pytest.mark.system]
 
 API_KEY = "compose-test-key"
 WORKER_KEY = "compose-test-worker-key"
+BRAIN_KEY = "compose-test-brain-key"
+BRAIN_AUTH = (("authorization", f"Bearer {BRAIN_KEY}"),)  # the brain service's tenants (deploy/brain.yaml)
 WORKER_MODEL = "scripted-worker"
 FILES = 6  # fs_write calls, quick
 SLOW = 4  # llm_worker calls, each long enough the first time to be cut by the crashes
@@ -89,7 +91,7 @@ def stack(compose_images, model_api, container_timings, request):
     port = model_api.base_url.rsplit(":", 1)[1]
     compose = pm.ComposeStack(
         compose_images,
-        env={"BRAINHANDS_API_KEY": API_KEY, "BRAINHANDS_WORKER_API_KEY": WORKER_KEY, "POSTGRES_PASSWORD": "compose-test",
+        env={"BRAINHANDS_API_KEY": API_KEY, "BRAINHANDS_WORKER_API_KEY": WORKER_KEY, "BRAINHANDS_BRAIN_KEY": BRAIN_KEY, "POSTGRES_PASSWORD": "compose-test",
              "BRAINHANDS_WORKER_MODEL": WORKER_MODEL},
         overrides={service: {"environment": {
             "ANTHROPIC_API_KEY": "scripted-model-key",
@@ -150,7 +152,7 @@ async def test_a_session_finishes_with_nothing_lost_when_a_gateway_and_a_hand_cr
     channel = grpc.aio.insecure_channel(brain.address(50061))
     stub = brain_pb2_grpc.BrainServiceStub(channel)
     async with channel:
-        run = stub.Run(brain_pb2.RunRequest(task="Write the parts and check them."), timeout=600)
+        run = stub.Run(brain_pb2.RunRequest(task="Write the parts and check them."), timeout=600, metadata=BRAIN_AUTH)
         events: list[brain_pb2.SessionEvent] = []
         async for event in run:
             events.append(event)
@@ -177,7 +179,7 @@ async def test_a_session_finishes_with_nothing_lost_when_a_gateway_and_a_hand_cr
         model_api.responder.resume.set()
         events += [event async for event in run]
 
-        got = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=session_id), timeout=30)
+        got = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=session_id), timeout=30, metadata=BRAIN_AUTH)
         stored = [e async for e in stub.Wake(brain_pb2.WakeRequest(session_id=session_id, after_seq=0), timeout=60)]
 
     data = [json.loads(e.data_json) for e in events]

@@ -22,6 +22,8 @@ def _serving(image: str, module: str, port: int):
               "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--publish", f"127.0.0.1::{port}",
               # A volume, as compose and k8s give it: the root filesystem is read-only.
               "--volume", "/workspace",
+              # As compose and k8s start the sandbox: bubblewrap cannot make its namespaces in the container.
+              *(["--env", "BRAINHANDS_SANDBOX_ISOLATION=limits-only"] if module == "hands.builtin.sandbox" else []),
               image, "serve", "hand", module, "--host", "0.0.0.0", "--port", str(port))
     container = pm.Container(None, module, name)
     try:

@@ -254,10 +254,9 @@ async def test_usage_of_untouched_rules_is_zero(store):
     ]
 
 
+@pytest.mark.parametrize("replicas", ["redis"], indirect=True)  # only a shared Redis outlives a gateway upgrade
 async def test_counters_left_by_a_gateway_with_fixed_windows_do_not_break_admission(replicas):
     store = replicas[0]
-    if not hasattr(store, "_redis"):
-        pytest.skip("only a shared Redis outlives a gateway upgrade")
     rules = rules_of({"hands": "*", "calls": "2/h", "tokens": "9/h"}, tenant=tenant_name())
     for rule in rules:  # what the fixed-window scripts wrote: the window index and its count
         await store._redis.hset(store.key(rule), mapping={"w": int(time.time() // 3600), "n": 1})

@@ -32,12 +32,12 @@ async def fs_service(tmp_path):
     procs, clients, channels = [], [], []
 
     async def start(workspace: Path):
-        env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "BRAINHANDS_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), "BRAINHANDS_WORKSPACE": str(workspace)}
         log = tmp_path / f"fs-{len(procs)}.log"
         err = log.open("wb")  # noqa: ASYNC230 - a local file, opened once
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hands.builtin.fs", "--workspace", str(workspace), "--port", "0",
+                sys.executable, "-m", "hands.builtin.fs", "--port", "0",
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT,
             )
         finally:

@@ -29,7 +29,8 @@ STEP_TIMEOUT = 180  # seconds any one command may take (the demo is the longest)
 def tour_commands() -> list[str]:
     """The command lines of the tour's code blocks (indented blocks; the Python block is step 3's file), in order."""
     readme = (ROOT / "README.md").read_text()
-    tour = readme[readme.index("## A five-minute tour"):readme.index("## From Python")]
+    start = readme.index("## A five-minute tour")
+    tour = readme[start:readme.index("\n## ", start)]  # to the next section
     lines, fenced = [], False
     for line in tour.splitlines():
         if line.startswith("```"):
