@@ -180,7 +180,7 @@ async def test_a_session_finishes_with_nothing_lost_when_a_gateway_and_a_hand_cr
         events += [event async for event in run]
 
         got = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=session_id), timeout=30, metadata=BRAIN_AUTH)
-        stored = [e async for e in stub.Wake(brain_pb2.WakeRequest(session_id=session_id, after_seq=0), timeout=60)]
+        stored = [e async for e in stub.Wake(brain_pb2.WakeRequest(session_id=session_id, after_seq=0), timeout=60, metadata=BRAIN_AUTH)]
 
     data = [json.loads(e.data_json) for e in events]
     # The session ended the way the model meant it to, and the log has every event, with no gap.
