@@ -10,11 +10,11 @@ from typing import Annotated, Any
 import grpc
 import structlog
 import yaml
-from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from brain.sessions import DEFAULT_TENANT
 from hands import metadata as md
-from hands.config import ConfigError, ConfigModel, invalid, string_list, whole
+from hands.config import ConfigError, ConfigModel, Pem, invalid, string_list, whole
 from hands.keys import KeyDigest, bearer_token, owner_of
 
 log = structlog.get_logger("brain.auth")
@@ -32,27 +32,6 @@ def _name(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", value):
         raise ValueError(f"expected a name like 'team-a' (letters, digits, _ . -), got {value!r}")
     return value
-
-
-def _pem(value: Any, info: ValidationInfo) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected the path of a PEM file")
-    path = pathlib.Path(value)
-    base = (info.context or {}).get("base_dir")
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise ValueError(f"{path} is not a PEM file")
-    return data
-
-
-Pem = Annotated[bytes | None, BeforeValidator(_pem)]
 
 
 class Caps(ConfigModel):
@@ -91,9 +70,9 @@ LOCAL = BrainTenant.model_construct(name=DEFAULT_TENANT, api_keys=(), caps=Caps(
 class BrainTls(ConfigModel):
     """TLS for the BrainService port: a certificate and key; client_ca makes it mTLS."""
 
-    cert: Pem = Field(None, repr=False)
-    key: Pem = Field(None, repr=False)
-    client_ca: Pem = Field(None, repr=False)
+    cert: Pem | None = Field(None, repr=False)
+    key: Pem | None = Field(None, repr=False)
+    client_ca: Pem | None = Field(None, repr=False)
 
     @model_validator(mode="after")
     def _pairs(self) -> BrainTls:

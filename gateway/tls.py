@@ -15,41 +15,16 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import grpc
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hands.config import ConfigError, ConfigModel, config_error, invalid
+from hands.config import ConfigError, ConfigModel, Pem, config_error, invalid
 
 
 class TlsConfigError(ConfigError):
     """A bad ``tls`` section; the message names the key (the gateway config reports it as a ConfigError)."""
-
-
-def _read_pem(value: Any, info: ValidationInfo) -> bytes:
-    """The PEM bytes of the file a key names, read once at start (a relative path is taken from the context's base_dir)."""
-    if isinstance(value, bytes):
-        if b"-----BEGIN" not in value:
-            raise ValueError("is not PEM data")
-        return value
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be the path of a PEM file")
-    path = pathlib.Path(value)
-    base_dir = (info.context or {}).get("base_dir")
-    if not path.is_absolute() and base_dir is not None:
-        path = pathlib.Path(base_dir) / path
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise ValueError(f"{path} is not a PEM file")
-    return data
-
-
-#: A PEM file: the path in the config, its bytes in the model.
-Pem = Annotated[bytes, BeforeValidator(_read_pem)]
 
 
 def _pair(cert: bytes | None, key: bytes | None) -> None:

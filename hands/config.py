@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 #: The Claude model the brain, the worker LLM and the agent hand use unless told otherwise.
@@ -133,6 +134,36 @@ def _text(value: Any) -> str:
 
 #: A string with something in it.
 Text = Annotated[str, BeforeValidator(_text)]
+
+
+def read_pem(value: Any, info: ValidationInfo) -> bytes:
+    """The PEM bytes of the file a key names, read once at start (a relative path is taken from the context's base_dir)."""
+    if isinstance(value, bytes):
+        if b"-----BEGIN" not in value:
+            raise ValueError("is not PEM data")
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be the path of a PEM file")
+    path = pathlib.Path(value)
+    base_dir = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base_dir is not None:
+        path = pathlib.Path(base_dir) / path
+    return pem_file(path)
+
+
+def pem_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a PEM file, or ValueError saying it cannot be read or is not PEM."""
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"{path} is not a PEM file")
+    return data
+
+
+#: A PEM file: the path in the config, its bytes in the model (``Pem | None`` for an optional one).
+Pem = Annotated[bytes, BeforeValidator(read_pem)]
 
 
 def string_list(message: str) -> Any:

@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from hands.config import pem_file
 from hands.serving import RunningServer, reconnect_options
 
 log = structlog.get_logger("hands.registration")
@@ -41,13 +42,9 @@ class RegistrationCredentials:
             if path is None:
                 return None
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
-            if b"-----BEGIN" not in data:
-                raise ValueError(f"{flag}: {path} is not a PEM file")
-            return data
+                return pem_file(path)
+            except ValueError as exc:
+                raise ValueError(f"{flag}: {exc}") from None
 
         return cls(key=key, ca=read(ca, "--register-tls-ca"), cert=read(cert, "--register-tls-cert"),
                    private_key=read(private_key, "--register-tls-key"))  # fmt: skip
