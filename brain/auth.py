@@ -45,11 +45,13 @@ class Caps(ConfigModel):
 
 
 class BrainTenant(ConfigModel):
-    """A tenant of the brain service: its keys (``sha256:<hex>`` or ``env:VAR``) and its caps."""
+    """A tenant of the brain service: its keys (``sha256:<hex>`` or ``env:VAR``), its caps and its approve rules."""
 
     name: Annotated[str, BeforeValidator(_name)]
     api_keys: tuple[KeyDigest, ...] = Field(repr=False)
     caps: Caps = Caps()
+    #: hand-name globs whose calls wait for a person in every run of this tenant (added to the service's and the run's)
+    approve: string_list("expected a list of hand-name globs") = ()
 
     @model_validator(mode="after")
     def _has_keys(self) -> BrainTenant:

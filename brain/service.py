@@ -259,8 +259,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         tenant = _caller()
         try:
             limits = self._limits(request.limits, tenant, request.model)
-            if request.approve:
-                limits = limits.model_copy(update={"approve": (*limits.approve, *request.approve)})
+            approve = tuple(dict.fromkeys((*limits.approve, *tenant.approve, *request.approve)))
+            if approve != limits.approve:  # the service's rules, the tenant's, then the run's own
+                limits = limits.model_copy(update={"approve": approve})
             model = self.models.get(request.model)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -353,7 +353,7 @@ async def test_a_worker_calls_as_its_caller_with_the_callers_allow_list_quotas_a
 # --- BrainService ---------------------------------------------------------------------------------
 
 
-BRAIN_KEYS = {"a": "brain-key-of-a-000000000000001", "b": "brain-key-of-b-000000000000002"}
+BRAIN_KEYS = {"a": "brain-key-of-a-000000000000001", "b": "brain-key-of-b-000000000000002", "c": "brain-key-of-c-000000000000003"}
 
 
 async def test_a_brain_service_keeps_each_tenants_sessions_its_own_and_caps_runs(procs, tmp_path, record):
@@ -365,6 +365,7 @@ async def test_a_brain_service_keeps_each_tenants_sessions_its_own_and_caps_runs
         {"name": "a", "api_keys": [hash_key(BRAIN_KEYS["a"])],
          "caps": {"max_turns": 10, "max_tool_calls": 20, "token_budget": 100000, "max_parallel": 4, "models": ["claude-ok-1"]}},
         {"name": "b", "api_keys": [hash_key(BRAIN_KEYS["b"])]},
+        {"name": "c", "api_keys": [hash_key(BRAIN_KEYS["c"])], "approve": ["slo*"]},
     ]}))  # fmt: skip
     env = {k: "" for k in ("BRAINHANDS_GATEWAY", "BRAINHANDS_SESSIONS", "BRAINHANDS_MODEL", "BRAINHANDS_API_KEY")}
     brain = procs(["serve", "brain", "--port", "0", "--config", str(config), "--gateway", hands.address,
@@ -437,6 +438,16 @@ async def test_a_brain_service_keeps_each_tenants_sessions_its_own_and_caps_runs
         done = check(record, "brain: tenant A cancels its own session", await outcome(
             stub.Cancel(brain_pb2.CancelRequest(session_id=sid), timeout=30, metadata=a)), S.OK)
         assert done.session.status == brain_pb2.SESSION_STATUS_CANCELLED
+
+        # Tenant C's rules hold in every run of C's, asked for or not; the call waits for a person.
+        run = stub.Run(brain_pb2.RunRequest(task="C's task"), timeout=60, metadata=bearer(BRAIN_KEYS["c"]))
+        async for event in run:
+            assert event.type != "tool_call_started", "tenant C's slow call ran without an approval"
+            if event.type == "approval_requested":
+                assert json.loads(event.data_json)["rule"] == "slo*"
+                break
+        run.cancel()
+        await stub.Cancel(brain_pb2.CancelRequest(session_id=event.session_id), timeout=30, metadata=bearer(BRAIN_KEYS["c"]))
 
 
 # --- secrets --------------------------------------------------------------------------------------
