@@ -262,6 +262,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             approve = tuple(dict.fromkeys((*limits.approve, *tenant.approve, *request.approve)))
             if approve != limits.approve:  # the service's rules, the tenant's, then the run's own
                 limits = limits.model_copy(update={"approve": approve})
+            limits = self._thinking(limits, request)
             model = self.models.get(request.model)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -568,6 +569,20 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         # The tenant's caps: a request over one is refused naming it; a default over one is lowered to it.
         lowered = check_caps(tenant, overrides, config.model_dump(), model)
         return config.replace(**lowered) if lowered else config
+
+    @staticmethod
+    def _thinking(limits: BrainConfig, request: brain_pb2.RunRequest) -> BrainConfig:
+        """The run's thinking and effort, where it asks for them; ValueError naming the field otherwise."""
+        update: dict[str, str] = {}
+        if request.thinking:
+            if request.thinking not in ("adaptive", "off"):
+                raise ValueError(f"thinking: expected 'adaptive' or 'off', got {request.thinking!r}")
+            update["thinking"] = request.thinking
+        if request.effort:
+            if request.effort not in ("low", "medium", "high"):
+                raise ValueError(f"effort: expected 'low', 'medium' or 'high', got {request.effort!r}")
+            update["effort"] = request.effort
+        return limits.model_copy(update=update) if update else limits
 
     async def _events(self, sid: str, context: grpc.aio.ServicerContext, after_seq: int = 0) -> list[Event]:
         try:

@@ -122,6 +122,10 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.add_argument("--approve", action="append", default=[], metavar="GLOB",
                    help="calls to hands matching GLOB wait for a person's approval in every session; repeatable")
+    p.add_argument("--thinking", choices=("adaptive", "off"),
+                   help="adaptive: the model decides when and how much to think; off: none (default off; a run may ask)")
+    p.add_argument("--effort", choices=("low", "medium", "high"),
+                   help="the model's effort in each answer (default: the model's own; a run may ask)")
     p.set_defaults(func=_serve_brain)
 
 
@@ -136,9 +140,15 @@ def _serve_brain(args: argparse.Namespace) -> int:
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
             host=args.host, port=args.port, access=access,
         )  # fmt: skip
+        limits: dict = {}
         if args.approve:
-            approve = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
-            config = config.model_copy(update={"limits": config.limits.model_copy(update={"approve": approve})})
+            limits["approve"] = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
+        if args.thinking:
+            limits["thinking"] = args.thinking
+        if args.effort:
+            limits["effort"] = args.effort
+        if limits:
+            config = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):

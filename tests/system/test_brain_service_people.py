@@ -121,3 +121,20 @@ async def test_say_to_an_ended_session_is_failed_precondition(brain, api):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Say(brain_pb2.SayRequest(session_id=ran[0].session_id, text="too late"), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_run_asks_for_thinking_and_effort_and_a_bad_value_is_named(brain, api):
+    api.script(text_reply("Thought it over."))
+    channel, stub = stub_for(brain.address)
+    async with channel:
+        request = brain_pb2.RunRequest(task="Think first.", thinking="adaptive", effort="high")
+        ran = [e async for e in stub.Run(request, timeout=60)]
+        assert ran[-1].type == "session_finished"
+        [body] = api.bodies
+        assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "high"}
+        for field, value in (("thinking", "sometimes"), ("effort", "max")):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                _ = [e async for e in stub.Run(brain_pb2.RunRequest(task="t", **{field: value}), timeout=30)]
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details().startswith(f"{field}: expected ") and repr(value) in raised.value.details()
+    assert len(api.bodies) == 1  # the refused runs never reached the model
