@@ -154,14 +154,15 @@ class Agent:
                 return HandResult(missing, is_error=True)
         # The caller's approval rules hold in the worker's session too; a request raised there is copied to the root
         # session (where the person watches) and the worker waits for the decision, its session holding no lease.
-        approve, root = await self._approvals(store, ctx.session_id)
+        approve, root, tenant = await self._caller_session(store, ctx.session_id)
         if approve:
             limits = limits.model_copy(update={"approve": approve})
         # One deeper than the call that reached us, and linked to the caller's session so the tree is one.
         brain = Brain(target=gateway, model=model, store=store, config=limits, depth=ctx.depth + 1, tools=tools or None,
                       wait_for_decisions=True, relay_to=root)
         try:
-            result = await brain.run(user_message(task, context, output_format), parent_id=ctx.session_id or None)
+            result = await brain.run(user_message(task, context, output_format), parent_id=ctx.session_id or None,
+                                     **({"tenant": tenant} if tenant else {}))  # the caller's session's tenant
         except (HandsUnauthenticated, HandsUnreachable) as exc:
             return HandResult(f"the worker agent could not start: {exc}", is_error=True)
         finally:
@@ -185,17 +186,19 @@ class Agent:
             text += f"\n\n[cut short: the worker agent reached its {result.reason}; this is what it had]"
         return HandResult(text, usage=usage)
 
-    async def _approvals(self, store, session_id: str | None) -> tuple[tuple[str, ...], str | None]:
-        """The calling session's approve: rules and the root of its tree, from the session store (the parent link)."""
+    async def _caller_session(self, store, session_id: str | None) -> tuple[tuple[str, ...], str | None, str | None]:
+        """The calling session's approve: rules, the root of its tree and its tenant, from the session store.
+
+        The worker's session belongs to the caller's session's tenant, so that tenant (and only it) sees it."""
         if not session_id:
-            return (), None
+            return (), None, None
         try:
             info = await store.get_session(session_id)
         except Exception as exc:
             log.warning("cannot read the calling session", session_id=session_id, error=str(exc))
-            return (), None
+            return (), None, None
         if info is None:  # a caller whose log lives in another store: no rules to inherit, no root to show them on
-            return (), None
+            return (), None, None
         approve = tuple(info.config.get("approve") or ())
         root, seen = info, {info.id}
         while root.parent_id and root.parent_id not in seen:
@@ -204,7 +207,7 @@ class Agent:
                 break
             seen.add(parent.id)
             root = parent
-        return approve, root.id
+        return approve, root.id, info.tenant
 
     async def _missing(self, gateway: HandClient, tools: Sequence[str]) -> str | None:
         try:

@@ -65,7 +65,7 @@ async def tree(tmp_path, hand_service):
     gateway_port = free_port()
     started = []
 
-    async def run(plans, *, max_depth=1, greedy=frozenset(), tenants=None, api_key=None, **limits):
+    async def run(plans, *, max_depth=1, greedy=frozenset(), tenants=None, api_key=None, tenant=None, **limits):
         model = scripted(plans, greedy=greedy)
         config = AgentConfig(gateway=f"127.0.0.1:{gateway_port}", gateway_api_key=api_key, sessions=sessions,
                              max_depth=max_depth, call_timeout=20)  # fmt: skip
@@ -79,7 +79,7 @@ async def tree(tmp_path, hand_service):
         store = await open_store(sessions)
         brain = Brain(target=gw.address, api_key=api_key, model=model, store=store, config=BrainConfig(call_timeout=30, **limits))
         try:
-            result = await brain.run("ROOT: audit the project")
+            result = await brain.run("ROOT: audit the project", **({"tenant": tenant} if tenant else {}))
             return result, store
         finally:
             await brain.close()
@@ -262,6 +262,19 @@ async def test_the_gateway_charges_a_nested_trees_tokens_to_the_tenant_once(tree
     # its own model's tokens: every token below the root charged once, not once per level above it.
     assert charged == own_tokens(child_events) + own_tokens(grand_events)
     assert result.usage["total_tokens"] == own_tokens(root_events) + charged
+    await store.close()
+
+
+async def test_a_worker_agents_session_belongs_to_its_callers_tenant_at_every_depth(tree):
+    plans = {
+        "ROOT": [{"tool_calls": [["agent", {"task": "LEVEL1: audit the auth module"}]]}, {"text": "root: done"}],
+        "LEVEL1": [{"tool_calls": [["agent", {"task": "LEVEL2: read the token code"}]]}, {"text": "level1: done"}],
+        "LEVEL2": [{"text": "level2: done"}],
+    }
+    result, store = await tree(plans, max_depth=2, tenant="team-a")
+    assert result.ok
+    sessions = await session_tree(store, result.session_id)
+    assert [info.tenant for info, _ in sessions] == ["team-a"] * 3  # so team-a, and only team-a, sees the tree
     await store.close()
 
 
