@@ -122,6 +122,14 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.add_argument("--approve", action="append", default=[], metavar="GLOB",
                    help="calls to hands matching GLOB wait for a person's approval in every session; repeatable")
+    p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
+                   help="seconds a crashed brain still holds the sessions it started here (default 30)")
+    p.add_argument("--adopt", action="store_true", help="finish running sessions no brain drives (their brain died or "
+                   "stopped): claimed one at a time through the session store, so two brains never drive one")
+    p.add_argument("--adopt-interval", type=float, metavar="SECONDS", help="with --adopt: seconds between looks for "
+                   "orphaned sessions (default 5)")
+    p.add_argument("--adopt-max", type=int, metavar="N", help="with --adopt: orphaned sessions driven here at once "
+                   "(default 4)")
     p.set_defaults(func=_serve_brain)
 
 
@@ -130,15 +138,23 @@ def _serve_brain(args: argparse.Namespace) -> int:
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
+    for flag, value in (("--adopt-interval", args.adopt_interval), ("--adopt-max", args.adopt_max)):
+        if value is not None and not args.adopt:
+            raise CliError(f"{flag}: only with --adopt")
     try:
         access = load_access(args.config) if args.config else None
         config = BrainServiceConfig.from_env(
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
             host=args.host, port=args.port, access=access,
+            adopt=args.adopt or None, adopt_interval=args.adopt_interval, adopt_max=args.adopt_max,
         )  # fmt: skip
+        limits = {}
         if args.approve:
-            approve = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
-            config = config.model_copy(update={"limits": config.limits.model_copy(update={"approve": approve})})
+            limits["approve"] = (*config.limits.approve, *(g.strip() for g in args.approve if g.strip()))
+        if args.lease_ttl is not None:
+            limits["lease_ttl"] = args.lease_ttl
+        if limits:
+            config = config.model_copy(update={"limits": config.limits.replace(**limits)})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -194,6 +210,7 @@ async def _serve(config, *, metrics: str | None = None, otel: str | None = None,
             "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
             tenants=[t.name for t in config.access.tenants] or "one local tenant (no key)",
             tls=config.access.tls.cert is not None,
+            adopt=f"every {config.adopt_interval:g}s, at most {config.adopt_max} at once" if config.adopt else False,
             **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{counters.port}"} if counters else {}),
         )
         await run_until_signalled(running)
