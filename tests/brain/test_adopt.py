@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from brain import BrainConfig, ScriptedModel
+from brain.adopt import Adopter
 from brain.events import SessionState
 from brain.metrics import BrainMetrics
 from brain.service import BrainServiceConfig, BrainServicer, start_brain_service
@@ -167,3 +168,28 @@ async def test_an_adopting_brain_service_drives_at_most_adopt_max_logs_each_adop
     assert metrics.adopted.labels("orphan")._value.get() == 6
     assert metrics.adopted.labels("wake")._value.get() == 0
     assert set(runs.values()) == {1}
+
+
+async def test_a_session_whose_adopted_drive_fails_is_tried_again_later_each_time_twice_as_late(store):
+    sid = await orphan(store, holder=None)
+    tries: list[float] = []
+
+    async def fails(session_id, events):  # as a drive that ends on a store outage: the session left running
+        tries.append(asyncio.get_running_loop().time())
+        await store.release_lease(session_id, "brain-b")
+        return RuntimeError("the store went away")
+
+    adopter = Adopter(store, "brain-b", fails, interval=0.1, most=1)
+    assert await adopter.scan() == [sid]
+    await poll(lambda: _true(not adopter.adopted), "the failed drive to end")
+    assert await adopter.scan() == [], "tried again at once"
+    await poll(adopter.scan, "the second try", timeout=5)
+    await poll(lambda: _true(not adopter.adopted), "the failed drive to end")
+    assert await adopter.scan() == []
+    await poll(adopter.scan, "the third try", timeout=5)
+    await poll(lambda: _true(not adopter.adopted), "the failed drive to end")
+    assert len(tries) == 3 and tries[2] - tries[1] >= 0.19 and tries[1] - tries[0] >= 0.09
+
+
+async def _true(value: bool) -> bool:
+    return value
