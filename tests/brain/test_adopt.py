@@ -90,11 +90,6 @@ def _servicer(store: SessionStore, address: str, **config) -> BrainServicer:
     return BrainServicer(config=config, store=store, hands=HandClient(address), model=MODEL)
 
 
-async def _finished(store: SessionStore, sid: str) -> SessionState:
-    state = SessionState.from_events(sid, await store.events(sid))
-    return state
-
-
 async def test_two_brains_adopting_at_once_on_postgres_each_orphan_is_driven_by_one(pg_store, acting):
     address, runs, _, _ = acting
     orphans = [await orphan(pg_store, tenant="acme" if i % 2 else "local") for i in range(8)]
@@ -119,8 +114,8 @@ async def test_two_brains_adopting_at_once_on_postgres_each_orphan_is_driven_by_
             await b.close()
             await b.hands.close()
     for sid in orphans:
-        state = await _finished(pg_store, sid)
         events = await pg_store.events(sid)
+        state = SessionState.from_events(sid, events)
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         assert state.outcome.result == "Adopted and done."
         # One re-issued start per call, by the one brain that drove it.
@@ -193,3 +188,23 @@ async def test_a_session_whose_adopted_drive_fails_is_tried_again_later_each_tim
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_orphan_that_had_asked_for_approval_is_adopted_into_waiting_and_its_call_does_not_run(store, acting):
+    address, runs, _, _ = acting
+    # Its brain died after logging the request and before the session went waiting.
+    sid = await store.create_session("Write a file.", {})
+    log = SessionLog(sid).start("Write a file.", model="scripted").model([("toolu_w", "act", {})]).approval("toolu_w", "act")
+    await store.append_many(sid, 1, [(e.type, e.data) for e in log.events])
+    brain = _servicer(store, address)
+    try:
+        assert await brain.adopter.scan() == [sid]
+        await poll(lambda: _true(not brain.adopter.adopted), "the adopted drive to let the waiting session go")
+        info = await store.get_session(sid)
+        assert (info.status, info.lease_owner) == ("waiting", None)
+        assert [e.type for e in await store.events(sid)][-1] == "session_waiting"
+        assert await brain.adopter.scan() == [], "a session waiting for a person was adopted"
+    finally:
+        await brain.close()
+        await brain.hands.close()
+    assert not runs, "a call waiting for approval ran"
