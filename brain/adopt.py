@@ -90,13 +90,17 @@ class Adopter:
             return False  # another brain was first (or its holder came back)
         try:
             events = await self.store.events(sid)
+            if self._driving(sid):
+                # A Wake here took it up meanwhile. One owner for the whole process: the lease is that drive's now.
+                return False
             if SessionState.from_events(sid, events).status != "running":
                 # It ended, or went waiting, between the listing and the claim.
                 await self.store.release_lease(sid, self.owner)
                 return False
         except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.release_lease(sid, self.owner))
+            if not self._driving(sid):
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release_lease(sid, self.owner))
             raise
         # The lease's owner is still the dead brain's when it expired; a brain that stopped cleanly released it.
         log.info("adopting session", session_id=sid, previous_holder=info.lease_owner, tenant=info.tenant,

@@ -125,7 +125,7 @@ def _register_brain(serve_commands) -> None:
     p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
                    help="seconds a crashed brain still holds the sessions it started here (default 30)")
     p.add_argument("--adopt", action="store_true", help="finish running sessions no brain drives (their brain died or "
-                   "stopped): claimed one at a time through the session store, so two brains never drive one")
+                   "stopped), each claimed through its lease in the session store, so two brains never drive one")
     p.add_argument("--adopt-interval", type=float, metavar="SECONDS", help="with --adopt: seconds between looks for "
                    "orphaned sessions (default 5)")
     p.add_argument("--adopt-max", type=int, metavar="N", help="with --adopt: orphaned sessions driven here at once "

@@ -208,3 +208,20 @@ async def test_an_orphan_that_had_asked_for_approval_is_adopted_into_waiting_and
         await brain.close()
         await brain.hands.close()
     assert not runs, "a call waiting for approval ran"
+
+
+async def test_an_orphan_a_wake_takes_up_here_while_it_is_being_claimed_is_left_to_that_wake(store):
+    sid = await orphan(store, holder=None)
+    looks: list[str] = []
+
+    def driving(session_id: str) -> bool:  # not yet when listed; by the time the claim is taken, a Wake drives it
+        looks.append(session_id)
+        return len(looks) > 1
+
+    async def wake(session_id, events):
+        raise AssertionError("the session was driven twice in one process")
+
+    adopter = Adopter(store, "brain-b", wake, interval=1.0, most=1, driving=driving)
+    assert await adopter.scan() == []
+    # The lease is the process's, and the Wake's drive needs it: the adopter must not have let it go.
+    assert (await store.get_session(sid)).lease_owner == "brain-b"
