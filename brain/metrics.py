@@ -50,8 +50,11 @@ class BrainMetrics(MetricsHttp):
             registry=r,
         )  # fmt: skip
         self.adopted = Counter(
-            "brainhands_brain_sessions_adopted", "Sessions this brain took over from the log (woken here).", registry=r
-        )
+            "brainhands_brain_sessions_adopted", "Sessions this brain took over from the log, by how: wake (a Wake "
+            "or a decision asked it to) or orphan (--adopt found it with no brain driving it).", ["how"], registry=r,
+        )  # fmt: skip
+        for how in ("wake", "orphan"):
+            self.adopted.labels(how)
         self.approvals_waiting.set(0)
         for status in ("started", "finished", "failed", "cancelled"):
             self.sessions.labels(status)  # present at 0, so a rate() has a series from the start

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from brain import events as ev
 from brain import inbox
+from brain.adopt import Adopter
 from brain.auth import LOCAL, BrainAccess, BrainAuthInterceptor, BrainTenant, check_caps, current_tenant
 from brain.config import BrainConfig
 from brain.dispatch import HandsUnauthenticated, HandsUnreachable
@@ -39,7 +40,7 @@ from brain.sessions import (
 )
 from brain.v1 import brain_pb2, brain_pb2_grpc
 from hands import HandClient
-from hands.config import ConfigError, ConfigModel, Text
+from hands.config import ConfigError, ConfigModel, Duration, Text, whole
 from hands.serving import RunningServer, start_server
 
 log = structlog.get_logger("brain.service")
@@ -86,6 +87,10 @@ class BrainServiceConfig(ConfigModel):
     limits: BrainConfig = BrainConfig()  # defaults a RunRequest's limits override
     # Tenants (API keys, caps) and TLS from `--config FILE` (brain/auth.py); none: the one local tenant.
     access: BrainAccess = BrainAccess()
+    # --adopt: claim running sessions no brain drives (their brain died or stopped) and finish them here (brain/adopt.py).
+    adopt: bool = False
+    adopt_interval: Duration = 5.0  # seconds between looks for orphaned sessions
+    adopt_max: whole(1) = 4  # orphaned sessions this brain drives at once; more wait for a later look or another brain
 
     @field_validator("gateway")
     @classmethod
@@ -240,12 +245,32 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self.metrics = metrics
+        self.adopter = Adopter(
+            store, self.owner, self._adopt, interval=config.adopt_interval, most=config.adopt_max,
+            driving=self._live.__contains__,
+        )  # fmt: skip
+        self._adopting: asyncio.Task | None = None
         if metrics is not None:
             metrics.track_running(lambda: len(self._live))
 
     def _on_event(self, live: _Live):
         """The Brain's on_event: to the followers, counted in the metrics first when there are metrics."""
         return live.publish if self.metrics is None else self.metrics.publisher(live.publish)
+
+    def start_adopting(self) -> None:
+        """Look for orphaned sessions every adopt_interval and finish them here, until the service closes."""
+        if self._adopting is None and not self._closed:
+            self._adopting = asyncio.create_task(self.adopter.run())
+
+    def _adopt(self, sid: str, events: list[Event]) -> Awaitable[BaseException | None]:
+        """The Adopter's wake: drive the claimed session here; what it awaits ends with the drive."""
+        live = self._wake(sid, events, how="orphan")
+
+        async def ended() -> BaseException | None:
+            await live.ended.wait()
+            return live.error
+
+        return ended()
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         brain_pb2_grpc.add_BrainServiceServicer_to_server(self, server)
@@ -478,7 +503,8 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         self._tasks.add(live.task)
         live.task.add_done_callback(self._tasks.discard)
 
-    def _wake(self, sid: str, events: list[Event]) -> _Live:
+    def _wake(self, sid: str, events: list[Event], how: str = "wake") -> _Live:
+        """Drive a session from its log here. how: the metric's label, wake (asked to) or orphan (adopted)."""
         started = ev.SessionStarted.from_data(events[0].data if events[0].type == ev.SESSION_STARTED else {})
         live = _Live(sid)
         self._live[sid] = live
@@ -491,8 +517,9 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             owner=self.owner,
         )
         if self.metrics is not None:
-            self.metrics.adopted.inc()
-        log.info("waking session", session_id=sid, last_seq=events[-1].seq)
+            self.metrics.adopted.labels(how).inc()
+        if how == "wake":  # an adoption has its own line (brain.adopt)
+            log.info("waking session", session_id=sid, last_seq=events[-1].seq)
         self._start(live, live.brain.wake(sid))
         return live
 
@@ -617,6 +644,10 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
         if self._closed:
             return
         self._closed = True
+        if self._adopting is not None:
+            self._adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopting
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -729,4 +760,6 @@ async def start_brain_service(
         await servicer.close()
         raise
     running.on_drain.append(servicer.close)
+    if config.adopt:
+        servicer.start_adopting()
     return running

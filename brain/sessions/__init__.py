@@ -129,6 +129,15 @@ class SessionStore(Protocol):
         """Session ids that start with prefix, in id order, at most limit."""
         ...
 
+    async def orphaned_sessions(self, limit: int = 10) -> list[SessionInfo]:
+        """Running top-level sessions that have events and whose lease is free or expired: no brain drives them.
+
+        Least recently updated first, at most limit. Only candidates: a brain takes one with acquire_lease, which is
+        atomic, so of several brains adopting the same orphan one gets it. Nested sessions (parent_id set) are left
+        out: the worker agent hand that ran one answers its caller's call, not an adopter.
+        """
+        ...
+
     async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
 
     async def renew_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...

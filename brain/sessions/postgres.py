@@ -227,6 +227,15 @@ class PostgresSessionStore:
         rows = await self._pool.fetch(sql, *args)
         return [SessionInfo.from_row(r) for r in rows]
 
+    async def orphaned_sessions(self, limit: int = 10) -> list[SessionInfo]:
+        # Expired by the database clock, the same one acquire_lease goes by.
+        rows = await self._pool.fetch(
+            _SELECT + " WHERE status = 'running' AND parent_id IS NULL AND last_seq > 0"
+            " AND (lease_owner IS NULL OR lease_expires_at <= clock_timestamp()) ORDER BY updated_at LIMIT $1",
+            limit,
+        )
+        return [SessionInfo.from_row(r) for r in rows]
+
     # --- leases ---------------------------------------------------------------------------------
 
     async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:

@@ -234,6 +234,12 @@ class SqliteSessionStore:
 
         return [SessionInfo.from_row(r) for r in await self._run(go)]
 
+    async def orphaned_sessions(self, limit: int = 10) -> list[SessionInfo]:
+        sql = (self._SELECT + " WHERE s.status = 'running' AND s.parent_id IS NULL AND s.last_seq > 0"
+               " AND (l.expires_at IS NULL OR l.expires_at <= ?) ORDER BY s.updated_at LIMIT ?")
+        rows = await self._run(lambda: self._conn.execute(sql, (time.time(), limit)).fetchall())
+        return [SessionInfo.from_row(r) for r in rows]
+
     # --- leases ---------------------------------------------------------------------------------
 
     async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:

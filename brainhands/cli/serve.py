@@ -126,6 +126,14 @@ def _register_brain(serve_commands) -> None:
                    help="adaptive: the model decides when and how much to think; off: none (default off; a run may ask)")
     p.add_argument("--effort", choices=("low", "medium", "high"),
                    help="the model's effort in each answer (default: the model's own; a run may ask)")
+    p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
+                   help="seconds a crashed brain still holds the sessions it started here (default 30)")
+    p.add_argument("--adopt", action="store_true", help="finish running sessions no brain drives (their brain died or "
+                   "stopped), each claimed through its lease in the session store, so two brains never drive one")
+    p.add_argument("--adopt-interval", type=float, metavar="SECONDS", help="with --adopt: seconds between looks for "
+                   "orphaned sessions (default 5)")
+    p.add_argument("--adopt-max", type=int, metavar="N", help="with --adopt: orphaned sessions driven here at once "
+                   "(default 4)")
     p.set_defaults(func=_serve_brain)
 
 
@@ -134,11 +142,15 @@ def _serve_brain(args: argparse.Namespace) -> int:
     from brain.service import BrainServiceConfig
     from hands.logs import configure_logging
 
+    for flag, value in (("--adopt-interval", args.adopt_interval), ("--adopt-max", args.adopt_max)):
+        if value is not None and not args.adopt:
+            raise CliError(f"{flag}: only with --adopt")
     try:
         access = load_access(args.config) if args.config else None
         config = BrainServiceConfig.from_env(
             gateway=args.gateway or None, sessions=args.sessions or None, model=args.model or None,
             host=args.host, port=args.port, access=access,
+            adopt=args.adopt or None, adopt_interval=args.adopt_interval, adopt_max=args.adopt_max,
         )  # fmt: skip
         limits: dict = {}
         if args.approve:
@@ -147,8 +159,10 @@ def _serve_brain(args: argparse.Namespace) -> int:
             limits["thinking"] = args.thinking
         if args.effort:
             limits["effort"] = args.effort
+        if args.lease_ttl is not None:
+            limits["lease_ttl"] = args.lease_ttl
         if limits:
-            config = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
+            config = config.model_copy(update={"limits": config.limits.replace(**limits)})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if config.access.open and config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -204,6 +218,7 @@ async def _serve(config, *, metrics: str | None = None, otel: str | None = None,
             "serving brain", address=f"{config.host}:{running.port}", gateway=config.gateway, model=config.model, sessions=where,
             tenants=[t.name for t in config.access.tenants] or "one local tenant (no key)",
             tls=config.access.tls.cert is not None,
+            adopt=f"every {config.adopt_interval:g}s, at most {config.adopt_max} at once" if config.adopt else False,
             **({"metrics": f"{metrics.rpartition(':')[0] or '127.0.0.1'}:{counters.port}"} if counters else {}),
         )
         await run_until_signalled(running)

@@ -127,6 +127,36 @@ async def test_an_expired_lease_can_be_taken_and_its_old_holder_cannot_renew(sto
     assert not await store.renew_lease(sid, "brain-a", ttl=60)
 
 
+async def test_orphaned_sessions_are_the_running_top_level_ones_no_live_lease_holds(store):
+    async def session(status: str = "running", parent_id: str | None = None, events: int = 1) -> str:
+        sid = await store.create_session("t", {}, parent_id=parent_id)
+        for seq in range(1, events + 1):
+            await store.append(sid, seq, "model_response", {})
+        if status != "running":
+            await store.append(sid, events + 1, {"finished": "session_finished", "waiting": "session_waiting"}[status], {})
+        return sid
+
+    older, released, expired = await session(), await session(), await session()
+    held = await session()
+    assert await store.acquire_lease(held, "brain-a", ttl=60)
+    assert await store.acquire_lease(released, "brain-a", ttl=60)
+    await store.release_lease(released, "brain-a")
+    assert await store.acquire_lease(expired, "brain-a", ttl=0.001)
+    await session("finished")
+    await session("waiting")  # waits for a person: not an orphan
+    await session(parent_id=older)  # a worker agent's session
+    await session(events=0)  # just created: its brain is taking the lease
+    await store.append(older, 2, "model_response", {})  # updated last: listed last
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(orphans := await store.orphaned_sessions()) < 3:
+        assert asyncio.get_running_loop().time() < deadline, f"the expired lease never counted: {orphans}"
+        await asyncio.sleep(0.01)
+    assert [o.id for o in orphans] == [released, expired, older]
+    assert [o.id for o in await store.orphaned_sessions(limit=1)] == [released]
+    assert await store.acquire_lease(released, "brain-b", ttl=60)
+    assert [o.id for o in await store.orphaned_sessions()] == [expired, older]
+
+
 def _append_in_child(path: str, sid: str, n: int) -> None:
     async def go():
         s = await open_store(path)

@@ -139,8 +139,9 @@ async def test_the_brain_service_counts_sessions_turns_tool_calls_and_tokens(tmp
     assert value(after, "brainhands_brain_tokens_total", tenant="acme", kind="cache_read") == 50
     assert value(after, "brainhands_brain_tokens_total", tenant="acme", kind="cache_creation") == 5
     assert value(after, "brainhands_brain_approvals_waiting") == 0
-    assert value(after, "brainhands_brain_sessions_adopted_total") == 0
-    assert value(adopted, "brainhands_brain_sessions_adopted_total") == 1
+    assert value(after, "brainhands_brain_sessions_adopted_total", how="wake") == 0
+    assert value(adopted, "brainhands_brain_sessions_adopted_total", how="wake") == 1
+    assert value(adopted, "brainhands_brain_sessions_adopted_total", how="orphan") == 0
     assert value(adopted, "brainhands_brain_sessions_total", status="started") == 1  # a wake starts nothing new
     assert value(adopted, "brainhands_brain_sessions_total", status="finished") == 2
     assert value(adopted, "brainhands_brain_turns_total", model="scripted") == 3

@@ -118,6 +118,13 @@ class Stack:
         await proc.wait_ready("serving hands")
         return proc
 
+    async def brain(self, name: str, *args: str, env: dict[str, str]) -> Proc:
+        """`brainhands serve brain --port 0 ARGS...` (the gateway, store and model in args and env)."""
+        argv = [sys.executable, "-m", "brainhands", "serve", "brain", "--port", "0", *args]
+        proc = self._spawn(name, argv, env)
+        await proc.wait_ready("serving brain", timeout=60)
+        return proc
+
     async def flip_backend(self, replica: str) -> Proc:
         argv = [sys.executable, "-m", "tests.system.gateway_flip_backend"]
         proc = self._spawn(replica, argv, {"GW_TEST_REPLICA": replica})
