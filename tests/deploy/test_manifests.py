@@ -24,7 +24,7 @@ COMMANDS = {
     "hands-fs": ["serve", "hand", "hands.builtin.fs", "--host", "0.0.0.0", "--port", "50071"],
     "hands-sandbox": ["serve", "hand", "hands.builtin.sandbox", "--host", "0.0.0.0", "--port", "50072"],
     "hands-llm": ["serve", "hand", "hands.builtin.llm", "--host", "0.0.0.0", "--port", "50073"],
-    "brain": ["serve", "brain", "--host", "0.0.0.0", "--port", "50061", "--config", "/etc/brainhands/brain.yaml"],
+    "brain": ["serve", "brain", "--host", "0.0.0.0", "--port", "50061", "--config", "/etc/brainhands/brain.yaml", "--adopt"],
 }
 GRPC_PORTS = {"gateway": 50051, "hands-fs": 50071, "hands-sandbox": 50072, "hands-llm": 50073, "brain": 50061}
 METRICS_PORT = 9464
