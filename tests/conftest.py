@@ -9,6 +9,23 @@ import pytest
 
 from tests.services import service_url
 
+#: Files that must not run beside each other on two workers (pyproject's `-n 2 --dist loadgroup`): the sandbox
+#: tests count the processes of the sandbox's uids and the host's shared memory, which another file's sandbox
+#: runs would change; the container tests build one image (a session fixture) and start stacks.
+_TOGETHER = {
+    "sandbox": ("tests/hands/test_sandbox", "tests/reliability/test_sandbox_hostile", "tests/reliability/test_identity",
+                "tests/system/test_cli_run"),
+    "containers": ("tests/deploy/",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each file runs on one worker (its module fixtures are made once); the files of _TOGETHER share one."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = next((name for name, starts in _TOGETHER.items() if path.startswith(starts)), path)
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture
 async def hand_service():

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, RECORD_ENV: str(record_path), "BRAINHANDS_SOAK_SECONDS": str(args.soak_seconds)}
         started = time.monotonic()
         status = subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/reliability",
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/reliability",
              # The brain SIGKILLed mid fan-out and woken in a new process: the system test that already shows it.
              "tests/system/test_brain_wake.py", f"--junitxml={junit}"],
             cwd=ROOT, env=env,

@@ -188,8 +188,8 @@ async def test_a_replica_that_died_mid_run_loses_its_claim_after_the_lease(store
     store = MemoryDedupeStore() if store_spec == "memory" else RedisDedupeStore.from_url(store_spec)
     try:
         key = f"t/charge/{uuid.uuid4().hex}"
+        started = asyncio.get_running_loop().time()  # before the claim: its lease starts no earlier than this
         assert (await store.claim(key, "a-replica-that-was-sigkilled", LEASE)).name == "CLAIMED"
-        started = asyncio.get_running_loop().time()
 
         async def run_here() -> hands_pb2.ExecuteResponse:
             return hands_pb2.ExecuteResponse(output="ran on the live replica")
