@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.context import current_forward, current_tenant
 from gateway.dns import DnsRoutes, Resolver, is_dns_target
 from gateway.health import HealthChecker
+from gateway.leases import open_registry_store
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry, RegistryAccess
 from gateway.routing import HandRoute, RouteTable
@@ -343,7 +344,7 @@ async def start_gateway(
     metrics = GatewayMetrics()
     table = RouteTable()
     checker = HealthChecker(table, config, metrics)
-    registry = Registry(table, checker, config)
+    registry = Registry(table, checker, config, open_registry_store(config.registry, prefix=config.registry_prefix))
     globs_by_address: dict[str, list[str]] = {}
     for route in config.routes:
         for address in route.backends:
@@ -360,6 +361,7 @@ async def start_gateway(
     if statics:
         await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
     await dns.refresh()  # resolved and probed before the first call, watched from now on
+    await registry.load()  # the backends registered through any replica, probed before the first call
     table.rebuild()
     front = FrontService(table, config, metrics)
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
@@ -386,6 +388,7 @@ async def start_gateway(
         )
     except BaseException:
         await checker.close()
+        await registry.close()
         for backend in list(table.backends.values()):
             await backend.close()
         await access.close()
@@ -426,6 +429,7 @@ async def start_gateway(
         hands=table.hand_names(),
         backends=sorted(table.backends),
         registration=registry_access.describe(),
+        registry="shared" if registry.store.shared else "memory",
         delegation_key="generated for this process" if getattr(access.delegations.keys, "generated", False) else "shared",
     )
     return gateway
