@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -335,11 +336,13 @@ async def start_gateway(
     servicers: Sequence[ServicerHook] = (),
     credentials: grpc.ServerCredentials | None = None,
     resolver: Resolver | None = None,
+    worker: int | None = None,
 ) -> GatewayServer:
     """Start the gateway in the running loop: front HandService, RegistryService, health, reflection, metrics.
 
     interceptors run after the log-context one (auth and quotas go here and may set
-    gateway.context.current_tenant); servicers add more services to the same port.
+    gateway.context.current_tenant); servicers add more services to the same port. worker: this process's
+    index among `--workers N` (it then shares its port with the other workers, SO_REUSEPORT).
     """
     metrics = GatewayMetrics()
     table = RouteTable()
@@ -385,6 +388,7 @@ async def start_gateway(
             interceptors=[access.interceptor, registry_access, *interceptors],
             max_message_bytes=config.max_message_bytes,
             credentials=credentials or config.tls.server_credentials(),
+            reuse_port=worker is not None,
         )
     except BaseException:
         await checker.close()
@@ -430,6 +434,7 @@ async def start_gateway(
         backends=sorted(table.backends),
         registration=registry_access.describe(),
         registry="shared" if registry.store.shared else "memory",
+        **({} if worker is None else {"pid": os.getpid()}),
         delegation_key="generated for this process" if getattr(access.delegations.keys, "generated", False) else "shared",
     )
     return gateway
