@@ -8,6 +8,7 @@ id). Scripts read the clock with TIME, so replicas whose clocks disagree still a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import redis.asyncio as aioredis
@@ -66,7 +67,9 @@ finish(ARGV[1], lease['address'])
 return 1
 """
 
-# Removes expired leases; returns {record, ms left, record, ms left, ...} of the live ones.
+# Removes expired leases; returns {id, ms left, id, ms left, ...} of the live ones. Records are read apart, and
+# only those of leases the reader has not seen yet: replicas read the leases often, and a record (the hands'
+# specs) is far larger than its id.
 _SNAPSHOT = _NOW + """
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)) do
   local record = redis.call('HGET', KEYS[1], id)
@@ -75,13 +78,8 @@ end
 local out = {}
 local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for j = 1, #entries, 2 do
-  local record = redis.call('HGET', KEYS[1], entries[j])
-  if record then
-    out[#out + 1] = record
-    out[#out + 1] = string.format('%d', tonumber(entries[j + 1]) - now)
-  else
-    redis.call('ZREM', KEYS[2], entries[j])
-  end
+  out[#out + 1] = entries[j]
+  out[#out + 1] = string.format('%d', tonumber(entries[j + 1]) - now)
 end
 return out
 """
@@ -94,12 +92,20 @@ def _record(lease: Lease) -> str:
     })  # fmt: skip
 
 
-def _lease(record: bytes | str, left_ms: bytes | str) -> Lease:
+def _lease(record: bytes | str) -> Lease:
     raw = json.loads(record)
     return Lease(
         id=raw["id"], address=raw["address"], owner=raw["owner"], ttl=raw["ttl_ms"] / 1000,
-        allow=tuple(raw["allow"]), specs=base64.b64decode(raw["specs"]), expires_in=int(left_ms) / 1000,
+        allow=tuple(raw["allow"]), specs=base64.b64decode(raw["specs"]),
     )  # fmt: skip
+
+
+async def _answer(pending):
+    """Redis's reply, or RegistryStoreUnavailable saying why there is none."""
+    try:
+        return await pending
+    except (RedisError, OSError) as exc:
+        raise RegistryStoreUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
 
 class RedisRegistryStore:
@@ -115,16 +121,14 @@ class RedisRegistryStore:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
+        self._seen: dict[str, Lease] = {}  # lease id -> its record, read once (a lease's record never changes)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "brainhands:registry", timeout: float = 1.0) -> RedisRegistryStore:
         return cls(connect(url, timeout=timeout, max_connections=8), prefix=prefix)
 
     async def _run(self, script, *args):
-        try:
-            return await script(keys=self._keys, args=list(args))
-        except (RedisError, OSError) as exc:
-            raise RegistryStoreUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        return await _answer(script(keys=self._keys, args=list(args)))
 
     async def grant(self, lease: Lease) -> None:
         if not await self._run(self._grant, lease.id, lease.address, lease.owner, int(lease.ttl * 1000), _record(lease)):
@@ -139,7 +143,15 @@ class RedisRegistryStore:
 
     async def snapshot(self) -> list[Lease]:
         out = await self._run(self._snapshot)
-        return [_lease(out[j], out[j + 1]) for j in range(0, len(out), 2)]
+        left = {out[j].decode(): int(out[j + 1]) / 1000 for j in range(0, len(out), 2)}
+        new = [lease_id for lease_id in left if lease_id not in self._seen]
+        if new:
+            for record in await _answer(self._redis.hmget(self._keys[0], new)):
+                if record is not None:  # None: released between the two reads
+                    lease = _lease(record)
+                    self._seen[lease.id] = lease
+        self._seen = {lease_id: lease for lease_id, lease in self._seen.items() if lease_id in left}
+        return [dataclasses.replace(self._seen[i], expires_in=left[i]) for i in left if i in self._seen]
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())

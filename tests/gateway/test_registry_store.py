@@ -185,3 +185,22 @@ async def test_replicas_share_leases_heartbeats_and_deregistration_with_each_reg
 
 async def _not(awaitable) -> bool:
     return not await awaitable
+
+
+async def test_a_registry_store_that_does_not_answer_makes_registration_unavailable_not_lost(hand_service):
+    from brainhands.procs import free_port
+
+    config = parse_config({"listen": "127.0.0.1:0", "metrics": None, "registry_store": f"redis://127.0.0.1:{free_port()}/0"})
+    gateway = await start_gateway(config)  # starts: a store that is down is a warning, not a failure
+    backend = await hand_service([hello])
+    try:
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.RegistryServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await stub.Register(gateway_pb2.RegisterRequest(address=backend.address), timeout=10)
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE  # the hand's registration retries
+            assert "registry store does not answer" in down.value.details()
+            assert (await stub.ListBackends(gateway_pb2.ListBackendsRequest(), timeout=5)).backends == []
+    finally:
+        await gateway.server.stop(0)
+        await gateway.close()

@@ -149,6 +149,12 @@ async def test_two_workers_on_one_port_both_serve_and_a_calls_limit_holds_across
     assert {r["worker"] for r in lines} == {0, 1}  # both workers took calls
     assert sum(r["code"] == "OK" for r in lines) == 30
 
+    # A worker that dies takes the command down with the other (its supervisor starts the gateway again).
+    pids = [r["pid"] for r in gateway.records() if r.get("event") == "gateway serving"]
+    os.kill(pids[0], signal.SIGKILL)
+    assert gateway.proc.wait(60) == 1
+    assert not Path(f"/proc/{pids[1]}").exists()
+
 
 async def test_a_concurrency_cap_holds_across_replicas(stack, store):
     clients = await gateways(stack, store, [{"hands": "slow", "concurrency": 8}])
