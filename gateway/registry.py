@@ -75,9 +75,10 @@ class Registry(gateway_pb2_grpc.RegistryServiceServicer):
             await asyncio.gather(*(self._health.probe(b) for b in added), return_exceptions=True)
             for backend in added:
                 self._health.watch(backend)
-            log.info("registered backends loaded", backends=sorted(b.address for b in added), registry=self._where())
+            log.info("registered backends loaded", backends=sorted(b.address for b in added), registry=self.where())
 
-    def _where(self) -> str:
+    def where(self) -> str:
+        """Where the leases live, for log lines: shared (by every replica) or memory (this process)."""
         return "shared" if self.store.shared else "memory"
 
     def start(self) -> None:

@@ -433,7 +433,7 @@ async def start_gateway(
         hands=table.hand_names(),
         backends=sorted(table.backends),
         registration=registry_access.describe(),
-        registry="shared" if registry.store.shared else "memory",
+        registry=registry.where(),
         **({} if worker is None else {"pid": os.getpid()}),
         delegation_key="generated for this process" if getattr(access.delegations.keys, "generated", False) else "shared",
     )
