@@ -159,7 +159,7 @@ class GatewayConfig(ConfigModel):
     # every replica shares. None: the quota store's Redis when that is Redis, else memory.
     registry_store: Store | None = None
     registry_prefix: str = Field("brainhands:registry", min_length=1)  # of the registry's Redis keys
-    registry_refresh: Duration = 0.5  # how often a replica reads the shared leases (and drops expired ones)
+    registry_refresh: Duration = 0.25  # how often a replica reads the shared leases (ids and expiries; records once)
     # The HMAC key of the delegations the gateway signs for forwarded calls (gateway/delegation.py); None: a
     # random key per start, which replicas do not share (give them all the same env:VAR).
     delegation_key: Annotated[bytes | None, BeforeValidator(_secret_from_env)] = Field(None, repr=False)
