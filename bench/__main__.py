@@ -12,9 +12,10 @@ from urllib.parse import urlparse
 
 from bench import report
 
-BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions", "tracing", "console")
+BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions", "tracing", "console", "workers")
 #: What runs without --only: the tracing figure is asked for by name (it adds three processes and a baseline checkout),
-#: and so is the console's (`--only console`: a brain, a hand and a console process holding 50 live pages).
+#: and so is the console's (`--only console`: a brain, a hand and a console process holding 50 live pages), and
+#: the gateway workers' (`--only workers`: two more gateways, and Redis).
 DEFAULT_RUN = ("gateway", "fanout", "brain", "quotas", "sessions")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         sections.extend(run_one(name, mode, redis_url, database_url, args.baseline))
         print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "console": 7}
+    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "console": 7, "workers": 8}
     sections.sort(key=lambda s: order.get(s.key, 99))
     meta = {
         "command": "python -m bench" + (" --smoke" if args.smoke else " --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
@@ -96,6 +97,10 @@ def run_one(name: str, mode: str, redis_url: str | None, database_url: str | Non
         from bench import quota_bench
 
         return [quota_bench.run(mode, redis_url)]
+    if name == "workers":
+        from bench import workers_bench
+
+        return [workers_bench.run(mode, redis_url)]
     if name == "console":
         from bench import console_bench
 

@@ -48,8 +48,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_h2load(address: str, frame: bytes, *, concurrency: int, seconds: float, warmup: float = 0.5,
-               api_key: str | None = None, workdir: Path) -> Load:
-    """Drive address with `concurrency` streams on one HTTP/2 connection (like one gRPC channel) for `seconds`."""
+               api_key: str | None = None, workdir: Path, connections: int = 1) -> Load:
+    """Drive address with `concurrency` streams for `seconds`, on one HTTP/2 connection (like one gRPC channel) or
+    spread over `connections` (as many callers' channels are, which SO_REUSEPORT spreads over gateway workers)."""
     binary = h2load_binary()
     if binary is None:
         raise RuntimeError("h2load is not installed (Debian: apt-get install nghttp2-client)")
@@ -58,7 +59,7 @@ def run_h2load(address: str, frame: bytes, *, concurrency: int, seconds: float, 
     with tempfile.NamedTemporaryFile(dir=workdir, suffix=".log", delete=False) as f:
         log_path = Path(f.name)
     argv = [
-        binary, "-c", "1", "-m", str(concurrency), "-t", "1",
+        binary, "-c", str(connections), "-m", str(max(1, concurrency // connections)), "-t", "1",
         "-D", f"{max(1, round(seconds))}s", "--warm-up-time", f"{max(1, round(warmup * 1000))}ms",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"--log-file={log_path}", f"http://{address}{EXECUTE_PATH}",

@@ -34,11 +34,17 @@ class Proc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self, pid: int | None = None) -> float:
         """User + system CPU the process has used so far (from /proc, so it works while it runs)."""
-        with open(f"/proc/{self.pid}/stat") as f:
+        with open(f"/proc/{pid or self.pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / _TICKS
+
+    def tree_cpu_seconds(self) -> float:
+        """cpu_seconds() of the process and its running children (a gateway's --workers)."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            children = [int(pid) for pid in f.read().split()]
+        return self.cpu_seconds() + sum(self.cpu_seconds(pid) for pid in children)
 
     def memory(self) -> tuple[int, int]:
         """(resident bytes now, peak resident bytes) from /proc/PID/status."""
@@ -109,20 +115,28 @@ class Procs:
 
     def gateway(self, name: str, backends: list[str], *, quota_store: str | None = None,
                 quotas: list[dict] | None = None, api_key: str = "bench-key", tenant: str = "bench",
-                root: Path = ROOT) -> Proc:
-        """A gateway routing every hand to backends; with quotas, one tenant (api_key) subject to them."""
+                root: Path = ROOT, workers: int = 1, **settings) -> Proc:
+        """A gateway routing every hand to backends; with quotas, one tenant (api_key) subject to them; settings
+        are more config keys; workers > 1: `--workers N`, ready once every worker serves."""
         config: dict = {
             "listen": "127.0.0.1:0",
             "metrics": None,
             "routes": [{"hands": ["*"], "backends": backends}],
+            **settings,
         }
         if quotas is not None:
             config["quota_store"] = quota_store or "memory"
             config["tenants"] = [{"name": tenant, "api_keys": ["env:BENCH_API_KEY"], "allow": ["*"], "quotas": quotas}]
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return self.brainhands(name, ["serve", "gateway", "--config", str(path)], "gateway serving",
-                               env={"BENCH_API_KEY": api_key}, root=root)
+        argv = ["serve", "gateway", "--config", str(path), *(["--workers", str(workers)] if workers > 1 else [])]
+        p = self.brainhands(name, argv, "gateway serving", env={"BENCH_API_KEY": api_key}, root=root)
+        deadline = time.monotonic() + 30
+        while p.log_path.read_bytes().count(b'"gateway serving"') < workers:
+            if time.monotonic() > deadline or p.proc.poll() is not None:
+                raise RuntimeError(f"{name}: not every one of {workers} workers started (log {p.log_path}):\n{p.tail()}")
+            time.sleep(0.05)
+        return p
 
     def checkout(self, rev: str) -> Path:
         """The tree of git revision rev, extracted into the work dir (read-only use of the repository)."""

@@ -62,10 +62,14 @@ def _secret_from_env(value: Any, info) -> bytes | None:
     return secret.encode()
 
 
-def _quota_store(value: Any) -> str:
+def _store(value: Any) -> str:
     if not isinstance(value, str) or not (value == "memory" or value.startswith(("redis://", "rediss://", "unix://"))):
         raise ValueError(f"must be 'memory' or a redis:// URL, got {value!r}")
     return value
+
+
+#: 'memory' or a redis:// URL.
+Store = Annotated[str, BeforeValidator(_store)]
 
 
 #: host:port, or [v6 address]:port.
@@ -143,7 +147,7 @@ class GatewayConfig(ConfigModel):
     # Who may call, over what, and how much (gateway/tls.py, gateway/tenants.py, gateway/quotas/).
     tls: TlsConfig = TlsConfig()
     tenants: Tenants = Tenants()  # none: an open gateway
-    quota_store: Annotated[str, BeforeValidator(_quota_store)] = "memory"  # or redis://host:port/db, shared by replicas
+    quota_store: Store = "memory"  # or redis://host:port/db, shared by replicas
     quota_lease: Duration = 30.0  # how long a dead gateway's concurrency slots stay taken
     fail_open: Flag = False  # admit calls when the quota store is down
     mcp: Address | None = None  # host:port of the MCP front (streamable HTTP, gateway/mcp_front.py); None: no MCP front
@@ -151,6 +155,11 @@ class GatewayConfig(ConfigModel):
     # registrants, RegistryService takes only loopback callers: the embedded stack.
     registrants: tuple[Registrant, ...] = ()
     operators: tuple[Operator, ...] = ()
+    # Where leases of registered backends live (gateway/leases/): 'memory' (this process) or a redis:// URL that
+    # every replica shares. None: the quota store's Redis when that is Redis, else memory.
+    registry_store: Store | None = None
+    registry_prefix: str = Field("brainhands:registry", min_length=1)  # of the registry's Redis keys
+    registry_refresh: Duration = 0.25  # how often a replica reads the shared leases (ids and expiries; records once)
     # The HMAC key of the delegations the gateway signs for forwarded calls (gateway/delegation.py); None: a
     # random key per start, which replicas do not share (give them all the same env:VAR).
     delegation_key: Annotated[bytes | None, BeforeValidator(_secret_from_env)] = Field(None, repr=False)
@@ -179,6 +188,13 @@ class GatewayConfig(ConfigModel):
         if self.default_lease_ttl > self.max_lease_ttl:
             raise invalid("default_lease_ttl", f"must be at most max_lease_ttl ({self.max_lease_ttl:g}s)")
         return self
+
+    @property
+    def registry(self) -> str:
+        """The registry store in use: registry_store, else the quota store when that is Redis, else memory."""
+        if self.registry_store is not None:
+            return self.registry_store
+        return self.quota_store if self.quota_store != "memory" else "memory"
 
     @property
     def listen_host(self) -> str:

@@ -15,11 +15,14 @@ from gateway.backends import REGISTERED, STATIC, Backend
 from gateway.config import GatewayConfig, is_address
 from gateway.context import LOOPBACK, current_registrant
 from gateway.health import HealthChecker
+from gateway.leases import Lease, LeaseTaken, RegistryStore, RegistryStoreUnavailable
+from gateway.leases.memory import MemoryRegistryStore
 from gateway.roles import Registrant, by_certificate, is_loopback_peer, owner_of
 from gateway.routing import RouteTable
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from hands import metadata as md
 from hands.keys import bearer_token
+from hands.v1 import hands_pb2
 
 log = structlog.get_logger("gateway.registry")
 
@@ -43,32 +46,53 @@ def _wall(monotonic_at: float) -> timestamp_pb2.Timestamp:
 
 
 class Registry(gateway_pb2_grpc.RegistryServiceServicer):
-    """Leases on registered backends; a backend whose lease runs out leaves the route table."""
+    """Leases on registered backends, kept in a RegistryStore; a lease that ends leaves the route table.
 
-    def __init__(self, table: RouteTable, health: HealthChecker, config: GatewayConfig):
+    With a shared store every replica routes to every registered backend: it reads the store's leases every
+    registry_refresh (and once before its first call, so a restarted gateway has the fleet at once), and
+    health-checks their backends itself. Who holds a lease is the store's to say, so a registrant renews or
+    releases its own lease through any replica and never another's.
+    """
+
+    def __init__(self, table: RouteTable, health: HealthChecker, config: GatewayConfig, store: RegistryStore | None = None):
         self._table = table
         self._health = health
         self._config = config
+        self.store = store or MemoryRegistryStore()
         self._leases: dict[str, Backend] = {}
         self._owners: dict[str, str] = {}  # lease id -> the registrant that holds it
-        self._reaper: asyncio.Task | None = None
+        # A snapshot and a local change never interleave: a lease granted here is never dropped by a read of the
+        # store that began before it was granted.
+        self._lock = asyncio.Lock()
+        self._store_down = False
+        self._syncer: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
 
+    async def load(self) -> None:
+        """Take the store's leases and probe their backends before the first call (a restarted gateway's fleet)."""
+        added = await self._sync_once()
+        if added:
+            await asyncio.gather(*(self._health.probe(b) for b in added), return_exceptions=True)
+            for backend in added:
+                self._health.watch(backend)
+            log.info("registered backends loaded", backends=sorted(b.address for b in added), registry=self.where())
+
+    def where(self) -> str:
+        """Where the leases live, for log lines: shared (by every replica) or memory (this process)."""
+        return "shared" if self.store.shared else "memory"
+
     def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap(), name="lease reaper")
+        self._syncer = asyncio.create_task(self._sync(), name="registry sync")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        if self._syncer is not None:
+            self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+                await self._syncer
         for task in list(self._closing):
             with contextlib.suppress(Exception):
                 await task
-
-    def _grant(self, backend: Backend, ttl: float) -> None:
-        backend.lease_ttl = ttl
-        backend.lease_expires = time.monotonic() + ttl
+        await self.store.close()
 
     async def Register(self, request: gateway_pb2.RegisterRequest, context: grpc.aio.ServicerContext):
         address = request.address
@@ -80,11 +104,10 @@ class Registry(gateway_pb2_grpc.RegistryServiceServicer):
         ttl = min(asked or self._config.default_lease_ttl, self._config.max_lease_ttl)
         caller = current_registrant.get()
         registrant = self._registrant(caller)
+        taken = f"{address} is registered by another registrant; it cannot be taken over"
         existing = self._table.backends.get(address)
         if existing is not None and existing.lease_id and self._owners.get(existing.lease_id, caller) != caller:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"{address} is registered by another registrant; it cannot be taken over"
-            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, taken)
         backend = existing or Backend(
             address, self._config, source=REGISTERED, allow=registrant.hands if registrant else ("*",)
         )
@@ -110,45 +133,59 @@ class Registry(gateway_pb2_grpc.RegistryServiceServicer):
                     + (f" (nor {len(outside) - 1} more)" if len(outside) > 1 else "")
                     + f"; it may register only {', '.join(registrant.hands)}",
                 )
-        backend.keep_specs(described)
-        if existing is not None and existing.lease_id:
-            self._leases.pop(existing.lease_id, None)
-            self._owners.pop(existing.lease_id, None)
-        backend.lease_id = uuid.uuid4().hex
-        self._grant(backend, ttl)
-        self._leases[backend.lease_id] = backend
-        self._owners[backend.lease_id] = caller
-        # It just answered Describe; route to it now and let the health checker take over from here.
-        backend.serving = True
-        self._table.add(backend)
+        specs = backend.keep_specs(described)
+        lease = Lease(
+            id=uuid.uuid4().hex, address=address, owner=caller, ttl=ttl, allow=backend.allow,
+            specs=hands_pb2.DescribeResponse(hands=[specs[n] for n in sorted(specs)]).SerializeToString(),
+        )  # fmt: skip
+        async with self._lock:
+            try:
+                await self.store.grant(lease)
+            except (LeaseTaken, RegistryStoreUnavailable) as exc:
+                if existing is None:
+                    await backend.close()
+                if isinstance(exc, LeaseTaken):
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, taken)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the registry store does not answer ({exc}); try again")
+            if self._table.backends.setdefault(address, backend) is not backend:
+                await backend.close()  # a read of the store took the address in while Describe ran: keep that one
+            backend = self._take(lease)
+            backend.lease_expires = time.monotonic() + ttl
+            # It just answered Describe; route to it now and let the health checker take over from here.
+            backend.serving = True
+            self._table.rebuild()
         self._health.watch(backend)
         log.info("backend registered", backend=address, hands=sorted(backend.specs), lease_ttl_s=ttl, registrant=caller)
-        return gateway_pb2.RegisterResponse(
-            lease_id=backend.lease_id, lease_ttl=_duration(ttl), hands=sorted(backend.specs)
-        )
+        return gateway_pb2.RegisterResponse(lease_id=lease.id, lease_ttl=_duration(ttl), hands=sorted(backend.specs))
 
     def _registrant(self, name: str) -> Registrant | None:
         return next((r for r in self._config.registrants if r.name == name), None)
 
-    def _own_lease(self, lease_id: str) -> Backend | None:
-        """The caller's own lease: another registrant's is as good as none (NOT_FOUND, nothing said about it)."""
-        backend = self._leases.get(lease_id)
-        if backend is None or self._owners.get(lease_id) != current_registrant.get():
-            return None
-        return backend
-
     async def Heartbeat(self, request: gateway_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext):
-        backend = self._own_lease(request.lease_id)
-        if backend is None or backend.lease_expires < time.monotonic():
+        # Another registrant's lease is as good as none: NOT_FOUND, nothing said about it.
+        try:
+            ttl = await self.store.renew(request.lease_id, current_registrant.get())
+        except RegistryStoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the registry store does not answer ({exc}); try again")
+        if ttl is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such lease (it expired or was never granted); register again")
-        self._grant(backend, backend.lease_ttl)
-        return gateway_pb2.HeartbeatResponse(lease_ttl=_duration(backend.lease_ttl))
+        backend = self._leases.get(request.lease_id)
+        if backend is not None:
+            backend.lease_ttl = ttl
+            backend.lease_expires = time.monotonic() + ttl
+        return gateway_pb2.HeartbeatResponse(lease_ttl=_duration(ttl))
 
     async def Deregister(self, request: gateway_pb2.DeregisterRequest, context: grpc.aio.ServicerContext):
-        backend = self._own_lease(request.lease_id)
-        if backend is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such lease (it expired or was never granted)")
-        self._drop(backend, "backend deregistered")
+        async with self._lock:
+            try:
+                released = await self.store.release(request.lease_id, current_registrant.get())
+            except RegistryStoreUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the registry store does not answer ({exc}); try again")
+            if not released:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such lease (it expired or was never granted)")
+            backend = self._leases.get(request.lease_id)
+            if backend is not None:
+                self._drop(backend, "backend deregistered")
         return gateway_pb2.DeregisterResponse()
 
     async def ListBackends(self, request, context):
@@ -177,6 +214,25 @@ class Registry(gateway_pb2_grpc.RegistryServiceServicer):
             out.append(entry)
         return gateway_pb2.ListBackendsResponse(backends=out)
 
+    def _take(self, lease: Lease) -> Backend:
+        """Hold lease on its address's backend (made now, from the lease, when the gateway has none)."""
+        backend = self._table.backends.get(lease.address)
+        if backend is None:
+            backend = Backend(lease.address, self._config, source=REGISTERED, allow=lease.allow)
+            backend.keep_specs(hands_pb2.DescribeResponse.FromString(lease.specs).hands)
+            self._table.backends[lease.address] = backend  # not serving until this gateway's own probe says so
+        elif backend.lease_id:
+            self._leases.pop(backend.lease_id, None)  # the registrant registered it again: the old lease ended
+            self._owners.pop(backend.lease_id, None)
+        if backend.source == REGISTERED and backend.allow != lease.allow:
+            backend.allow = lease.allow
+            backend.keep_specs(hands_pb2.DescribeResponse.FromString(lease.specs).hands)
+        backend.lease_id = lease.id
+        backend.lease_ttl = lease.ttl
+        self._leases[lease.id] = backend
+        self._owners[lease.id] = lease.owner
+        return backend
+
     def _drop(self, backend: Backend, why: str) -> None:
         self._leases.pop(backend.lease_id, None)
         self._owners.pop(backend.lease_id, None)
@@ -191,13 +247,45 @@ class Registry(gateway_pb2_grpc.RegistryServiceServicer):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _reap(self) -> None:
+    async def _sync_once(self) -> list[Backend]:
+        """Make the route table hold exactly the store's live leases; returns the backends new to this gateway."""
+        async with self._lock:
+            try:
+                leases = await self.store.snapshot()
+            except RegistryStoreUnavailable as exc:
+                if not self._store_down:
+                    self._store_down = True
+                    log.warning("registry store unreachable: leases stay as they were until it answers", error=str(exc))
+                return []
+            if self._store_down:
+                self._store_down = False
+                log.info("registry store answers again")
+            now = time.monotonic()
+            known = set(self._table.backends)
+            added = []
+            for lease in leases:
+                backend = self._leases.get(lease.id) or self._take(lease)
+                backend.lease_ttl = lease.ttl
+                backend.lease_expires = now + lease.expires_in
+                if backend.address not in known:
+                    added.append(backend)
+            live = {lease.id for lease in leases}
+            for lease_id, backend in list(self._leases.items()):
+                if lease_id not in live:  # it expired, or its registrant deregistered it through any replica
+                    self._drop(backend, "lease ended")
+            return added
+
+    async def _sync(self) -> None:
         while True:
             ttls = [b.lease_ttl for b in self._leases.values()] or [self._config.default_lease_ttl]
-            await asyncio.sleep(max(0.05, min(1.0, min(ttls) / 4)))
-            now = time.monotonic()
-            for backend in [b for b in self._leases.values() if b.lease_expires < now]:
-                self._drop(backend, "lease expired")
+            await asyncio.sleep(max(0.05, min(self._config.registry_refresh, min(ttls) / 4)))
+            try:
+                for backend in await self._sync_once():
+                    self._health.watch(backend, probe_first=True)  # routed once this gateway's own probe says SERVING
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any one bad read; the next one tries again
+                log.exception("registry sync failed")
 
 
 class RegistryAccess(grpc.aio.ServerInterceptor):

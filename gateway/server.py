@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.context import current_forward, current_tenant
 from gateway.dns import DnsRoutes, Resolver, is_dns_target
 from gateway.health import HealthChecker
+from gateway.leases import open_registry_store
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry, RegistryAccess
 from gateway.routing import HandRoute, RouteTable
@@ -334,16 +336,18 @@ async def start_gateway(
     servicers: Sequence[ServicerHook] = (),
     credentials: grpc.ServerCredentials | None = None,
     resolver: Resolver | None = None,
+    worker: int | None = None,
 ) -> GatewayServer:
     """Start the gateway in the running loop: front HandService, RegistryService, health, reflection, metrics.
 
     interceptors run after the log-context one (auth and quotas go here and may set
-    gateway.context.current_tenant); servicers add more services to the same port.
+    gateway.context.current_tenant); servicers add more services to the same port. worker: this process's
+    index among `--workers N` (it then shares its port with the other workers, SO_REUSEPORT).
     """
     metrics = GatewayMetrics()
     table = RouteTable()
     checker = HealthChecker(table, config, metrics)
-    registry = Registry(table, checker, config)
+    registry = Registry(table, checker, config, open_registry_store(config.registry, prefix=config.registry_prefix))
     globs_by_address: dict[str, list[str]] = {}
     for route in config.routes:
         for address in route.backends:
@@ -360,6 +364,7 @@ async def start_gateway(
     if statics:
         await asyncio.gather(*(checker.probe(b) for b in statics), return_exceptions=True)
     await dns.refresh()  # resolved and probed before the first call, watched from now on
+    await registry.load()  # the backends registered through any replica, probed before the first call
     table.rebuild()
     front = FrontService(table, config, metrics)
     # Tenants, authorization and quotas wrap the front (and serve QuotaService) on the same port.
@@ -383,9 +388,11 @@ async def start_gateway(
             interceptors=[access.interceptor, registry_access, *interceptors],
             max_message_bytes=config.max_message_bytes,
             credentials=credentials or config.tls.server_credentials(),
+            reuse_port=worker is not None,
         )
     except BaseException:
         await checker.close()
+        await registry.close()
         for backend in list(table.backends.values()):
             await backend.close()
         await access.close()
@@ -426,6 +433,8 @@ async def start_gateway(
         hands=table.hand_names(),
         backends=sorted(table.backends),
         registration=registry_access.describe(),
+        registry=registry.where(),
+        **({} if worker is None else {"pid": os.getpid()}),
         delegation_key="generated for this process" if getattr(access.delegations.keys, "generated", False) else "shared",
     )
     return gateway

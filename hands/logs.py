@@ -12,10 +12,26 @@ import structlog
 
 from hands import tracing
 
+#: Fields every line of this process carries (a gateway worker's index), set once with bind_process().
+_PROCESS_FIELDS: dict = {}
+
+
+def bind_process(**fields) -> None:
+    """Put fields on every log line this process writes from now on (the per-call context is cleared per call)."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def add_process_fields(_logger, _method, event: dict) -> dict:
+    if _PROCESS_FIELDS:
+        for key, value in _PROCESS_FIELDS.items():
+            event.setdefault(key, value)
+    return event
+
 
 def _shared_processors() -> list:
     return [
         structlog.contextvars.merge_contextvars,
+        add_process_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

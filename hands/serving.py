@@ -228,11 +228,13 @@ async def start_server(
     max_message_bytes: int = 4 * 1024 * 1024,
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, object]] = (),
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Build and start a grpc.aio server.
 
     register adds the servicers and returns their full service names, which get
-    health status SERVING and reflection.
+    health status SERVING and reflection. reuse_port: share the port with other processes
+    that set it too (SO_REUSEPORT: the gateway's workers); otherwise a taken port is an error.
     """
     set_not_dumpable()
     server = grpc.aio.server(
@@ -240,7 +242,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *KEEPALIVE_OPTIONS,
             *options,
         ],
@@ -253,7 +255,7 @@ async def start_server(
         server,
     )
     address = f"{host}:{port}"
-    if port and _port_taken(host, port):
+    if port and not reuse_port and _port_taken(host, port):
         # Said before gRPC tries: its core would print its own log line to stderr ahead of ours.
         raise OSError(f"could not listen on {address}: the port is in use (another service, or one still stopping?)")
     try:

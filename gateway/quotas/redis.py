@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.quotas import (
@@ -21,6 +19,7 @@ from gateway.quotas import (
     RuleUsage,
     Violation,
 )
+from gateway.redis_client import connect
 from gateway.tenants import QuotaRule
 
 log = structlog.get_logger("gateway.quotas.redis")
@@ -257,19 +256,7 @@ class RedisQuotaStore:
         timeout: float = 1.0,
         max_connections: int = 32,
     ) -> RedisQuotaStore:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            # Calls beyond max_connections wait for a connection (up to timeout) instead of failing.
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # No automatic retries: an admission whose reply was lost may have been applied, and
-            # running it again would count the call twice. A failure goes to the fail-open/closed policy.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=10,
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        client = connect(url, timeout=timeout, max_connections=max_connections)
         return cls(client, lease_seconds=lease_seconds, prefix=prefix)
 
     def key(self, rule: QuotaRule) -> str:

@@ -93,11 +93,11 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    async def gateway(self, **overrides) -> Proc:
+    async def gateway(self, name: str = "gateway", **overrides) -> Proc:
         config = {**FAST, **overrides}
-        path = self.tmp / "gateway.yaml"
+        path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = self._spawn("gateway", [sys.executable, "-m", "gateway", "--config", str(path)], {})
+        proc = self._spawn(name, [sys.executable, "-m", "gateway", "--config", str(path)], {})
         record = await proc.wait_ready("gateway serving")
         proc.metrics = record["metrics"]
         return proc

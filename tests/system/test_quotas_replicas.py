@@ -55,7 +55,7 @@ class QuotaStack:
         self.hand_address = proc.address
         return proc
 
-    async def gateway(self, name: str, quotas: list[dict], **config) -> Proc:
+    async def gateway(self, name: str, quotas: list[dict], *, argv: tuple[str, ...] = (), **config) -> Proc:
         raw = {
             "listen": "127.0.0.1:0",
             "metrics": None,
@@ -66,7 +66,7 @@ class QuotaStack:
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         proc = Proc(
-            name, [sys.executable, "-m", "gateway", "--config", str(path)], self.tmp / f"{name}.log", self._env()
+            name, [sys.executable, "-m", "gateway", "--config", str(path), *argv], self.tmp / f"{name}.log", self._env()
         )
         self.procs.append(proc)
         await proc.wait_ready("gateway serving")
@@ -125,6 +125,35 @@ async def test_calls_per_window_admit_exactly_the_limit_under_2000_concurrent_ca
     codes = await asyncio.gather(*(one(i) for i in range(2000)))
     assert codes.count(grpc.StatusCode.OK) == 500
     assert codes.count(EXHAUSTED) == 1500
+
+
+async def test_two_workers_on_one_port_both_serve_and_a_calls_limit_holds_across_them(stack, redis_url):
+    await stack.hand()
+    gateway = await stack.gateway(
+        "workers", [{"hands": "echo", "calls": "30/h"}], argv=("--workers", "2"),
+        quota_store=redis_url, registry_prefix=f"test:{uuid.uuid4().hex}",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len([r for r in gateway.records() if r.get("event") == "gateway serving"]) < 2:
+        assert time.monotonic() < deadline, "the second worker did not start"
+        await asyncio.sleep(0.05)
+    # A connection of its own per client (no shared subchannel): the kernel spreads connections over the workers.
+    clients = [HandClient(gateway.address, api_key=KEY, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(16)]
+    stack.clients.extend(clients)
+    codes = await asyncio.gather(*(call(c, "echo", {"text": "x"}) for c in clients for _ in range(4)))
+    assert codes.count(grpc.StatusCode.OK) == 30 and codes.count(EXHAUSTED) == 34
+    deadline = time.monotonic() + 10  # a call's line is written as it ends, maybe just after its caller has the answer
+    while len(lines := [r for r in gateway.records() if r.get("event") == "call" and r.get("hand") == "echo"]) < 64:
+        assert time.monotonic() < deadline, f"{len(lines)} call lines of 64"
+        await asyncio.sleep(0.05)
+    assert {r["worker"] for r in lines} == {0, 1}  # both workers took calls
+    assert sum(r["code"] == "OK" for r in lines) == 30
+
+    # A worker that dies takes the command down with the other (its supervisor starts the gateway again).
+    pids = [r["pid"] for r in gateway.records() if r.get("event") == "gateway serving"]
+    os.kill(pids[0], signal.SIGKILL)
+    assert gateway.proc.wait(60) == 1
+    assert not Path(f"/proc/{pids[1]}").exists()
 
 
 async def test_a_concurrency_cap_holds_across_replicas(stack, store):
