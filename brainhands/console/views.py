@@ -10,7 +10,7 @@ from typing import Any
 
 from brain.humanize import format_duration
 from brain.sessions import Event, SessionInfo
-from brain.timeline.layout import CALL_OUTCOMES, Chart, Lane, count, lay_out, ticks
+from brain.timeline.layout import CALL_OUTCOMES, Chart, Lane, count, is_final, lay_out, ticks
 
 _EXCERPT = 600
 #: Statuses a person may need to act on come first in the sessions list.
@@ -109,9 +109,8 @@ class TreeTurn:
 def tree(s: Lane) -> list[TreeTurn]:
     """The session's turns, each with the calls it made, their outcome and the start of their output."""
     out = []
-    last = len(s.state.turns) - 1
     for turn, attempts in zip(s.state.turns, s.attempts_by_turn, strict=True):
-        final = turn.synthesis or (turn.index == last and not attempts and s.status != "running")
+        final = is_final(s, turn, attempts)
         calls = [TreeCall(a.call_id, a.name, "running" if a.outcome == "unfinished" and s.status == "running" and
                           a.finished is None else a.outcome, format_duration(a.end - a.start, precise=True),
                           excerpt(a.input, 200), excerpt(a.finished.output or "", 400) if a.finished else "")
