@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+import structlog
 
 from brain.sessions import Event, SessionInfo
 from brain.timeline import tree_order
@@ -23,6 +24,8 @@ REDRAW_INTERVAL = 0.3
 CHILDREN_REFRESH = 2.0
 #: Once a session has ended, how long its page waits for its sub-agents' logs to end too before the last drawing.
 CHILDREN_GRACE = 5.0
+
+logger = structlog.get_logger("brainhands.console")
 
 Children = dict[str, tuple[SessionInfo, list[Event]]]
 #: Draws the live part of a page (HTML) for a key: (key, session, its log, its sub-agents) -> (html, status).
@@ -49,10 +52,6 @@ class Log:
             self.ended = True
             self._changed()
 
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
 
 class LiveSession:
@@ -72,6 +71,17 @@ class LiveSession:
         self._task = asyncio.create_task(self._draw_on_change())
 
     async def _draw_on_change(self) -> None:
+        try:
+            await self._draw_while_live()
+        except Exception:
+            logger.exception("console.live_draw_failed", session_id=self.info.id)
+        finally:
+            if not self.ended:  # failed (or closed): the pages stop following instead of waiting for ever
+                self.ended = True
+                self.version += 1
+                self._drawn.set()
+
+    async def _draw_while_live(self) -> None:
         children_at = float("-inf")
         while True:
             await self._changed.wait()
@@ -113,15 +123,17 @@ class LiveSession:
         self._drawn = asyncio.Event()
 
     async def updates(self, after: int) -> AsyncIterator[dict]:
-        """This page's server-sent events: each drawing newer than `after` (the page's own seq), then `end`."""
-        seen = 0
+        """This page's server-sent events: each drawing from the first that has events after `after` (what the
+        page shows already) on, a sub-agent's progress included, then `end`."""
+        seen, caught_up = 0, False
         while True:
             while self.version == seen:
                 await self._drawn.wait()
             seen = self.version
             update = self.update
-            seq = int(update["id"])
-            if seq > after or self.ended:
+            seq = int(update["id"]) if update else after
+            caught_up = caught_up or seq > after or self.ended
+            if update is not None and caught_up:
                 yield update
                 after = seq
             if self.ended:
@@ -129,10 +141,12 @@ class LiveSession:
                 return
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await asyncio.gather(self.log.close(), *(log.close() for _, log in self.children.values()))
+        # Every task is cancelled before the first await: the page's own task may be cancelled already (its browser
+        # went away), and then each await here raises again.
+        tasks = [self._task, self.log.task, *(log.task for _, log in self.children.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class LiveSessions:
