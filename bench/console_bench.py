@@ -16,6 +16,7 @@ import time
 
 from bench.procs import Procs
 from bench.report import Section, Table
+from brainhands.console.live import REDRAW_INTERVAL
 
 SIZES = {"smoke": (3, 2, 3), "quick": (50, 3, 6), "full": (50, 4, 8)}  # pages, turns per session, calls per turn
 
@@ -123,6 +124,8 @@ def run(mode: str) -> Section:
     s.notes.append("Events/s counts every log event the pages received (the catch-up on opening included) over the "
                    "time from opening the pages to the last session's end. Lag: from the store accepting an update's newest event to this process reading the update off "
                    "the page's event stream, for every update after a page's first (one clock: everything runs on this machine). Each update re-draws the "
-                   "page's live part from the whole log (one fold), so several events arriving together are one update.")
+                   "page's live part from the whole log (one fold), so several events arriving together are one update; "
+                   f"a session is redrawn at most every {REDRAW_INTERVAL} s (brainhands/console/live.py), so the lag "
+                   "includes up to that wait. MB sent: the pages' event streams; reader CPU: this process reading them.")
     s.data = result
     return s

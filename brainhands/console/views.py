@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from brain.humanize import format_duration
 from brain.sessions import Event, SessionInfo
@@ -72,6 +75,7 @@ class BarView:
     title: str
     facts: list[tuple[str, str]]
     excerpts: list[tuple[str, str]]
+    tip: Markup  # the hover card's content, escaped
     attrs: dict[str, str]
     start_ms: str
     end_ms: str
@@ -201,12 +205,22 @@ def _row(row, chart: Chart) -> RowView:
         start, end = b.start - chart.t0, b.end - chart.t0
         left = start / chart.span * 100
         width = max(0.0, end - start) / chart.span * 100
+        excerpts = [(k, excerpt(v)) for k, v in b.card.excerpts]
         view.bars.append(BarView(
             b.kind, b.status, round(left, 3), round(width, 3), b.note, left + width > 82, b.card.title,
-            b.card.facts, [(k, excerpt(v)) for k, v in b.card.excerpts], b.attrs,
+            b.card.facts, excerpts, tip(b.card.title, tuple(b.card.facts), tuple(excerpts)), b.attrs,
             f"{start * 1000:.1f}", f"{end * 1000:.1f}",
         ))
     return view
+
+
+@functools.lru_cache(maxsize=8192)
+def tip(title: str, facts: tuple[tuple[str, str], ...], excerpts: tuple[tuple[str, str], ...]) -> Markup:
+    """A bar's hover card as escaped HTML. Kept: a live page is redrawn from the whole log each time, and a finished
+    call's card is the same in every drawing (escaping every card again was a third of a drawing's cost)."""
+    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+    xs = "".join(f'<div class="x"><b>{escape(k)}</b><pre>{escape(v or "(empty)")}</pre></div>' for k, v in excerpts)
+    return Markup(f"<b>{escape(title)}</b><dl>{dl}</dl>{xs}")
 
 
 def _tick(t: float, span: float) -> str:
