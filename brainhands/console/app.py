@@ -205,7 +205,7 @@ class Console:
         return self.page(request, "session.html", s=live, live=live)
 
     async def _children(self, key: str, sid: str) -> Children:
-        infos = tree_order(sid, await self.live_sessions.listing(key))
+        infos = [info for _, info in tree_order(sid, await self.live_sessions.listing(key))]
         loaded = await asyncio.gather(*(self.clients.events_so_far(key, info.id) for info in infos))
         return {info.id: (info, events) for info, events in zip(infos, loaded, strict=True)}
 

@@ -20,7 +20,8 @@ from brainhands.console.clients import ConsoleClients, to_info
 #: next drawing: a whole page is re-drawn from the whole log each time (a few ms of CPU and tens of kB), and one
 #: drawing per event is what made fifty busy pages fall seconds behind in one process (bench/console_bench.py).
 REDRAW_INTERVAL = 0.3
-#: The sub-agent list of a live session is looked up again at most this often (seconds).
+#: The sub-agent list of a live session is looked up again at most this often (seconds), and this often while
+#: nothing else happens in it.
 CHILDREN_REFRESH = 2.0
 #: Once a session has ended, how long its page waits for its sub-agents' logs to end too before the last drawing.
 CHILDREN_GRACE = 5.0
@@ -84,7 +85,14 @@ class LiveSession:
     async def _draw_while_live(self) -> None:
         children_at = float("-inf")
         while True:
-            await self._changed.wait()
+            try:
+                await asyncio.wait_for(self._changed.wait(), CHILDREN_REFRESH)
+            except TimeoutError:
+                # Quiet (a parent waiting on its workers is): look for new sub-agents; their events wake a drawing.
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._follow_children(fresh=False)
+                children_at = time.monotonic()
+                continue
             self._changed.clear()
             ended = self.log.ended
             seq = self.log.events[-1].seq if self.log.events else 0
@@ -104,7 +112,7 @@ class LiveSession:
             await asyncio.sleep(REDRAW_INTERVAL)
 
     async def _follow_children(self, *, fresh: bool) -> None:
-        for info in tree_order(self.info.id, await self.hub.listing(self.key, fresh=fresh)):
+        for _, info in tree_order(self.info.id, await self.hub.listing(self.key, fresh=fresh)):
             known = self.children.get(info.id)
             log = known[1] if known else Log(self.hub.clients, self.key, info.id, self._changed.set)
             self.children[info.id] = (info, log)
@@ -159,6 +167,9 @@ class LiveSessions:
         self._open: dict[tuple[str, str], LiveSession] = {}
         self._listings: dict[str, tuple[float, asyncio.Future]] = {}
 
+    async def _list(self, key: str) -> list[SessionInfo]:
+        return [to_info(s) for s in await self.clients.list_sessions(key, page_size=1000)]
+
     @property
     def clients(self) -> ConsoleClients:
         return self._clients()
@@ -192,9 +203,9 @@ class LiveSessions:
         now = time.monotonic()
         cached = self._listings.get(key)
         if cached is None or fresh or now - cached[0] >= CHILDREN_REFRESH:
-            cached = self._listings[key] = (now, asyncio.ensure_future(self.clients.list_sessions(key, page_size=1000)))
+            cached = self._listings[key] = (now, asyncio.ensure_future(self._list(key)))
         try:
-            return [to_info(s) for s in await asyncio.shield(cached[1])]
+            return await asyncio.shield(cached[1])
         except BaseException:
             if self._listings.get(key) is cached:
                 self._listings.pop(key, None)
