@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx2
 import pytest
 
 from brainhands.console import views
@@ -57,7 +58,7 @@ async def test_a_live_session_follows_its_sub_agent_as_it_runs(processes, hands,
     from brain.v1 import brain_pb2, brain_pb2_grpc
     from brainhands.procs import free_port
     from brainhands.scripted_api import text_reply, tool_reply
-    from tests.console.conftest import MODEL, SCRUBBED, start_brain
+    from tests.console.conftest import MODEL, SCRUBBED, start_brain, start_console
 
     gateway_address = f"127.0.0.1:{free_port()}"
     env = {k: "" for k in SCRUBBED}
@@ -99,6 +100,11 @@ async def test_a_live_session_follows_its_sub_agent_as_it_runs(processes, hands,
     assert watched.count(child) == 1  # the sub-agent followed by its own Watch, not re-read on every refresh
     assert "running" in [seen.get(child) for seen in children_seen]  # drawn while it ran, not only at the end
     assert children_seen[-1] == {child: "finished"}
+    console = start_console(processes, brain)  # the session's page links its sub-agent, and the sub-agent's links back
+    async with httpx2.AsyncClient(base_url=f"http://{console.address}", cookies={"brainhands_key": "key"}) as http:
+        root_page, child_page = (await http.get(f"/sessions/{sid}")), (await http.get(f"/sessions/{child}"))
+    assert root_page.status_code == 200 and f'data-child="{child}"' in root_page.text
+    assert child_page.status_code == 200 and f'id="parent-link" href="/sessions/{sid}"' in child_page.text
 
 
 async def _all(updates):
