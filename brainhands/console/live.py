@@ -54,7 +54,6 @@ class Log:
             self._changed()
 
 
-
 class LiveSession:
     """A session open in one or more pages signed in with the same key: its Watch, its sub-agents' Watches, and the
     newest drawing of its live part, which every page of it sends on."""
