@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         sections.extend(run_one(name, mode, redis_url, database_url, args.baseline))
         print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "console": 7, "workers": 8}
+    if args.only:
+        sections = report.keep_others(Path(args.out), sections)
+    order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "brain-memory": 6.5, "console": 7,
+             "workers": 8}
     sections.sort(key=lambda s: order.get(s.key, 99))
     meta = {
         "command": "python -m bench" + (" --smoke" if args.smoke else " --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")

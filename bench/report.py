@@ -27,6 +27,25 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    run: str = ""  # the run that measured it ("`command` on date"), when it is not the report's own run
+
+
+def keep_others(out_dir: Path, sections: list[Section]) -> list[Section]:
+    """This run's sections, plus the sections of the report already in out_dir that this run did not measure
+    (`--only NAME` replaces NAME's section and keeps the rest), each marked with the run that measured it."""
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return sections
+    ours = {s.key for s in sections}
+    meta = earlier.get("meta", {})
+    kept = []
+    for raw in earlier.get("sections", []):
+        if raw["key"] in ours:
+            continue
+        kept.append(Section(**{**raw, "tables": [Table(**t) for t in raw.get("tables", [])],
+                               "run": raw.get("run") or f"`{meta.get('command', '?')}` on {meta.get('started', '?')}"}))
+    return [*sections, *kept]
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -101,6 +120,8 @@ def render(sections: list[Section], meta: dict) -> str:
     ]
     for s in sections:
         lines += [f"## {s.title}", ""]
+        if s.run:
+            lines += [f"*From an earlier run: {s.run}; the machine and versions above are this run's.*", ""]
         lines += _section_body(s)
     lines += closing(sections, meta)
     return "\n".join(lines).rstrip() + "\n"
@@ -222,9 +243,10 @@ def write(out_dir: Path, sections: list[Section], meta: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_latency(out_dir, sections)
     if plot is not None:
+        image = f"![p50 and p99 latency against concurrency]({plot.name})"
         for s in sections:
-            if s.key == "gateway":
-                s.notes.insert(0, f"![p50 and p99 latency against concurrency]({plot.name})")
+            if s.key == "gateway" and image not in s.notes:  # a section kept from an earlier run has it already
+                s.notes.insert(0, image)
     path = out_dir / "REPORT.md"
     path.write_text(render(sections, meta))
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "sections": [asdict(s) for s in sections]}, indent=1, default=str))

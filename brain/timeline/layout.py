@@ -222,11 +222,17 @@ def pack(attempts: list[Attempt]) -> list[list[Attempt]]:
     return rows
 
 
+def is_final(s: Lane, turn: Turn, attempts: list[Attempt]) -> bool:
+    """Whether the turn is the session's answer: a synthesis, or the last turn of an ended session that called
+    nothing (a waiting session's last turn asked for calls that wait for a person: not an answer)."""
+    last = len(s.state.turns) - 1
+    return turn.synthesis or (turn.index == last and not attempts and s.status not in ("running", "waiting"))
+
+
 def session_rows(s: Lane, depth: int) -> list[Row]:
     rows: list[Row] = []
-    last = len(s.state.turns) - 1
     for turn, attempts in zip(s.state.turns, s.attempts_by_turn, strict=True):
-        final = turn.synthesis or (turn.index == last and not attempts and s.status != "running")
+        final = is_final(s, turn, attempts)
         rows.append(_turn_row(s, turn, final, depth))
         slowest = None
         done = [a for a in attempts if a.outcome in ("ok", "error", "rpc-error")]

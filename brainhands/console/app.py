@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import quote
@@ -27,11 +25,9 @@ from brain.timeline import tree_order
 from brain.timeline.render import stylesheet
 from brainhands.console import views
 from brainhands.console.clients import ConsoleClients, has_rpc, status_name, status_names, to_info
+from brainhands.console.live import Children, LiveSessions
 from brainhands.console.security import Guard, SecurityHeaders
 from gateway.v1 import gateway_pb2
-
-#: A live page's sub-agent list is looked up again at most this often (seconds).
-CHILDREN_REFRESH = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class Console:
         self.guard = guard or Guard()
         self.env = _templates()
         self.clients: ConsoleClients | None = None
-        self._listings: dict[str, tuple[float, asyncio.Future]] = {}
+        self.live_sessions = LiveSessions(lambda: self.clients, self._draw_live)
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -163,21 +159,6 @@ class Console:
         self.guard.clear(response)
         return response
 
-    async def _listing(self, key: str) -> list[SessionInfo]:
-        """The newest sessions this key sees, shared by every live page of the key for CHILDREN_REFRESH seconds
-        (fifty open pages ask the brain once, not fifty times)."""
-        now = time.monotonic()
-        cached = self._listings.get(key)
-        if cached is not None and now - cached[0] < CHILDREN_REFRESH:
-            return [to_info(s) for s in await asyncio.shield(cached[1])]
-        pending = asyncio.ensure_future(self.clients.list_sessions(key, page_size=1000))
-        self._listings[key] = (now, pending)
-        try:
-            return [to_info(s) for s in await asyncio.shield(pending)]
-        except BaseException:
-            self._listings.pop(key, None)
-            raise
-
     # --- pages ----------------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
@@ -223,8 +204,8 @@ class Console:
         live = views.session_page(view.info, events, children)
         return self.page(request, "session.html", s=live, live=live)
 
-    async def _children(self, key: str, sid: str) -> dict[str, tuple[SessionInfo, list[Event]]]:
-        infos = tree_order(sid, await self._listing(key))
+    async def _children(self, key: str, sid: str) -> Children:
+        infos = [info for _, info in tree_order(sid, await self.live_sessions.listing(key))]
         loaded = await asyncio.gather(*(self.clients.events_so_far(key, info.id) for info in infos))
         return {info.id: (info, events) for info, events in zip(infos, loaded, strict=True)}
 
@@ -242,49 +223,13 @@ class Console:
             return Response("after: must be a whole number", status_code=400)
         except grpc.aio.AioRpcError as exc:
             return Response(exc.details() or exc.code().name, status_code=404 if exc.code() == grpc.StatusCode.NOT_FOUND else 502)
-        return EventSourceResponse(self._updates(key, view.info, after), ping=15, send_timeout=30)
+        return EventSourceResponse(self.live_sessions.follow(key, view.info, after), ping=15, send_timeout=30)
 
-    async def _updates(self, key: str, info: SessionInfo, after: int) -> AsyncIterator[dict]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for event in self.clients.session_events(key, info.id, 0):
-                    queue.put_nowait(event)
-            finally:
-                queue.put_nowait(None)
-
-        reader = asyncio.create_task(pump())
-        events: list[Event] = []
-        children: dict[str, tuple[SessionInfo, list[Event]]] = {}
-        children_at = 0.0
-        ended = False
-        try:
-            while not ended:
-                batch = [await queue.get()]
-                while batch[-1] is not None and not queue.empty():
-                    batch.append(queue.get_nowait())  # what piled up while the last update was drawn: one redraw
-                ended = batch[-1] is None
-                events += [e for e in batch if e is not None]
-                last = events[-1].seq if events else 0
-                if not ended and (last < info.last_seq or last <= after):
-                    continue  # still reading the log as it was when the page opened, or nothing new for this page
-                now = time.monotonic()
-                if now - children_at > CHILDREN_REFRESH or ended:
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        children = await self._children(key, info.id)
-                    children_at = now
-                page = views.session_page(info, events, children)
-                html = self.env.get_template("_live.html").render(s=page, csrf=self.guard.csrf_token(key),
-                                                                  can_decide=has_rpc("Decide"), can_say=has_rpc("Say"))
-                after = page.last_seq
-                yield {"event": "update", "id": str(page.last_seq),
-                       "data": json.dumps({"seq": page.last_seq, "ts": page.last_ts, "status": page.status, "html": html})}
-            yield {"event": "end", "data": json.dumps({"seq": after})}
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
+    def _draw_live(self, key: str, info: SessionInfo, events: list[Event], children: Children) -> tuple[str, str]:
+        page = views.session_page(info, events, children)
+        html = self.env.get_template("_live.html").render(s=page, csrf=self.guard.csrf_token(key),
+                                                          can_decide=has_rpc("Decide"), can_say=has_rpc("Say"))
+        return html, page.status
 
     async def fleet(self, request: Request) -> Response:
         key = self.signed_in(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -15,8 +14,6 @@ from brain.v1 import brain_pb2, brain_pb2_grpc
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 _STATUS_PREFIX = "SESSION_STATUS_"
-#: How often a session that no Watch can follow is looked at again (seconds).
-POLL_INTERVAL = 0.5
 
 
 def status_name(value: int) -> str:
@@ -38,7 +35,7 @@ def status_value(name: str) -> int:
 
 
 def has_rpc(name: str) -> bool:
-    """Whether this build's BrainService contract has an RPC (Watch, Decide and Say came later than the rest)."""
+    """Whether this build's BrainService contract has an RPC (Decide and Say came later than the rest)."""
     return name in brain_pb2.DESCRIPTOR.services_by_name["BrainService"].methods_by_name
 
 
@@ -109,13 +106,6 @@ class ConsoleClients:
         return SessionView(to_info(got.session), getattr(got.session, "tenant", ""),
                            json.loads(outcome.totals_json or "{}"), outcome.result, outcome.reason)
 
-    async def children(self, key: str, session_id: str) -> list[SessionInfo]:
-        """The sessions started under this one (its sub-agents, at any depth), among the newest 1000."""
-        from brain.timeline import tree_order
-
-        sessions = [to_info(s) for s in await self.list_sessions(key, page_size=1000)]
-        return [info for _, info in tree_order(session_id, sessions)]
-
     async def events_so_far(self, key: str, session_id: str) -> list[Event]:
         """The session's log up to now, without waiting for what comes next."""
         view = await self.get_session(key, session_id)
@@ -134,41 +124,14 @@ class ConsoleClients:
         return events
 
     async def session_events(self, key: str, session_id: str, after_seq: int) -> AsyncIterator[Event]:
-        """The session's events after after_seq, then new ones live until it ends: the one place the console
-        follows a log. BrainService Watch when the brain has it; otherwise Wake, used only where it reads
-        (an ended session, or one a brain drives now), and GetSession polled while no brain drives it."""
-        if has_rpc("Watch"):
-            call = self.brain.Watch(brain_pb2.WatchRequest(session_id=session_id, after_seq=after_seq),
-                                    metadata=_auth(key))
-            try:
-                async for response in call:
-                    yield to_event(response.event)
-            finally:
-                call.cancel()
-            return
-        while True:
-            view = await self.get_session(key, session_id)
-            info = view.info
-            ended = info.status not in ("running", "waiting")
-            if (ended and info.last_seq > after_seq) or (info.status == "running" and info.lease_owner):
-                call = self.brain.Wake(brain_pb2.WakeRequest(session_id=session_id, after_seq=after_seq),
-                                       metadata=_auth(key))
-                try:
-                    async for pb in call:
-                        event = to_event(pb)
-                        after_seq = event.seq
-                        yield event
-                except grpc.aio.AioRpcError as exc:
-                    # Another brain drives it: this brain cannot stream it; look again in a moment.
-                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                        raise
-                    await asyncio.sleep(POLL_INTERVAL)
-                finally:
-                    call.cancel()
-                continue
-            if ended:
-                return
-            await asyncio.sleep(POLL_INTERVAL)
+        """The session's events after after_seq, then new ones live until it ends (BrainService Watch): the one
+        place the console follows a log."""
+        call = self.brain.Watch(brain_pb2.WatchRequest(session_id=session_id, after_seq=after_seq), metadata=_auth(key))
+        try:
+            async for response in call:
+                yield to_event(response.event)
+        finally:
+            call.cancel()
 
     # --- what a person does to a session -------------------------------------------------------------
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from brain.humanize import format_duration
 from brain.sessions import Event, SessionInfo
-from brain.timeline.layout import CALL_OUTCOMES, Chart, Lane, count, lay_out, ticks
+from brain.timeline.layout import CALL_OUTCOMES, Chart, Lane, count, is_final, lay_out, ticks
 
 _EXCERPT = 600
 #: Statuses a person may need to act on come first in the sessions list.
@@ -72,6 +75,7 @@ class BarView:
     title: str
     facts: list[tuple[str, str]]
     excerpts: list[tuple[str, str]]
+    tip: Markup  # the hover card's content, escaped
     attrs: dict[str, str]
     start_ms: str
     end_ms: str
@@ -109,9 +113,8 @@ class TreeTurn:
 def tree(s: Lane) -> list[TreeTurn]:
     """The session's turns, each with the calls it made, their outcome and the start of their output."""
     out = []
-    last = len(s.state.turns) - 1
     for turn, attempts in zip(s.state.turns, s.attempts_by_turn, strict=True):
-        final = turn.synthesis or (turn.index == last and not attempts and s.status != "running")
+        final = is_final(s, turn, attempts)
         calls = [TreeCall(a.call_id, a.name, "running" if a.outcome == "unfinished" and s.status == "running" and
                           a.finished is None else a.outcome, format_duration(a.end - a.start, precise=True),
                           excerpt(a.input, 200), excerpt(a.finished.output or "", 400) if a.finished else "")
@@ -202,12 +205,22 @@ def _row(row, chart: Chart) -> RowView:
         start, end = b.start - chart.t0, b.end - chart.t0
         left = start / chart.span * 100
         width = max(0.0, end - start) / chart.span * 100
+        excerpts = [(k, excerpt(v)) for k, v in b.card.excerpts]
         view.bars.append(BarView(
             b.kind, b.status, round(left, 3), round(width, 3), b.note, left + width > 82, b.card.title,
-            b.card.facts, [(k, excerpt(v)) for k, v in b.card.excerpts], b.attrs,
+            b.card.facts, excerpts, tip(b.card.title, tuple(b.card.facts), tuple(excerpts)), b.attrs,
             f"{start * 1000:.1f}", f"{end * 1000:.1f}",
         ))
     return view
+
+
+@functools.lru_cache(maxsize=8192)
+def tip(title: str, facts: tuple[tuple[str, str], ...], excerpts: tuple[tuple[str, str], ...]) -> Markup:
+    """A bar's hover card as escaped HTML. Kept: a live page is redrawn from the whole log each time, and a finished
+    call's card is the same in every drawing (escaping every card again was a third of a drawing's cost)."""
+    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+    xs = "".join(f'<div class="x"><b>{escape(k)}</b><pre>{escape(v or "(empty)")}</pre></div>' for k, v in excerpts)
+    return Markup(f"<b>{escape(title)}</b><dl>{dl}</dl>{xs}")
 
 
 def _tick(t: float, span: float) -> str:

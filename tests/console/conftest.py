@@ -84,21 +84,29 @@ def hands(processes):
     return processes(["serve", "hand", "tests.console.console_hands", "--port", "0"])
 
 
-@pytest.fixture
-def brain(processes, hands, model_api, tmp_path):
+def start_brain(processes, hands, model_api, tmp_path, *args: str):
     env = {k: "" for k in SCRUBBED}
     env.update(ANTHROPIC_BASE_URL=model_api.base_url, ANTHROPIC_API_KEY="scripted-test-key")
     return processes(["serve", "brain", "--port", "0", "--gateway", hands.address, "--sessions",
-                      str(tmp_path / "sessions.db"), "--model", MODEL], env=env, ready_event="serving brain")
+                      str(tmp_path / "sessions.db"), "--model", MODEL, *args], env=env, ready_event="serving brain")
 
 
-@pytest.fixture
-def console(processes, brain):
+def start_console(processes, brain):
     env = {k: "" for k in SCRUBBED}
     service = processes(["console", "--listen", "127.0.0.1:0", "--brain", brain.address], env=env,
                         ready_event="serving console")
     service.url = f"http://{service.address}"
     return service
+
+
+@pytest.fixture
+def brain(processes, hands, model_api, tmp_path):
+    return start_brain(processes, hands, model_api, tmp_path)
+
+
+@pytest.fixture
+def console(processes, brain):
+    return start_console(processes, brain)
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx2
 import pytest
 
 from brain.v1 import brain_pb2
-from brainhands.console.clients import has_rpc
 from brainhands.scripted_api import text_reply, tool_reply
 from tests.console.conftest import fan_out, screenshot
 from tests.procs import poll
@@ -150,22 +150,54 @@ async def test_a_form_without_the_csrf_token_changes_nothing(console, scripts, r
     assert await runs.status(sid) == brain_pb2.SESSION_STATUS_RUNNING
 
 
-@pytest.mark.skipif(not has_rpc("Decide"), reason="this BrainService contract has no Decide yet")
-async def test_the_approve_button_lets_a_waiting_session_go_on(console, browser, scripts, runs):
-    sid = await runs.start(scripts.add("Ask before you echo.", tool_reply([("echo", {"text": "approved words"})]),
-                                       text_reply("It went through.")), approve=["echo"])
+async def test_approve_and_deny_go_through_the_brain_and_the_page_follows_without_a_reload(console, browser, scripts, runs):
+    results = []
+
+    def last_turn(body):
+        results.extend(b for m in body["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+                       for b in m["content"] if b.get("type") == "tool_result")
+        return text_reply("One went through, one did not.")
+
+    sid = await runs.start(scripts.add("Ask before you echo twice.", tool_reply([("echo", {"text": "yes words"}),
+                                                                                  ("echo", {"text": "no words"})]),
+                                       last_turn), approve=["echo"])
     await sign_in(browser, console)
-    rows = {r.get_attribute("data-session"): r.get_attribute("data-status") for r in by_css(browser, "#sessions tbody tr")}
     await open_page(browser, f"{console.url}/sessions/{sid}")
-    await poll(lambda: _true(js(browser, "return !!document.querySelector('#approvals button[data-action=\"approve\"]')")),
-               "the approve button", timeout=60)
+    js(browser, "window.sameDocument = 'yes';")  # gone if the page reloads
+
+    def waiting() -> dict[str, str]:
+        """The approvals the page shows: the input asked -> the call id."""
+        return js(browser, "return Object.fromEntries(Array.from(document.querySelectorAll('#approvals .approval'))"
+                           ".map(a => [JSON.parse(a.querySelector('pre').textContent).text, a.dataset.callId]))")
+
+    await poll(lambda: _true(len(waiting()) == 2), "two approve buttons", timeout=60)
     screenshot(browser, "waiting")
-    await asyncio.to_thread(lambda: by_css(browser, '#approvals button[data-action="approve"]')[0].click())
+    assert [t.text for t in by_css(browser, "#tree .turn-item > b")] == ["Turn 1"]  # waiting: not an answer yet
+    calls = waiting()
+    await asyncio.to_thread(lambda: by_css(browser, f'.approval[data-call-id="{calls["yes words"]}"] '
+                                                    'button[data-action="approve"]')[0].click())
+    await poll(lambda: _true(list(waiting()) == ["no words"]), "the page to show the approval decided", timeout=30)
+
+    def deny():
+        [form] = by_css(browser, f'.approval[data-call-id="{calls["no words"]}"] form[action$="/deny"]')
+        form.find_element("css selector", 'input[name="reason"]').send_keys("not these words")
+        form.find_element("css selector", 'button[data-action="deny"]').click()
+
+    await asyncio.to_thread(deny)
     await poll(lambda: _true(js(browser, "return !!document.querySelector('#status[data-status=\"finished\"]')")),
-               "the page to show the session finished after the approval", timeout=60)
-    assert "It went through." in by_css(browser, "#result")[0].text
-    assert by_css(browser, '#tree .call-item[data-outcome="ok"]')
-    assert rows.get(sid) in ("waiting", "running")
+               "the page to show the session finished after the decisions", timeout=60)
+    assert js(browser, "return window.sameDocument") == "yes"
+    assert "One went through, one did not." in by_css(browser, "#result")[0].text
+    outcomes = {c.get_attribute("data-call-id"): c.get_attribute("data-outcome") for c in by_css(browser, "#tree .call-item")}
+    assert outcomes[calls["yes words"]] == "ok"
+    bars = js(browser, "return Object.fromEntries(Array.from(document.querySelectorAll('#timeline .bar[data-kind=\"approval\"]'))"
+                       ".map(b => [b.dataset.callId, [b.dataset.status, b.textContent]]))")
+    assert bars[calls["yes words"]][0] == "approved"
+    assert bars[calls["no words"]][0] == "denied" and "not these words" in bars[calls["no words"]][1]
+    # The brain's Decide carried the reason to the model, as the denied call's result.
+    by_id = {r["tool_use_id"]: json.dumps(r) for r in results}
+    assert "yes words" in by_id[calls["yes words"]] and "not these words" in by_id[calls["no words"]]
+    screenshot(browser, "decided")
 
 
 async def test_the_fleet_page_shows_the_gateways_backends_and_the_tenants_quotas(processes, hands, brain, browser, tmp_path):
@@ -194,3 +226,57 @@ async def test_the_fleet_page_shows_the_gateways_backends_and_the_tenants_quotas
     [quota] = by_css(browser, "#usage tbody tr")
     assert "slow" in quota.text and "100" in quota.text
     assert "team-a" in by_css(browser, "h1.second")[0].text
+
+
+A_KEY, B_KEY = "console-key-of-a-0000000000001", "console-key-of-b-0000000000002"
+
+
+async def test_another_tenants_session_is_not_found_and_its_buttons_do_nothing(processes, hands, model_api, scripts,
+                                                                               browser, tmp_path):
+    import grpc
+    import yaml
+
+    from brain.v1 import brain_pb2_grpc
+    from gateway.tenants import hash_key
+    from tests.console.conftest import start_brain, start_console
+
+    config = tmp_path / "brain.yaml"
+    config.write_text(yaml.safe_dump({"tenants": [{"name": "a", "api_keys": [hash_key(A_KEY)]},
+                                                  {"name": "b", "api_keys": [hash_key(B_KEY)]}]}))
+    brain = start_brain(processes, hands, model_api, tmp_path, "--config", str(config))
+    console = start_console(processes, brain)
+    task = scripts.add("A's private plans for the merger.", tool_reply([("echo", {"text": "A's secret words"})]),
+                       text_reply("never"))
+    a = (("authorization", f"Bearer {A_KEY}"),)
+    async with grpc.aio.insecure_channel(brain.address) as channel:
+        stub = brain_pb2_grpc.BrainServiceStub(channel)
+        run = stub.Run(brain_pb2.RunRequest(task=task, approve=["echo"]), metadata=a, timeout=60)
+        events = [event async for event in run]  # to its end: the run stops at the approval, waiting
+        sid = events[0].session_id
+        [call_id] = [json.loads(e.data_json)["call_id"] for e in events if e.type == "approval_requested"]
+
+        async def a_view():
+            got = await stub.GetSession(brain_pb2.GetSessionRequest(session_id=sid), metadata=a, timeout=10)
+            return got.session.status, got.session.last_seq
+
+        before = await a_view()
+        assert before[0] == brain_pb2.SESSION_STATUS_WAITING
+        await sign_in(browser, console, B_KEY)
+        assert sid not in browser.page_source  # B's sessions list has none of A's
+        await open_page(browser, f"{console.url}/sessions/{sid}")
+        assert "not found" in by_css(browser, "#error h1")[0].text
+        assert "merger" not in browser.page_source and "secret" not in browser.page_source
+        screenshot(browser, "other-tenant")
+        cookies = {"brainhands_key": B_KEY}
+        async with httpx2.AsyncClient(timeout=10, cookies=cookies) as http:
+            page = (await http.get(console.url + "/sessions")).text
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]  # B's own, valid token
+            live = await http.get(f"{console.url}/sessions/{sid}/live")
+            posts = {action: await http.post(f"{console.url}/sessions/{sid}/{action}", data=form | {"csrf": csrf})
+                     for action, form in (("approve", {"call_id": call_id}), ("deny", {"call_id": call_id, "reason": "b says no"}),
+                                          ("say", {"text": "b was here"}), ("interrupt", {"text": "b again"}),
+                                          ("cancel", {"reason": "b stops it"}))}
+        assert live.status_code == 404 and "merger" not in live.text
+        assert {action: r.status_code for action, r in posts.items()} == dict.fromkeys(posts, 404)
+        assert not any("merger" in r.text or "secret" in r.text for r in posts.values())
+        assert await a_view() == before  # still waiting, and nothing was added to its log

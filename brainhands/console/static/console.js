@@ -48,8 +48,47 @@ function follow(live) {
   });
 }
 
+function say(text) {
+  const flash = document.getElementById("flash");
+  if (!flash) return;
+  flash.textContent = text;
+  flash.hidden = !text;
+}
+
+// The buttons of a live page post their form in place: the page stays, and what the brain does next arrives as
+// live updates (the form is re-drawn with them). Without fetch, or once the page is no longer live, forms post
+// the ordinary way and the console answers with the page again.
+function postInPlace(live) {
+  if (!window.fetch) return;
+  live.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (live.dataset.active !== "yes" || form.method.toLowerCase() !== "post") return;
+    event.preventDefault();
+    const button = event.submitter;
+    const action = button && button.hasAttribute("formaction") ? button.formAction : form.action;
+    const buttons = Array.from(form.querySelectorAll("button"));
+    buttons.forEach((b) => { b.disabled = true; });
+    say("");
+    try {
+      const response = await fetch(action, {method: "POST", body: new URLSearchParams(new FormData(form)),
+                                            credentials: "same-origin"});
+      if (response.ok) {
+        for (const field of form.querySelectorAll("input[type=text]")) field.value = "";
+      } else {
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const message = page.querySelector("#error h1");
+        say(message ? message.textContent : "the console answered " + response.status);
+      }
+    } catch (err) {
+      say("the console does not answer: " + err);
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   place(document);
   const live = document.getElementById("live");
-  if (live) follow(live);
+  if (live) { follow(live); postInPlace(live); }
 });
