@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", metavar="HOST:PORT", help="override the config's Prometheus address ('off' to disable)")
     p.add_argument("--otel", metavar="ENDPOINT", help="export traces over OTLP/gRPC (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
     p.add_argument("--workers", metavar="N", type=int, default=1,
-                   help="serve from N processes on one port (SO_REUSEPORT); needs Redis quota and registry stores; "
+                   help="serve from N processes on one port (default 1; SO_REUSEPORT); N > 1 needs Redis quota and registry stores; "
                    "worker i serves metrics on the metrics port + i")  # fmt: skip
     p.set_defaults(func=serve_gateway)
 
