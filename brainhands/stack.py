@@ -40,8 +40,8 @@ _BASE_VARS = (
 #: hands and the brain see the model key; only the web hands their search providers' keys.
 SERVICE_VARS: dict[str, tuple[str, ...]] = {
     "gateway": (),
-    "fs": ("BRAINHANDS_WORKSPACE", "BRAINHANDS_FS_"),
-    "sandbox": ("BRAINHANDS_SANDBOX_",),
+    "fs": ("BRAINHANDS_WORKSPACE", "BRAINHANDS_WORKSPACES", "BRAINHANDS_WORKSPACE_SOURCES", "BRAINHANDS_FS_"),
+    "sandbox": ("BRAINHANDS_SANDBOX_", "BRAINHANDS_WORKSPACES", "BRAINHANDS_WORKSPACE_SOURCES"),
     "llm": ("ANTHROPIC_", "BRAINHANDS_WORKER_", "BRAINHANDS_GATEWAY", "BRAINHANDS_MAX_DEPTH"),
     "agent": ("ANTHROPIC_", "BRAINHANDS_AGENT_", "BRAINHANDS_MODEL", "BRAINHANDS_SESSIONS", "BRAINHANDS_GATEWAY",
               "BRAINHANDS_MAX_DEPTH"),

@@ -17,8 +17,12 @@ TENANT = "x-brainhands-tenant"
 #: for its caller presents it (ctx.client()) instead of a key; the gateway replaces it on every call it forwards.
 DELEGATION = "x-brainhands-delegation"
 
+#: The source a session's workspace is made from on its first fs or sandbox call (hands/workspaces.py): a local
+#: directory the hand services allow as a source. Set by the brain from ``brainhands run --workspace DIR``.
+WORKSPACE = "x-brainhands-workspace"
+
 #: Keys a gateway passes on to a backend as they came in.
-PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS)
+PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS, WORKSPACE)
 
 
 def as_dict(metadata) -> dict[str, str]:

@@ -1,0 +1,238 @@
+"""Session workspaces: one directory tree per (tenant, session), made on the session's first fs or sandbox call.
+
+The fs hands and the sandbox hands of one deployment are given the same root (``BRAINHANDS_WORKSPACES``) and
+find a call's workspace from what the gateway vouches for: the tenant it authenticated (``x-brainhands-tenant``,
+which it drops when a caller sends it, as for the memory hands) and the session id (``x-brainhands-session-id``).
+Each workspace is ``ROOT/<tenant>/<session>/`` holding
+
+- ``tree/``: the files the session works on; the only part the fs hands serve and the sandbox binds;
+- ``git/``: a git directory whose first commit is the source the tree started from. It lies outside the tree, so
+  code run in the sandbox can neither read nor rewrite it (a ``.git/config`` the sandbox could write would make
+  the hand's own ``git diff`` run its commands).
+
+Names come from validated strings only: a session id is letters, digits, '.', '_', '-' (starting with a letter or
+digit) or the call is refused; a tenant name that is not is stored under a hash of itself. A workspace is made
+whole in a temporary directory and renamed into place, so two services provisioning it at once (the fs and the
+sandbox hand of one session) end with one, and nobody ever sees half of one.
+
+Without ``BRAINHANDS_WORKSPACES`` nothing here is used: the fs hands serve one root (``BRAINHANDS_WORKSPACE``) for
+everyone and the sandbox runs each command in a fresh empty directory, as before workspaces existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+from hands import metadata as md
+from hands._hand import Context, HandError
+from hands.config import ConfigModel
+
+WORKSPACES_ENV = "BRAINHANDS_WORKSPACES"
+SOURCES_ENV = "BRAINHANDS_WORKSPACE_SOURCES"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: What the sandbox leaves in a tree that is nobody's change (caches of the tests it runs).
+_EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
+_GIT_TIMEOUT = 120.0
+_MAX_DIFF_BYTES = 256 * 1024
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value.split(os.pathsep) if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"must be directories separated by {os.pathsep!r}, got {value!r}")
+    return tuple(item for item in items if item)
+
+
+class WorkspacesConfig(ConfigModel):
+    """Where session workspaces live and which local directories may be their sources; from the environment."""
+
+    config_name = "workspaces config"
+    env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV}
+
+    root: str | None = None  # BRAINHANDS_WORKSPACES: per-session workspaces under it; unset: one shared root
+    # BRAINHANDS_WORKSPACE_SOURCES: directories (':'-separated) a session's source may be in or be.
+    sources: Annotated[tuple[str, ...], BeforeValidator(_paths)] = ()
+
+
+def _git(git_dir: Path, tree: Path | None, *args: str, env: Mapping[str, str] | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
+    """git on a workspace, with no system or user config, no hooks and no fsmonitor: only what we say runs.
+
+    tree None runs git without a work tree or git directory named (``init``).
+    """
+    where = [] if tree is None else [f"--git-dir={git_dir}", f"--work-tree={tree}"]
+    argv = [
+        "git", *where,
+        "-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+        "-c", "user.name=brainhands", "-c", "user.email=brainhands@localhost", "-c", "commit.gpgsign=false",
+        *args,
+    ]
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, "LANG": "C.UTF-8",
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
+    done = subprocess.run(argv, cwd=tree or git_dir.parent, env={**base, **(env or {})}, capture_output=True,
+                          timeout=_GIT_TIMEOUT)
+    if check and done.returncode != 0:
+        raise HandError(f"git {args[0]} failed in the workspace: {done.stderr.decode(errors='replace').strip()[:500]}")
+    return done
+
+
+def name_of_tenant(tenant: str) -> str:
+    """The directory name of a tenant: its name when that is a plain name, else '~' and a hash of it."""
+    if _NAME.match(tenant):
+        return tenant
+    return "~" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SessionWorkspace:
+    """One session's workspace: its tree (the files), its git directory (the history) and whose it is."""
+
+    tenant: str
+    session: str
+    path: Path
+
+    @property
+    def tree(self) -> Path:
+        return self.path / "tree"
+
+    @property
+    def git_dir(self) -> Path:
+        return self.path / "git"
+
+    def git(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+        return _git(self.git_dir, self.tree, *args, **kwargs)
+
+    def diff(self, max_bytes: int = _MAX_DIFF_BYTES) -> str:
+        """The session's change since its source, as a unified diff (new, changed and deleted files)."""
+        with tempfile.TemporaryDirectory(prefix="index-", dir=self.git_dir) as scratch:
+            # A throwaway index: staging everything to compare must not change the workspace's own state.
+            env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
+            self.git("read-tree", "HEAD", env=env)
+            self.git("add", "-A", ".", env=env)
+            done = self.git("diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv", "HEAD", env=env)
+        out = done.stdout
+        if len(out) > max_bytes:
+            cut = out[:max_bytes].decode("utf-8", "ignore")
+            return cut + f"\n[diff truncated at {max_bytes} of {len(out)} bytes]"
+        return out.decode("utf-8", "replace")
+
+
+class SessionWorkspaces:
+    """The workspaces under one root: found for a call from its tenant and session, made on first use."""
+
+    def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = ()):
+        path = Path(root)
+        if not path.is_dir():
+            raise ValueError(f"workspaces root {str(root)!r} is not a directory")
+        self.root = Path(os.path.realpath(path))
+        self.sources = tuple(Path(os.path.realpath(s)) for s in sources)
+        self._making: dict[Path, asyncio.Lock] = {}
+
+    @classmethod
+    def from_config(cls, config: WorkspacesConfig) -> SessionWorkspaces | None:
+        """The workspaces config names, or None when per-session workspaces are not configured."""
+        if config.root is None:
+            return None
+        try:
+            return cls(config.root, config.sources)
+        except ValueError as exc:
+            raise ValueError(f"{WORKSPACES_ENV}: {exc}") from None
+
+    def locate(self, ctx: Context) -> SessionWorkspace:
+        """Whose workspace a call may use, from the gateway-set tenant and the session id; HandError if none."""
+        tenant = ctx.metadata.get(md.TENANT, "")
+        if not tenant:
+            raise HandError("session workspaces are only served through the gateway "
+                            "(no authenticated tenant came with this call)")
+        session = ctx.session_id
+        if not session:
+            raise HandError("this call belongs to no session, so it has no workspace: "
+                            f"send {md.SESSION_ID} (brainhands run and the brain do)")
+        if not _NAME.match(session):
+            raise HandError(f"session id {session[:80]!r} cannot name a workspace: use letters, digits, '.', '_' "
+                            "or '-' (at most 128, starting with a letter or digit)")
+        return SessionWorkspace(tenant, session, self.root / name_of_tenant(tenant) / session)
+
+    def exists(self, ctx: Context) -> bool:
+        return self.locate(ctx).path.is_dir()
+
+    async def provision(self, ctx: Context) -> SessionWorkspace:
+        """The call's session workspace, made from the session's source if this is its first call."""
+        ws = self.locate(ctx)
+        if ws.path.is_dir():
+            return ws
+        lock = self._making.setdefault(ws.path, asyncio.Lock())
+        async with lock:
+            if not ws.path.is_dir():
+                source = self._source(ctx.metadata.get(md.WORKSPACE, ""))
+                try:
+                    await asyncio.to_thread(self._make, ws, source)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    raise HandError(f"the session's workspace could not be made: {exc}") from None
+        self._making.pop(ws.path, None)
+        return ws
+
+    def _source(self, named: str) -> Path | None:
+        """The local directory a session starts from (None: empty), if this service allows it as a source."""
+        if not named:
+            return None
+        if "\x00" in named or not os.path.isabs(named):
+            raise HandError(f"workspace source {named[:200]!r} must be an absolute directory path")
+        real = Path(os.path.realpath(named))
+        if not any(real == allowed or real.is_relative_to(allowed) for allowed in self.sources):
+            raise HandError(f"workspace source {named[:200]!r} is not one this service may copy from "
+                            f"(its {SOURCES_ENV})")
+        if not real.is_dir():
+            raise HandError(f"workspace source {named[:200]!r} is not a directory")
+        return real
+
+    def _make(self, ws: SessionWorkspace, source: Path | None) -> None:
+        tenant_dir = ws.path.parent
+        # 0711: a sandbox run's own uid must pass through to bind its tree, but may not list whose trees exist.
+        tenant_dir.mkdir(mode=0o711, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".new-", dir=tenant_dir))
+        try:
+            os.chmod(staging, 0o711)
+            fresh = SessionWorkspace(ws.tenant, ws.session, staging)
+            if source is not None:
+                shutil.copytree(source, fresh.tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+            else:
+                fresh.tree.mkdir()
+            os.chmod(fresh.tree, 0o755)
+            fresh.git_dir.mkdir(mode=0o700)
+            # Bare: the git directory records no work tree, so it stays valid when renamed into place.
+            _git(fresh.git_dir, None, "init", "-q", "--bare", "--initial-branch=main", str(fresh.git_dir))
+            (fresh.git_dir / "info").mkdir(exist_ok=True)
+            (fresh.git_dir / "info" / "exclude").write_text(_EXCLUDE)
+            (fresh.git_dir / "brainhands-source").write_text(f"{source or ''}\n")
+            fresh.git("add", "-A", ".")
+            fresh.git("commit", "-q", "--allow-empty", "-m", f"source: {source or 'empty'}")
+            try:
+                os.rename(staging, ws.path)
+            except OSError:
+                if not ws.path.is_dir():  # not "another service made it first"
+                    raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(staging)
+
+
+def workspaces_from_env(environ: Mapping[str, str] | None = None) -> SessionWorkspaces | None:
+    """The session workspaces BRAINHANDS_WORKSPACES configures, or None when it is unset (one shared root)."""
+    return SessionWorkspaces.from_config(WorkspacesConfig.from_env(environ))

@@ -1,0 +1,99 @@
+"""Session workspaces end to end: a gateway with two tenants, the fs and sandbox hands as real processes on one
+workspaces root; each session's files are its own, made on its first call, seen by its sandbox runs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from gateway.tenants import hash_key
+from hands import HandClient
+from tests.procs import poll, start_service
+
+KEYS = {"a": "tenant-a-key-00000000000000000001", "b": "tenant-b-key-00000000000000000002"}
+
+TEST_FILE = """import unittest
+
+from calc import add
+
+
+class AddTest(unittest.TestCase):
+    def test_add(self):
+        self.assertEqual(add(2, 3), 5)
+"""
+
+
+@pytest.fixture
+def stack(tmp_path, work_root):
+    root = work_root  # the sandbox's run uids (it runs as root here) must pass through: not pytest's 0700 tmp_path
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "metrics": None, "tenants": [
+        {"name": name, "api_keys": [hash_key(key)], "allow": ["*"]} for name, key in KEYS.items()
+    ]}))  # fmt: skip
+    started = [start_service(["serve", "gateway", "--config", str(config)], ready_event="gateway serving", timeout=60)]
+    try:
+        gw = started[0].address
+        env = {"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": str(tmp_path / "sources")}
+        for module in ("hands.builtin.fs", "hands.builtin.sandbox"):
+            started.append(start_service(["serve", "hand", module, "--port", "0", "--register", gw], env=env, timeout=60))
+        yield gw, root
+    finally:
+        for service in started:
+            service.stop()
+
+
+async def test_a_sessions_fs_writes_are_what_its_sandbox_runs_and_nobody_else_sees(stack):
+    gw, root = stack
+    clients = {name: HandClient(gw, api_key=key) for name, key in KEYS.items()}
+
+    async def call(tenant: str, session: str, name: str, **tool_input):
+        return await clients[tenant].execute(name, json.dumps(tool_input), session_id=session, timeout=60)
+
+    async def routed() -> bool:
+        names = {spec.name for spec in await clients["a"].describe(timeout=5)}
+        return {"fs_write", "sandbox_shell"} <= names
+
+    try:
+        await poll(routed, "the fs and sandbox hands to register", timeout=60)
+        s1 = root / "a" / "s1"
+        assert not s1.exists()  # nothing is made before the session's first call
+        reply = await call("a", "s1", "fs_write", path="calc.py", content="def add(a, b):\n    return a + b\n")
+        assert not reply.is_error, reply.output
+        assert (s1 / "tree" / "calc.py").is_file() and (s1 / "git").is_dir()
+        assert not (s1 / "tree" / ".git").exists()  # the history lies outside what the sandbox can write
+        await call("a", "s1", "fs_write", path="test_calc.py", content=TEST_FILE)
+
+        ran = await call("a", "s1", "sandbox_shell", command="python3 -m unittest -v 2>&1; pwd")
+        assert not ran.is_error, ran.output
+        assert "test_add" in ran.output and "OK" in ran.output and "/sandbox" in ran.output
+        made = await call("a", "s1", "sandbox_python", code="open('made.txt', 'w').write('from the sandbox')")
+        assert not made.is_error, made.output
+        seen = await call("a", "s1", "fs_read", path="made.txt")
+        assert seen.output == "from the sandbox"
+        assert (s1 / "tree" / "made.txt").stat().st_uid == os.geteuid()  # given back after the run
+        assert not (s1 / "tree" / "main.py").exists()  # the program itself is not written into the workspace
+
+        # Another session of the same tenant, on the same services: its own empty workspace.
+        other = await call("a", "s2", "fs_read", path="calc.py")
+        assert other.is_error and "no such file" in other.output
+        listed = await call("a", "s2", "sandbox_shell", command="ls -A; cat calc.py")
+        assert listed.is_error and "add" not in listed.output
+        # Another tenant with the same session id: its own workspace too.
+        theirs = await call("b", "s1", "fs_read", path="calc.py")
+        assert theirs.is_error and "no such file" in theirs.output
+        assert (root / "b" / "s1" / "tree").is_dir() and not (root / "b" / "s1" / "tree" / "calc.py").exists()
+
+        # Names are never taken from a caller's string as they come.
+        for bad in ("../b", "..", ".hidden", "a/b"):
+            refused = await call("a", bad, "fs_read", path="calc.py")
+            assert refused.is_error and "cannot name a workspace" in refused.output, (bad, refused.output)
+        nosession = await call("a", "", "fs_list")
+        assert nosession.is_error and "no session" in nosession.output
+        assert sorted(p.name for p in root.iterdir()) == ["a", "b"]
+        assert sorted(p.name for p in (root / "a").iterdir()) == ["s1", "s2"]
+    finally:
+        for client in clients.values():
+            await client.close()
