@@ -20,7 +20,7 @@ from brainhands.procs import free_port, spawn, stop_all
 
 #: The built-in hand services and the hand-name globs each serves.
 BUILTIN_HANDS = {
-    "fs": ("hands.builtin.fs", ["fs_*"]),
+    "fs": ("hands.builtin.fs", ["fs_*", "workspace_*"]),  # workspace_* with BRAINHANDS_WORKSPACES
     "sandbox": ("hands.builtin.sandbox", ["sandbox_*"]),
     "llm": ("hands.builtin.llm", ["llm_*"]),
     "memory": ("hands.builtin.memory", ["memory_*"]),

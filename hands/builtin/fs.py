@@ -709,11 +709,13 @@ DEFAULT_PORT = 50071
 
 
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
-    """The fs hands over each session's workspace under $BRAINHANDS_WORKSPACES when it is set, else over the one
-    root $BRAINHANDS_WORKSPACE (default: the current directory) for every call."""
+    """The fs hands (and workspace_diff) over each session's workspace under $BRAINHANDS_WORKSPACES when it is
+    set, else the fs hands over the one root $BRAINHANDS_WORKSPACE (default: the current directory) for every call."""
     sessions = workspaces_from_env()
     if sessions is not None:
-        return make_fs_hands(sessions)
+        from hands.builtin.workspace import make_workspace_hands
+
+        return [*make_fs_hands(sessions), *make_workspace_hands(sessions)]
     root = os.environ.get(WORKSPACE_ENV) or os.getcwd()
     try:
         return make_fs_hands(root)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
 
 from gateway.tenants import hash_key
 from hands import HandClient
+from hands import metadata as md
 from tests.procs import poll, start_service
 
 KEYS = {"a": "tenant-a-key-00000000000000000001", "b": "tenant-b-key-00000000000000000002"}
@@ -52,14 +54,12 @@ async def test_a_sessions_fs_writes_are_what_its_sandbox_runs_and_nobody_else_se
     async def call(tenant: str, session: str, name: str, **tool_input):
         return await clients[tenant].execute(name, json.dumps(tool_input), session_id=session, timeout=60)
 
-    async def routed() -> bool:
-        names = {spec.name for spec in await clients["a"].describe(timeout=5)}
-        return {"fs_write", "sandbox_shell"} <= names
-
     try:
-        await poll(routed, "the fs and sandbox hands to register", timeout=60)
+        await poll(lambda: _routed(clients["a"]), "the fs and sandbox hands to register", timeout=60)
         s1 = root / "a" / "s1"
-        assert not s1.exists()  # nothing is made before the session's first call
+        early = await call("a", "s1", "workspace_diff")
+        assert "no workspace yet" in early.output
+        assert not s1.exists()  # nothing is made before the session's first fs or sandbox call
         reply = await call("a", "s1", "fs_write", path="calc.py", content="def add(a, b):\n    return a + b\n")
         assert not reply.is_error, reply.output
         assert (s1 / "tree" / "calc.py").is_file() and (s1 / "git").is_dir()
@@ -75,6 +75,9 @@ async def test_a_sessions_fs_writes_are_what_its_sandbox_runs_and_nobody_else_se
         assert seen.output == "from the sandbox"
         assert (s1 / "tree" / "made.txt").stat().st_uid == os.geteuid()  # given back after the run
         assert not (s1 / "tree" / "main.py").exists()  # the program itself is not written into the workspace
+        diff = (await call("a", "s1", "workspace_diff")).output
+        assert "+++ b/calc.py" in diff and "+    return a + b" in diff and "+++ b/made.txt" in diff
+        assert "+++ b/test_calc.py" in diff and "__pycache__" not in diff
 
         # Another session of the same tenant, on the same services: its own empty workspace.
         other = await call("a", "s2", "fs_read", path="calc.py")
@@ -97,3 +100,37 @@ async def test_a_sessions_fs_writes_are_what_its_sandbox_runs_and_nobody_else_se
     finally:
         for client in clients.values():
             await client.close()
+
+
+async def test_a_session_started_from_a_source_works_on_a_copy_and_its_diff_shows_the_change(stack, tmp_path):
+    gw, root = stack
+    project = tmp_path / "sources" / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (project / "README").write_text("a project\n")
+    (project / ".git").mkdir()  # the source's own history is not copied: the workspace keeps its own
+    (project / ".git" / "config").write_text("[core]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with HandClient(gw, api_key=KEYS["a"]) as client:
+
+        async def call(session: str, source: Path, name: str, **tool_input):
+            return await client.execute(name, json.dumps(tool_input), session_id=session, timeout=60,
+                                        metadata={md.WORKSPACE: str(source)})
+
+        await poll(lambda: _routed(client), "the fs and sandbox hands to register", timeout=60)
+        edited = await call("s1", project, "fs_edit", path="pkg/calc.py", old="a - b", new="a + b")
+        assert not edited.is_error, edited.output
+        removed = await call("s1", project, "sandbox_shell", command="rm README && ls -A")
+        assert not removed.is_error and removed.output.split() == ["pkg"], removed.output
+        diff = (await call("s1", project, "workspace_diff")).output
+        assert "-    return a - b\n+    return a + b" in diff and "deleted file" in diff and "--- a/README" in diff
+        assert (project / "pkg" / "calc.py").read_text().endswith("a - b\n") and (project / "README").exists()
+
+        refused = await call("s2", elsewhere, "fs_list")
+        assert refused.is_error and "not one this service may copy from" in refused.output
+        assert not (root / "a" / "s2").exists()
+
+
+async def _routed(client: HandClient) -> bool:
+    return {"fs_write", "sandbox_shell", "workspace_diff"} <= {spec.name for spec in await client.describe(timeout=5)}
