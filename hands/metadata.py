@@ -20,9 +20,12 @@ DELEGATION = "x-brainhands-delegation"
 #: The source a session's workspace is made from on its first fs or sandbox call (hands/workspaces.py): a local
 #: directory the hand services allow as a source. Set by the brain from ``brainhands run --workspace DIR``.
 WORKSPACE = "x-brainhands-workspace"
+#: The session a call's session was started by (a worker's caller): its workspace, on its first call, is branched
+#: from that session's workspace of the same tenant. Set by ctx.client() on calls for another session than its own.
+WORKSPACE_PARENT = "x-brainhands-workspace-parent"
 
 #: Keys a gateway passes on to a backend as they came in.
-PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS, WORKSPACE)
+PROPAGATED = (SESSION_ID, CALL_ID, DEPTH, TRACEPARENT, BUDGET_TOKENS, BUDGET_CALLS, WORKSPACE, WORKSPACE_PARENT)
 
 
 def as_dict(metadata) -> dict[str, str]:

@@ -29,6 +29,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,8 @@ SOURCES_ENV = "BRAINHANDS_WORKSPACE_SOURCES"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: What the sandbox leaves in a tree that is nobody's change (caches of the tests it runs).
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
+#: The commit a workspace started from (its source, or its parent's tree when it was branched): diffs are against it.
+SOURCE_REF = "refs/brainhands/source"
 _GIT_TIMEOUT = 120.0
 _MAX_DIFF_BYTES = 256 * 1024
 
@@ -85,8 +89,13 @@ def _git(git_dir: Path, tree: Path | None, *args: str, env: Mapping[str, str] | 
     ]
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, "LANG": "C.UTF-8",
             "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
-    done = subprocess.run(argv, cwd=tree or git_dir.parent, env={**base, **(env or {})}, capture_output=True,
-                          timeout=_GIT_TIMEOUT)
+    for _ in range(200):
+        done = subprocess.run(argv, cwd=tree or git_dir.parent, env={**base, **(env or {})}, capture_output=True,
+                              timeout=_GIT_TIMEOUT)
+        # Another service (the fs and the sandbox hand of one session) holds the index for a moment: wait for it.
+        if done.returncode == 0 or b"index.lock" not in done.stderr:
+            break
+        time.sleep(0.05)
     if check and done.returncode != 0:
         raise HandError(f"git {args[0]} failed in the workspace: {done.stderr.decode(errors='replace').strip()[:500]}")
     return done
@@ -123,14 +132,64 @@ class SessionWorkspace:
         with tempfile.TemporaryDirectory(prefix="index-", dir=self.git_dir) as scratch:
             # A throwaway index: staging everything to compare must not change the workspace's own state.
             env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
-            self.git("read-tree", "HEAD", env=env)
+            self.git("read-tree", SOURCE_REF, env=env)
             self.git("add", "-A", ".", env=env)
-            done = self.git("diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv", "HEAD", env=env)
+            done = self.git("diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv", SOURCE_REF, env=env)
         out = done.stdout
         if len(out) > max_bytes:
             cut = out[:max_bytes].decode("utf-8", "ignore")
             return cut + f"\n[diff truncated at {max_bytes} of {len(out)} bytes]"
         return out.decode("utf-8", "replace")
+
+    @property
+    def parent(self) -> str:
+        """The session this workspace was branched from ("" if none)."""
+        try:
+            return (self.git_dir / "brainhands-parent").read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def snapshot(self, message: str) -> str:
+        """Commit the tree as it is now on the workspace's branch; the commit's id."""
+        with _lock_of(self.git_dir):
+            self.git("add", "-A", ".")
+            self.git("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
+            return self.git("rev-parse", "HEAD").stdout.decode().strip()
+
+    def merge(self, child: SessionWorkspace) -> str | None:
+        """Merge child's tree (committed first) into this one; None if merged, else the conflicting hunks.
+
+        A conflicting merge is undone: this tree stays as it was, and the hunks say what to reconcile.
+        """
+        tip = child.snapshot(f"work of session {child.session}")
+        ref = f"refs/brainhands/children/{child.session}"
+        with _lock_of(self.git_dir):
+            self.git("fetch", "-q", "--no-tags", str(child.git_dir), f"+refs/heads/main:{ref}")
+        self.snapshot(f"before merging session {child.session}")
+        with _lock_of(self.git_dir):
+            done = self.git("merge", "--no-ff", "--no-edit", "-q", "-m", f"merge session {child.session}", ref,
+                            check=False)
+            if done.returncode == 0:
+                return None
+            conflicted = self.git("diff", "--name-only", "--diff-filter=U").stdout.decode().split()
+            hunks = self.git("diff", "--no-color", "--no-ext-diff").stdout.decode("utf-8", "replace")
+            self.git("merge", "--abort", check=False)
+            tip_short = tip[:12]
+        if not conflicted:  # not a conflict: git itself failed; say what it said
+            raise HandError(f"merging session {child.session} failed: "
+                            f"{(done.stderr or done.stdout).decode(errors='replace').strip()[:500]}")
+        return (f"session {child.session} (commit {tip_short}) conflicts in {', '.join(conflicted)}:\n"
+                f"{hunks[:_MAX_DIFF_BYTES]}")
+
+
+_git_locks: dict[Path, threading.Lock] = {}
+_git_locks_guard = threading.Lock()
+
+
+def _lock_of(git_dir: Path) -> threading.Lock:
+    """One lock per git directory in this process: calls of one session's workers must not share its index at once."""
+    with _git_locks_guard:
+        return _git_locks.setdefault(git_dir, threading.Lock())
 
 
 class SessionWorkspaces:
@@ -164,6 +223,10 @@ class SessionWorkspaces:
         if not session:
             raise HandError("this call belongs to no session, so it has no workspace: "
                             f"send {md.SESSION_ID} (brainhands run and the brain do)")
+        return self.of(tenant, session)
+
+    def of(self, tenant: str, session: str) -> SessionWorkspace:
+        """The workspace of a session of tenant (made or not); HandError if the id cannot name one."""
         if not _NAME.match(session):
             raise HandError(f"session id {session[:80]!r} cannot name a workspace: use letters, digits, '.', '_' "
                             "or '-' (at most 128, starting with a letter or digit)")
@@ -173,16 +236,27 @@ class SessionWorkspaces:
         return self.locate(ctx).path.is_dir()
 
     async def provision(self, ctx: Context) -> SessionWorkspace:
-        """The call's session workspace, made from the session's source if this is its first call."""
+        """The call's session workspace, made if this is the session's first call: branched from its parent
+        session's workspace (x-brainhands-workspace-parent, same tenant), else from its source, else empty."""
         ws = self.locate(ctx)
+        if ws.path.is_dir():
+            return ws
+        parent_id = ctx.metadata.get(md.WORKSPACE_PARENT, "")
+        parent = None
+        if parent_id and parent_id != ws.session:
+            parent = await self._provisioned(self.of(ws.tenant, parent_id), ctx)
+        return await self._provisioned(ws, ctx, parent)
+
+    async def _provisioned(self, ws: SessionWorkspace, ctx: Context,
+                           parent: SessionWorkspace | None = None) -> SessionWorkspace:
         if ws.path.is_dir():
             return ws
         lock = self._making.setdefault(ws.path, asyncio.Lock())
         async with lock:
             if not ws.path.is_dir():
-                source = self._source(ctx.metadata.get(md.WORKSPACE, ""))
+                source = None if parent is not None else self._source(ctx.metadata.get(md.WORKSPACE, ""))
                 try:
-                    await asyncio.to_thread(self._make, ws, source)
+                    await asyncio.to_thread(self._make, ws, source, parent)
                 except (OSError, subprocess.SubprocessError) as exc:
                     raise HandError(f"the session's workspace could not be made: {exc}") from None
         self._making.pop(ws.path, None)
@@ -202,7 +276,7 @@ class SessionWorkspaces:
             raise HandError(f"workspace source {named[:200]!r} is not a directory")
         return real
 
-    def _make(self, ws: SessionWorkspace, source: Path | None) -> None:
+    def _make(self, ws: SessionWorkspace, source: Path | None, parent: SessionWorkspace | None = None) -> None:
         tenant_dir = ws.path.parent
         # 0711: a sandbox run's own uid must pass through to bind its tree, but may not list whose trees exist.
         tenant_dir.mkdir(mode=0o711, exist_ok=True)
@@ -210,19 +284,30 @@ class SessionWorkspaces:
         try:
             os.chmod(staging, 0o711)
             fresh = SessionWorkspace(ws.tenant, ws.session, staging)
-            if source is not None:
-                shutil.copytree(source, fresh.tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))
-            else:
-                fresh.tree.mkdir()
-            os.chmod(fresh.tree, 0o755)
             fresh.git_dir.mkdir(mode=0o700)
             # Bare: the git directory records no work tree, so it stays valid when renamed into place.
             _git(fresh.git_dir, None, "init", "-q", "--bare", "--initial-branch=main", str(fresh.git_dir))
             (fresh.git_dir / "info").mkdir(exist_ok=True)
             (fresh.git_dir / "info" / "exclude").write_text(_EXCLUDE)
+            if parent is not None:
+                # A branch of the parent's tree as it is now: the child's change is what it does from here.
+                tip = parent.snapshot(f"fork for session {ws.session}")
+                with _lock_of(parent.git_dir):
+                    parent.git("update-ref", f"refs/brainhands/forks/{ws.session}", tip)
+                fresh.tree.mkdir()
+                fresh.git("fetch", "-q", "--no-tags", str(parent.git_dir), f"refs/brainhands/forks/{ws.session}:refs/heads/main")
+                fresh.git("reset", "-q", "--hard", "main")
+                (fresh.git_dir / "brainhands-parent").write_text(f"{parent.session}\n")
+            else:
+                if source is not None:
+                    shutil.copytree(source, fresh.tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+                else:
+                    fresh.tree.mkdir()
+                fresh.git("add", "-A", ".")
+                fresh.git("commit", "-q", "--allow-empty", "--no-verify", "-m", f"source: {source or 'empty'}")
+            os.chmod(fresh.tree, 0o755)
             (fresh.git_dir / "brainhands-source").write_text(f"{source or ''}\n")
-            fresh.git("add", "-A", ".")
-            fresh.git("commit", "-q", "--allow-empty", "-m", f"source: {source or 'empty'}")
+            fresh.git("update-ref", SOURCE_REF, "HEAD")
             try:
                 os.rename(staging, ws.path)
             except OSError:

@@ -3,6 +3,7 @@ workspaces root; each session's files are its own, made on its first call, seen 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -134,3 +135,48 @@ async def test_a_session_started_from_a_source_works_on_a_copy_and_its_diff_show
 
 async def _routed(client: HandClient) -> bool:
     return {"fs_write", "sandbox_shell", "workspace_diff"} <= {spec.name for spec in await client.describe(timeout=5)}
+
+
+async def test_workers_branch_from_their_parent_and_merge_back_with_conflicts_reported(stack):
+    gw, root = stack
+    clients = {name: HandClient(gw, api_key=key) for name, key in KEYS.items()}
+
+    async def call(session: str, name: str, parent: str = "", tenant: str = "a", **tool_input):
+        meta = {md.WORKSPACE_PARENT: parent} if parent else None
+        return await clients[tenant].execute(name, json.dumps(tool_input), session_id=session, timeout=60, metadata=meta)
+
+    try:
+        await poll(lambda: _routed(clients["a"]), "the fs and sandbox hands to register", timeout=60)
+        for name in ("a", "b", "c"):
+            await call("p", "fs_write", path=f"{name}.txt", content=f"{name} one\n{name} two\n")
+        # Three workers, each in its own branch of p's tree, each changing its own file (one through the sandbox).
+        edits = await asyncio.gather(call("w1", "fs_edit", "p", path="a.txt", old="a one", new="a ONE"),
+                                     call("w2", "fs_edit", "p", path="b.txt", old="b two", new="b TWO"),
+                                     call("w3", "sandbox_shell", "p", command="sed -i 's/c one/c ONE/' c.txt"))
+        for reply in edits:
+            assert not reply.is_error, reply.output
+        assert (root / "a" / "p" / "tree" / "a.txt").read_text() == "a one\na two\n"  # workers never touch p's files
+        await call("q", "fs_list")
+        await call("p", "fs_list", tenant="b")
+        wrong_parent = await call("q", "workspace_merge", sessions=["w1"])
+        assert wrong_parent.is_error and "no workspace branched from this session's" in wrong_parent.output
+        other_tenant = await call("p", "workspace_merge", tenant="b", sessions=["w1"])
+        assert other_tenant.is_error and "no workspace branched from this session's" in other_tenant.output
+        merged = await call("p", "workspace_merge", sessions=["w1", "w2", "w3"])
+        assert not merged.is_error and merged.output == "merged 3 of 3: w1, w2, w3", merged.output
+        tree = root / "a" / "p" / "tree"
+        assert [(tree / f"{n}.txt").read_text() for n in "abc"] == ["a ONE\na two\n", "b one\nb TWO\n", "c ONE\nc two\n"]
+        diff = (await call("p", "workspace_diff")).output
+        assert "+a ONE" in diff and "+b TWO" in diff and "+c ONE" in diff
+
+        # Two workers changing the same line: the first merges, the second is a conflict the orchestrator sees.
+        await call("w4", "fs_edit", "p", path="a.txt", old="a two", new="a two (w4)")
+        await call("w5", "fs_edit", "p", path="a.txt", old="a two", new="a two (w5)")
+        conflict = await call("p", "workspace_merge", sessions=["w4", "w5"])
+        assert conflict.is_error and conflict.output.startswith("merged 1 of 2: w4"), conflict.output
+        assert "session w5" in conflict.output and "conflicts in a.txt" in conflict.output
+        assert "<<<<<<<" in conflict.output and "a two (w4)" in conflict.output and "a two (w5)" in conflict.output
+        assert (tree / "a.txt").read_text() == "a ONE\na two (w4)\n"  # the conflicting merge was undone
+    finally:
+        for client in clients.values():
+            await client.close()
