@@ -40,10 +40,11 @@ from pydantic import BeforeValidator
 
 from hands import metadata as md
 from hands._hand import Context, HandError
-from hands.config import ConfigModel
+from hands.config import ConfigModel, Duration
 
 WORKSPACES_ENV = "BRAINHANDS_WORKSPACES"
 SOURCES_ENV = "BRAINHANDS_WORKSPACE_SOURCES"
+TTL_ENV = "BRAINHANDS_WORKSPACE_TTL"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: What the sandbox leaves in a tree that is nobody's change (caches of the tests it runs).
@@ -67,11 +68,13 @@ class WorkspacesConfig(ConfigModel):
     """Where session workspaces live and which local directories may be their sources; from the environment."""
 
     config_name = "workspaces config"
-    env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV}
+    env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV, "ttl": TTL_ENV}
 
     root: str | None = None  # BRAINHANDS_WORKSPACES: per-session workspaces under it; unset: one shared root
     # BRAINHANDS_WORKSPACE_SOURCES: directories (':'-separated) a session's source may be in or be.
     sources: Annotated[tuple[str, ...], BeforeValidator(_paths)] = ()
+    # BRAINHANDS_WORKSPACE_TTL: a workspace no call has used for this long is removed (unset: kept until removed).
+    ttl: Duration | None = None
 
 
 def _git(git_dir: Path, tree: Path | None, *args: str, env: Mapping[str, str] | None = None,
@@ -195,13 +198,15 @@ def _lock_of(git_dir: Path) -> threading.Lock:
 class SessionWorkspaces:
     """The workspaces under one root: found for a call from its tenant and session, made on first use."""
 
-    def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = ()):
+    def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = (), ttl: float | None = None):
         path = Path(root)
         if not path.is_dir():
             raise ValueError(f"workspaces root {str(root)!r} is not a directory")
         self.root = Path(os.path.realpath(path))
         self.sources = tuple(Path(os.path.realpath(s)) for s in sources)
+        self.ttl = ttl
         self._making: dict[Path, asyncio.Lock] = {}
+        self._swept = 0.0  # time.monotonic() of the last sweep for expired workspaces
 
     @classmethod
     def from_config(cls, config: WorkspacesConfig) -> SessionWorkspaces | None:
@@ -209,7 +214,7 @@ class SessionWorkspaces:
         if config.root is None:
             return None
         try:
-            return cls(config.root, config.sources)
+            return cls(config.root, config.sources, config.ttl)
         except ValueError as exc:
             raise ValueError(f"{WORKSPACES_ENV}: {exc}") from None
 
@@ -232,14 +237,12 @@ class SessionWorkspaces:
                             "or '-' (at most 128, starting with a letter or digit)")
         return SessionWorkspace(tenant, session, self.root / name_of_tenant(tenant) / session)
 
-    def exists(self, ctx: Context) -> bool:
-        return self.locate(ctx).path.is_dir()
-
     async def provision(self, ctx: Context) -> SessionWorkspace:
         """The call's session workspace, made if this is the session's first call: branched from its parent
         session's workspace (x-brainhands-workspace-parent, same tenant), else from its source, else empty."""
         ws = self.locate(ctx)
-        if ws.path.is_dir():
+        await self._sweep()
+        if _used(ws):
             return ws
         parent_id = ctx.metadata.get(md.WORKSPACE_PARENT, "")
         parent = None
@@ -260,7 +263,39 @@ class SessionWorkspaces:
                 except (OSError, subprocess.SubprocessError) as exc:
                     raise HandError(f"the session's workspace could not be made: {exc}") from None
         self._making.pop(ws.path, None)
+        _used(ws)
         return ws
+
+    async def _sweep(self) -> None:
+        """Remove the workspaces no call has used for ttl; at most once per tenth of it (and of a minute)."""
+        if self.ttl is None or time.monotonic() - self._swept < min(self.ttl / 10, 60.0):
+            return
+        self._swept = time.monotonic()
+        await asyncio.to_thread(self.remove_expired)
+
+    def remove_expired(self, now: float | None = None) -> list[Path]:
+        """Remove every workspace whose last use is more than ttl ago; the ones removed."""
+        if self.ttl is None:
+            return []
+        cutoff = (time.time() if now is None else now) - self.ttl
+        removed = []
+        for tenant_dir in self.root.iterdir():
+            if not tenant_dir.is_dir() or tenant_dir.is_symlink():
+                continue
+            for path in tenant_dir.iterdir():
+                if path.name.startswith(".") or not path.is_dir():
+                    continue
+                try:
+                    if (path / _USED).stat().st_mtime >= cutoff:
+                        continue
+                    # Renamed first: a call arriving now finds no half-removed workspace, it makes a new one.
+                    gone = tenant_dir / f".gone-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+                    os.rename(path, gone)
+                except FileNotFoundError:
+                    continue  # another service removed it first (or it is being made)
+                shutil.rmtree(gone, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     def _source(self, named: str) -> Path | None:
         """The local directory a session starts from (None: empty), if this service allows it as a source."""
@@ -308,6 +343,7 @@ class SessionWorkspaces:
             os.chmod(fresh.tree, 0o755)
             (fresh.git_dir / "brainhands-source").write_text(f"{source or ''}\n")
             fresh.git("update-ref", SOURCE_REF, "HEAD")
+            (staging / _USED).touch()
             try:
                 os.rename(staging, ws.path)
             except OSError:
@@ -316,6 +352,18 @@ class SessionWorkspaces:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(staging)
+
+
+_USED = "used"  # a file in each workspace whose mtime is its last use
+
+
+def _used(ws: SessionWorkspace) -> bool:
+    """Mark the workspace used now; False if it does not exist."""
+    try:
+        os.utime(ws.path / _USED)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def workspaces_from_env(environ: Mapping[str, str] | None = None) -> SessionWorkspaces | None:

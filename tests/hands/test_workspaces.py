@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -57,9 +58,36 @@ def test_a_tenant_name_that_is_no_plain_name_is_stored_under_its_hash(root):
 
 def test_per_session_workspaces_are_configured_from_the_environment(root):
     assert workspaces_from_env({}) is None  # the default: one shared root, as before
-    ws = workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": f"/a{os.pathsep}/b"})
-    assert ws is not None and ws.root == root and [str(s) for s in ws.sources] == ["/a", "/b"]
+    ws = workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": f"/a{os.pathsep}/b",
+                              "BRAINHANDS_WORKSPACE_TTL": "2h"})
+    assert ws is not None and ws.root == root and [str(s) for s in ws.sources] == ["/a", "/b"] and ws.ttl == 7200
+    with pytest.raises(ConfigError, match="BRAINHANDS_WORKSPACE_TTL: must be a duration"):
+        workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_TTL": "soon"})
     with pytest.raises(ValueError, match="BRAINHANDS_WORKSPACES: .* is not a directory"):
         workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root / "missing")})
     with pytest.raises(ConfigError, match="unknown key"):
         WorkspacesConfig(rooot="/x")
+
+
+def ctx_of(session: str, tenant: str = "t") -> Context:
+    return Context(call_id="c", session_id=session, deadline=None, metadata=as_tenant(tenant), logger=None)
+
+
+async def test_a_workspace_unused_for_its_ttl_is_removed_and_one_in_use_is_kept(root):
+    workspaces = SessionWorkspaces(root, ttl=3600)
+    old, fresh = await workspaces.provision(ctx_of("old")), await workspaces.provision(ctx_of("fresh"))
+    (old.tree / "work.txt").write_text("done long ago")
+    os.utime(old.path / "used", (time.time() - 7200, time.time() - 7200))
+    assert workspaces.remove_expired() == [old.path]
+    assert not old.path.exists() and fresh.path.is_dir()
+    assert [p.name for p in (root / "t").iterdir()] == ["fresh"]  # nothing half-removed left
+    again = await workspaces.provision(ctx_of("old"))  # a late call of that session starts over, empty
+    assert list(again.tree.iterdir()) == []
+
+
+async def test_each_call_sweeps_for_expired_workspaces(root):
+    workspaces = SessionWorkspaces(root, ttl=0.001)
+    first = await workspaces.provision(ctx_of("first"))
+    os.utime(first.path / "used", (time.time() - 60, time.time() - 60))
+    await workspaces.provision(ctx_of("second"))
+    assert not first.path.exists() and (root / "t" / "second").is_dir()
