@@ -4,16 +4,19 @@ two services making one workspace at once end with one, and the settings come fr
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
 import pytest
 
+from hands import hand
 from hands import metadata as md
 from hands._hand import Context
 from hands.builtin.fs import make_fs_hands
 from hands.builtin.sandbox import SandboxConfig, make_sandbox_hands
 from hands.config import ConfigError
+from hands.delegation import CallerClient
 from hands.workspaces import SessionWorkspaces, WorkspacesConfig, workspaces_from_env
 
 
@@ -91,3 +94,19 @@ async def test_each_call_sweeps_for_expired_workspaces(root):
     os.utime(first.path / "used", (time.time() - 60, time.time() - 60))
     await workspaces.provision(ctx_of("second"))
     assert not first.path.exists() and (root / "t" / "second").is_dir()
+
+
+async def test_a_hand_calling_for_a_session_of_its_own_names_its_caller_as_the_workspace_parent(hand_service):
+    @hand
+    async def headers(ctx: Context) -> str:
+        """The workspace headers this call came with."""
+        return json.dumps({k: ctx.metadata.get(k) for k in (md.WORKSPACE, md.WORKSPACE_PARENT, md.SESSION_ID)})
+
+    running = await hand_service([headers])
+    ctx = Context(call_id="c", session_id="parent", deadline=None, logger=None,
+                  metadata={md.TENANT: "t", md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "grandparent"})
+    client = CallerClient(ctx, running.address)
+    child = json.loads((await client.execute("headers", session_id="child")).output)
+    assert child == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "parent", md.SESSION_ID: "child"}
+    same = json.loads((await client.execute("headers")).output)  # its caller's own session: no parent to name
+    assert same == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: None, md.SESSION_ID: "parent"}
