@@ -376,3 +376,13 @@ async def test_run_with_a_session_workspace_works_on_a_copy_runs_its_tests_there
     assert "-    return a - b\n+    return a + b" in outputs["workspace_diff"]
     [tenant] = (work_root / "brainhands" / "workspaces").iterdir()
     assert (tenant / info.id / "tree" / "calc.py").read_text().endswith("a + b\n")
+    # The change, kept as a patch that applies to the source.
+    code, patch, err = await brainhands(spawn, "sessions", "export", info.id[:8], "--patch", "--sessions", str(db),
+                                        extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert patch == outputs["workspace_diff"]
+    applied = await asyncio.create_subprocess_exec("patch", "-p1", cwd=workspace, stdin=asyncio.subprocess.PIPE,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    said, _ = await applied.communicate(patch.encode())
+    assert applied.returncode == 0, said
+    assert (workspace / "calc.py").read_text().endswith("a + b\n")
