@@ -41,6 +41,9 @@ async def test_limits_only_sandbox_runs_in_the_session_workspace(root, hand_serv
                                metadata=as_tenant("t"), timeout=30)
     assert not ran.is_error, ran.output
     assert ran.output.splitlines() == [str(root / "t" / "s1" / "tree"), "seen"]
+    described = {spec.name: spec.description for spec in await client.describe(timeout=10)}
+    assert "runs in the session's workspace" in described["sandbox_shell"]
+    assert "the session's workspace is on the host's disk with no total bound" in described["sandbox_python"]
     untrusted = await client.execute("fs_read", {"path": "notes.txt"}, session_id="s1", timeout=30)
     assert untrusted.is_error and "only served through the gateway" in untrusted.output
 

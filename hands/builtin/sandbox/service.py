@@ -102,7 +102,14 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         set_not_dumpable()  # before any run: code of our own uid must not read our environment
     sandbox = Sandbox(config, isolation, uids, disk_problem)
     mib = config.disk_bytes // (1024 * 1024)
-    if disk_problem is None:
+    if workspaces is not None:
+        # The workspace outlives the run, so it cannot be on the run's tmpfs: only the scratch space is bounded.
+        bound = (f"/tmp and /dev/shm share one size-capped tmpfs of {mib} MiB" if disk_problem is None
+                 else f"/tmp and /dev/shm are tmpfs mounts of {mib} MiB each" if isolation.mode == BUBBLEWRAP
+                 else f"no bound on the scratch space ({disk_problem})")
+        disk = (f"Disk: {bound}; the session's workspace is on the host's disk with no total bound beyond "
+                f"{config.max_file_bytes // (1024 * 1024)} MiB per file.")
+    elif disk_problem is None:
         disk = (f"Disk: the working directory, /tmp and /dev/shm share one size-capped tmpfs of {mib} MiB "
                 f"(RAM-backed, freed when the run ends) holding at most {config.max_files} files.")
     elif isolation.mode == BUBBLEWRAP:
