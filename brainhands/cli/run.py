@@ -120,7 +120,7 @@ def _workspace(args) -> Path:
     return workspace
 
 
-def _session_workspaces_root() -> Path:
+def _session_workspaces_root(create: bool = True) -> Path:
     """Where the local stack keeps session workspaces: beside the session store, if the sandbox can reach it there.
 
     As root the sandbox runs each command as a uid of its own, which must pass through every directory above a
@@ -134,8 +134,9 @@ def _session_workspaces_root() -> Path:
     root = Path(default_sessions_path()).parent / "workspaces"
     if os.geteuid() == 0 and any(p.exists() and not p.stat().st_mode & 0o001 for p in root.parents):
         root = Path(tempfile.gettempdir()) / "brainhands-workspaces"
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o711)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o711)
     return root
 
 

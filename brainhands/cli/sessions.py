@@ -197,15 +197,11 @@ def _export(args) -> int:
 
 
 def _local_patch(session_id: str) -> str:
-    from hands.workspaces import SessionWorkspace
-
-    root = _session_workspaces_root()
-    found = [path for path in root.glob(f"*/{session_id}") if (path / "git").is_dir()]
-    if not found:
-        raise CliError(f"session {session_id} has no workspace under {root}: it ran without --session-workspace, or on "
-                       "a gateway's hands (give --gateway)")
-    path = found[0]
-    return SessionWorkspace(path.parent.name, session_id, path).diff(max_bytes=1 << 62)
+    workspace = _local_workspace(session_id)
+    if workspace is None:
+        raise CliError(f"session {session_id} has no workspace under {_session_workspaces_root(create=False)}: it ran without "
+                       "--session-workspace, or on a gateway's hands (give --gateway)")
+    return workspace.diff(max_bytes=1 << 62)
 
 
 async def _patch_through(gateway: str, session_id: str) -> str:
@@ -259,7 +255,22 @@ def _show(args) -> int:
             print(json.dumps(event.as_dict(), ensure_ascii=False, default=str))
         return 0
     _print_session(info, events, children)
+    workspace = _local_workspace(info.id)
+    if workspace is not None:
+        changed = ("\n" + workspace.diff(max_bytes=1 << 62)).count("\ndiff --git ")
+        print(f"workspace: {workspace.tree} · {changed} file(s) changed · the change: "
+              f"brainhands sessions export {info.id[:8]} --patch")
     return 0
+
+
+def _local_workspace(session_id: str):
+    """The session's workspace where the local stack keeps them, or None."""
+    from hands.workspaces import SessionWorkspace
+
+    for path in _session_workspaces_root(create=False).glob(f"*/{session_id}"):
+        if (path / "git").is_dir():
+            return SessionWorkspace(path.parent.name, session_id, path)
+    return None
 
 
 def _print_session(info, events, children=()) -> None:

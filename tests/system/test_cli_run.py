@@ -376,6 +376,10 @@ async def test_run_with_a_session_workspace_works_on_a_copy_runs_its_tests_there
     assert "-    return a - b\n+    return a + b" in outputs["workspace_diff"]
     [tenant] = (work_root / "brainhands" / "workspaces").iterdir()
     assert (tenant / info.id / "tree" / "calc.py").read_text().endswith("a + b\n")
+    code, shown, err = await brainhands(spawn, "sessions", "show", info.id, "--sessions", str(db),
+                                        extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert f"workspace: {tenant / info.id / 'tree'} · 1 file(s) changed" in shown
     # The change, kept as a patch that applies to the source.
     code, patch, err = await brainhands(spawn, "sessions", "export", info.id[:8], "--patch", "--sessions", str(db),
                                         extra_env={"XDG_STATE_HOME": str(work_root)})
