@@ -22,6 +22,7 @@ everyone and the sandbox runs each command in a fresh empty directory, as before
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -45,6 +46,8 @@ from hands.config import ConfigModel, Duration
 WORKSPACES_ENV = "BRAINHANDS_WORKSPACES"
 SOURCES_ENV = "BRAINHANDS_WORKSPACE_SOURCES"
 TTL_ENV = "BRAINHANDS_WORKSPACE_TTL"
+REPOS_ENV = "BRAINHANDS_WORKSPACE_REPOS"
+TOKEN_ENV = "BRAINHANDS_WORKSPACE_GIT_TOKEN"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: What the sandbox leaves in a tree that is nobody's change (caches of the tests it runs).
@@ -68,13 +71,18 @@ class WorkspacesConfig(ConfigModel):
     """Where session workspaces live and which local directories may be their sources; from the environment."""
 
     config_name = "workspaces config"
-    env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV, "ttl": TTL_ENV}
+    env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV, "ttl": TTL_ENV, "repos": REPOS_ENV,
+                "git_token": TOKEN_ENV}
 
     root: str | None = None  # BRAINHANDS_WORKSPACES: per-session workspaces under it; unset: one shared root
     # BRAINHANDS_WORKSPACE_SOURCES: directories (':'-separated) a session's source may be in or be.
     sources: Annotated[tuple[str, ...], BeforeValidator(_paths)] = ()
     # BRAINHANDS_WORKSPACE_TTL: a workspace no call has used for this long is removed (unset: kept until removed).
     ttl: Duration | None = None
+    # BRAINHANDS_WORKSPACE_REPOS: URL prefixes (space-separated) a session's source may be cloned from.
+    repos: Annotated[tuple[str, ...], BeforeValidator(lambda v: tuple(v.split()) if isinstance(v, str) else v)] = ()
+    # BRAINHANDS_WORKSPACE_GIT_TOKEN: the token clones present (HTTP basic auth); never in a URL, a config or the sandbox.
+    git_token: str | None = None
 
 
 def _git(git_dir: Path, tree: Path | None, *args: str, env: Mapping[str, str] | None = None,
@@ -195,16 +203,30 @@ def _lock_of(git_dir: Path) -> threading.Lock:
         return _git_locks.setdefault(git_dir, threading.Lock())
 
 
+@dataclass(frozen=True)
+class Repo:
+    """A git repository a session starts from: its URL and the branch, tag or commit to check out ("": its HEAD)."""
+
+    url: str
+    ref: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.url}@{self.ref}" if self.ref else self.url
+
+
 class SessionWorkspaces:
     """The workspaces under one root: found for a call from its tenant and session, made on first use."""
 
-    def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = (), ttl: float | None = None):
+    def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = (), ttl: float | None = None,
+                 repos: tuple[str, ...] = (), git_token: str | None = None):
         path = Path(root)
         if not path.is_dir():
             raise ValueError(f"workspaces root {str(root)!r} is not a directory")
         self.root = Path(os.path.realpath(path))
         self.sources = tuple(Path(os.path.realpath(s)) for s in sources)
         self.ttl = ttl
+        self.repos = repos
+        self._git_token = git_token
         self._making: dict[Path, asyncio.Lock] = {}
         self._swept = 0.0  # time.monotonic() of the last sweep for expired workspaces
 
@@ -214,7 +236,7 @@ class SessionWorkspaces:
         if config.root is None:
             return None
         try:
-            return cls(config.root, config.sources, config.ttl)
+            return cls(config.root, config.sources, config.ttl, config.repos, config.git_token)
         except ValueError as exc:
             raise ValueError(f"{WORKSPACES_ENV}: {exc}") from None
 
@@ -297,10 +319,12 @@ class SessionWorkspaces:
                 removed.append(path)
         return removed
 
-    def _source(self, named: str) -> Path | None:
-        """The local directory a session starts from (None: empty), if this service allows it as a source."""
+    def _source(self, named: str) -> Path | Repo | None:
+        """What a session starts from (None: empty): a local directory or a repository this service allows."""
         if not named:
             return None
+        if "://" in named:
+            return self._repo(named)
         if "\x00" in named or not os.path.isabs(named):
             raise HandError(f"workspace source {named[:200]!r} must be an absolute directory path")
         real = Path(os.path.realpath(named))
@@ -311,7 +335,39 @@ class SessionWorkspaces:
             raise HandError(f"workspace source {named[:200]!r} is not a directory")
         return real
 
-    def _make(self, ws: SessionWorkspace, source: Path | None, parent: SessionWorkspace | None = None) -> None:
+    def _repo(self, named: str) -> Repo:
+        url, ref = named, ""
+        head, sep, tail = named.rpartition("@")
+        if sep and "/" not in tail and "://" in head:
+            url, ref = head, tail
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise HandError("a repository URL may not carry credentials: the service presents its own token")
+        if not any(url.startswith(prefix) for prefix in self.repos):
+            raise HandError(f"repository {url[:200]!r} is not one this service may clone (its {REPOS_ENV})")
+        if ref and (ref.startswith("-") or not re.fullmatch(r"[A-Za-z0-9._/-]{1,200}", ref)):
+            raise HandError(f"ref {ref[:80]!r} is not a branch, tag or commit name")
+        return Repo(url, ref)
+
+    def _clone(self, repo: Repo, fresh: SessionWorkspace) -> None:
+        """Clone repo into the fresh workspace's git directory and check its ref out in the tree.
+
+        The token goes to git in its environment only (GIT_CONFIG_*: not the command line, which any user can read
+        in /proc, and not the git directory's config); the sandbox never sees the git directory at all.
+        """
+        env: dict[str, str] = {}
+        if self._git_token:
+            basic = base64.b64encode(f"x-access-token:{self._git_token}".encode()).decode()
+            env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+                   "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+        shutil.rmtree(fresh.git_dir)
+        _git(fresh.git_dir, None, "clone", "-q", "--bare", "--", repo.url, str(fresh.git_dir), env=env)
+        fresh.tree.mkdir()
+        target = repo.ref or "HEAD"
+        fresh.git("update-ref", "refs/heads/main", f"{target}^{{commit}}" if repo.ref else "HEAD")
+        fresh.git("symbolic-ref", "HEAD", "refs/heads/main")
+        fresh.git("reset", "-q", "--hard", "main")
+
+    def _make(self, ws: SessionWorkspace, source: Path | Repo | None, parent: SessionWorkspace | None = None) -> None:
         tenant_dir = ws.path.parent
         # 0711: a sandbox run's own uid must pass through to bind its tree, but may not list whose trees exist.
         tenant_dir.mkdir(mode=0o711, exist_ok=True)
@@ -333,6 +389,10 @@ class SessionWorkspaces:
                 fresh.git("fetch", "-q", "--no-tags", str(parent.git_dir), f"refs/brainhands/forks/{ws.session}:refs/heads/main")
                 fresh.git("reset", "-q", "--hard", "main")
                 (fresh.git_dir / "brainhands-parent").write_text(f"{parent.session}\n")
+            elif isinstance(source, Repo):
+                self._clone(source, fresh)
+                (fresh.git_dir / "info").mkdir(exist_ok=True)
+                (fresh.git_dir / "info" / "exclude").write_text(_EXCLUDE)
             else:
                 if source is not None:
                     shutil.copytree(source, fresh.tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))

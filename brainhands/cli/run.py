@@ -64,6 +64,10 @@ def _hands_flags(p: argparse.ArgumentParser) -> None:
                    help="work on the session's own copy of --workspace DIR (default: the current directory), kept"
                         " in git beside it so workspace_diff shows the change, instead of on DIR itself; with"
                         " --gateway, DIR is a directory on the hands' machine among their BRAINHANDS_WORKSPACE_SOURCES")
+    p.add_argument("--repo", metavar="URL[@REF]",
+                   help="give the session its own workspace cloned from this git repository (a branch, tag or commit"
+                        " after @); the hands clone it with $BRAINHANDS_WORKSPACE_GIT_TOKEN, which never reaches the"
+                        " sandbox; with --gateway the hands there must allow it in their BRAINHANDS_WORKSPACE_REPOS")
 
 
 def _model_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -146,6 +150,9 @@ def _hand_client(args, gateway: str):
     from hands import metadata as md
 
     api_key = os.environ.get("BRAINHANDS_API_KEY") or None
+    repo = getattr(args, "repo", None)
+    if repo:
+        return HandClient(gateway, api_key=api_key, metadata={md.WORKSPACE: repo})
     if not getattr(args, "session_workspace", False):
         return gateway
     source = Path(args.workspace).resolve() if args.workspace else Path(".").resolve()
@@ -238,6 +245,10 @@ async def _hands(args, err) -> AsyncIterator[str]:
     if getattr(args, "session_workspace", False):
         env["BRAINHANDS_WORKSPACES"] = str(_session_workspaces_root())
         env["BRAINHANDS_WORKSPACE_SOURCES"] = str(workspace)
+    if getattr(args, "repo", None):
+        env["BRAINHANDS_WORKSPACES"] = str(_session_workspaces_root())
+        url, _, ref = args.repo.rpartition("@")
+        env["BRAINHANDS_WORKSPACE_REPOS"] = url if url and "/" not in ref and "://" in url else args.repo
     log_dir = _stack_log_dir()
     try:
         stack = await start_local_stack(workspace, extra_env=env, log_dir=log_dir)
@@ -245,7 +256,8 @@ async def _hands(args, err) -> AsyncIterator[str]:
         raise CliError(f"the local stack did not start: {exc}") from None
     try:
         hands = ", ".join(name for name in stack.addresses if name != "gateway")
-        where = (f"session workspaces under {env['BRAINHANDS_WORKSPACES']}, copied from {workspace}"
+        origin = getattr(args, "repo", None) or workspace
+        where = (f"session workspaces under {env['BRAINHANDS_WORKSPACES']}, copied from {origin}"
                  if "BRAINHANDS_WORKSPACES" in env else f"workspace {workspace}")
         err.print(f"local stack: gateway {stack.gateway} ({hands}) · {where} · logs {log_dir}",
                   markup=False, highlight=False, soft_wrap=True)

@@ -4,8 +4,12 @@ workspaces root; each session's files are its own, made on its first call, seen 
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.server
 import json
 import os
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,8 +33,50 @@ class AddTest(unittest.TestCase):
 """
 
 
+GIT_TOKEN = "ghp-the-hands-own-token-0000000000000001"
+
+
+class _Remote(http.server.SimpleHTTPRequestHandler):
+    """A git remote over dumb HTTP that wants the token as basic auth, as a forge does; it notes what it was sent."""
+
+    seen: list[str]
+
+    def do_GET(self):  # noqa: N802 - the name http.server calls
+        self.seen.append(self.headers.get("Authorization", ""))
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(f"x-access-token:{GIT_TOKEN}".encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
-def stack(tmp_path, work_root):
+def git_remote(tmp_path):
+    """(URL of a repository served over HTTP that needs the token, the Authorization headers it received)."""
+    work, served = tmp_path / "remote-work", tmp_path / "remote"
+    work.mkdir()
+    (work / "app.py").write_text("print('from the repository')\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*git, str(work), "add", "."], check=True)
+    subprocess.run([*git, str(work), "commit", "-qm", "first"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / "project.git")], check=True)
+    subprocess.run(["git", "-C", str(served / "project.git"), "update-server-info"], check=True)
+    seen: list[str] = []
+    handler = type("Remote", (_Remote,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/project.git", seen
+    server.shutdown()
+
+
+@pytest.fixture
+def stack(tmp_path, work_root, git_remote):
     root = work_root  # the sandbox's run uids (it runs as root here) must pass through: not pytest's 0700 tmp_path
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "metrics": None, "tenants": [
@@ -39,7 +85,9 @@ def stack(tmp_path, work_root):
     started = [start_service(["serve", "gateway", "--config", str(config)], ready_event="gateway serving", timeout=60)]
     try:
         gw = started[0].address
-        env = {"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": str(tmp_path / "sources")}
+        env = {"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": str(tmp_path / "sources"),
+               "BRAINHANDS_WORKSPACE_REPOS": git_remote[0].rsplit("/", 1)[0] + "/",
+               "BRAINHANDS_WORKSPACE_GIT_TOKEN": GIT_TOKEN}
         for module in ("hands.builtin.fs", "hands.builtin.sandbox"):
             started.append(start_service(["serve", "hand", module, "--port", "0", "--register", gw], env=env, timeout=60))
         yield gw, root
@@ -180,3 +228,32 @@ async def test_workers_branch_from_their_parent_and_merge_back_with_conflicts_re
     finally:
         for client in clients.values():
             await client.close()
+
+
+async def test_a_session_cloned_from_a_repository_never_shows_the_token_inside_the_sandbox(stack, git_remote, tmp_path):
+    gw, root = stack
+    url, seen = git_remote
+    async with HandClient(gw, api_key=KEYS["a"]) as client:
+
+        async def call(session: str, source: str, name: str, **tool_input):
+            return await client.execute(name, json.dumps(tool_input), session_id=session, timeout=60,
+                                        metadata={md.WORKSPACE: source})
+
+        await poll(lambda: _routed(client), "the fs and sandbox hands to register", timeout=60)
+        listed = await call("r1", f"{url}@main", "fs_list")
+        assert not listed.is_error and listed.output.split() == ["app.py"], listed.output
+        assert seen and seen[-1].startswith("Basic ")  # the clone presented the hand's token
+        looked = await call("r1", url, "sandbox_shell", command=(
+            "python3 app.py; env; ls -a; cat .git/config; "
+            "for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do tr '\\0' '\\n' < $f; done 2>/dev/null; "
+            "grep -rs x-access-token /sandbox /tmp /run /dev/shm | head -3; true"))
+        assert "from the repository" in looked.output, looked.output
+        assert GIT_TOKEN not in looked.output and base64.b64encode(GIT_TOKEN.encode()).decode()[:20] not in looked.output
+        assert ".git" not in looked.output.split()  # the history lies outside the tree
+        git_config = (root / "a" / "r1" / "git" / "config").read_text()
+        assert url in git_config and GIT_TOKEN not in git_config  # not kept even where the sandbox cannot look
+
+        for bad, why in ((f"http://tok:en@{url.split('://')[1]}", "may not carry credentials"),
+                         ("https://elsewhere.example/x.git", "not one this service may clone")):
+            refused = await call("r2", bad, "fs_list")
+            assert refused.is_error and why in refused.output, refused.output
