@@ -59,7 +59,7 @@ class CallerClient(HandClient):
     def _caller_metadata(self, extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         ctx = self._ctx
         meta: dict[str, str] = {md.DEPTH: str(ctx.depth + 1)}
-        for key in (md.TRACEPARENT, md.BUDGET_TOKENS, md.BUDGET_CALLS, md.WORKSPACE):
+        for key in (md.TRACEPARENT, md.BUDGET_TOKENS, md.BUDGET_CALLS, md.WORKSPACE, md.WORKER_WORKSPACES):
             if key in ctx.metadata:
                 meta[key] = ctx.metadata[key]
         meta.update(extra or {})

@@ -267,10 +267,15 @@ class SessionWorkspaces:
         if _used(ws):
             return ws
         parent_id = ctx.metadata.get(md.WORKSPACE_PARENT, "")
-        parent = None
-        if parent_id and parent_id != ws.session:
-            parent = await self._provisioned(self.of(ws.tenant, parent_id), ctx)
-        return await self._provisioned(ws, ctx, parent)
+        if not parent_id or parent_id == ws.session:
+            return await self._provisioned(ws, ctx)
+        parent = await self._provisioned(self.of(ws.tenant, parent_id), ctx)
+        if ctx.metadata.get(md.WORKER_WORKSPACES) == "branch":
+            return await self._provisioned(ws, ctx, parent)
+        # Shared: the worker's session names its parent's workspace (a link beside it, in the same tenant's folder).
+        await asyncio.to_thread(_link, ws, parent)
+        _used(ws)
+        return ws
 
     async def _provisioned(self, ws: SessionWorkspace, ctx: Context,
                            parent: SessionWorkspace | None = None) -> SessionWorkspace:
@@ -278,6 +283,9 @@ class SessionWorkspaces:
             return ws
         lock = self._making.setdefault(ws.path, asyncio.Lock())
         async with lock:
+            if ws.path.is_symlink() and not ws.path.exists():  # it shared a workspace that has expired since
+                with contextlib.suppress(FileNotFoundError):
+                    ws.path.unlink()
             if not ws.path.is_dir():
                 source = None if parent is not None else self._source(ctx.metadata.get(md.WORKSPACE, ""))
                 try:
@@ -305,6 +313,11 @@ class SessionWorkspaces:
             if not tenant_dir.is_dir() or tenant_dir.is_symlink():
                 continue
             for path in tenant_dir.iterdir():
+                if path.is_symlink():  # a worker's name for its parent's workspace: goes when that one does
+                    if not path.exists():
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                    continue
                 if path.name.startswith(".") or not path.is_dir():
                     continue
                 try:
@@ -415,6 +428,14 @@ class SessionWorkspaces:
 
 
 _USED = "used"  # a file in each workspace whose mtime is its last use
+
+
+def _link(ws: SessionWorkspace, parent: SessionWorkspace) -> None:
+    """Make ws's session name parent's workspace (a relative link in the tenant's folder), unless it has one."""
+    if ws.path.is_symlink() or ws.path.is_dir():
+        return
+    with contextlib.suppress(FileExistsError):  # another service linked it first
+        os.symlink(parent.path.name, ws.path)
 
 
 def _used(ws: SessionWorkspace) -> bool:

@@ -64,6 +64,9 @@ def _hands_flags(p: argparse.ArgumentParser) -> None:
                    help="work on the session's own copy of --workspace DIR (default: the current directory), kept"
                         " in git beside it so workspace_diff shows the change, instead of on DIR itself; with"
                         " --gateway, DIR is a directory on the hands' machine among their BRAINHANDS_WORKSPACE_SOURCES")
+    p.add_argument("--worker-workspaces", action="store_true",
+                   help="with a session workspace, give each worker agent's session its own branch of its caller's"
+                        " workspace (merged back with workspace_merge) instead of working in its caller's files")
     p.add_argument("--repo", metavar="URL[@REF]",
                    help="give the session its own workspace cloned from this git repository (a branch, tag or commit"
                         " after @); the hands clone it with $BRAINHANDS_WORKSPACE_GIT_TOKEN, which never reaches the"
@@ -150,13 +153,14 @@ def _hand_client(args, gateway: str):
     from hands import metadata as md
 
     api_key = os.environ.get("BRAINHANDS_API_KEY") or None
-    repo = getattr(args, "repo", None)
-    if repo:
-        return HandClient(gateway, api_key=api_key, metadata={md.WORKSPACE: repo})
-    if not getattr(args, "session_workspace", False):
-        return gateway
-    source = Path(args.workspace).resolve() if args.workspace else Path(".").resolve()
-    return HandClient(gateway, api_key=api_key, metadata={md.WORKSPACE: str(source)})
+    meta: dict[str, str] = {}
+    if getattr(args, "repo", None):
+        meta[md.WORKSPACE] = args.repo
+    elif getattr(args, "session_workspace", False):
+        meta[md.WORKSPACE] = str(Path(args.workspace).resolve() if args.workspace else Path(".").resolve())
+    if getattr(args, "worker_workspaces", False):
+        meta[md.WORKER_WORKSPACES] = "branch"
+    return HandClient(gateway, api_key=api_key, metadata=meta) if meta else gateway
 
 
 def _unreachable(gateway: str, exc: Exception) -> CliError:

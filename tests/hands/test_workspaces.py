@@ -82,9 +82,13 @@ def ctx_of(session: str, tenant: str = "t") -> Context:
 async def test_a_workspace_unused_for_its_ttl_is_removed_and_one_in_use_is_kept(root):
     workspaces = SessionWorkspaces(root, ttl=3600)
     old, fresh = await workspaces.provision(ctx_of("old")), await workspaces.provision(ctx_of("fresh"))
+    worker = Context(call_id="c", session_id="worker", deadline=None, logger=None,
+                     metadata={**as_tenant("t"), md.WORKSPACE_PARENT: "old"})
+    assert (await workspaces.provision(worker)).tree.resolve() == old.tree  # a worker shares its caller's files
     (old.tree / "work.txt").write_text("done long ago")
     os.utime(old.path / "used", (time.time() - 7200, time.time() - 7200))
-    assert workspaces.remove_expired() == [old.path]
+    assert old.path in workspaces.remove_expired()
+    workspaces.remove_expired()  # the worker's link to it, if the first pass met it before its target went
     assert not old.path.exists() and fresh.path.is_dir()
     assert [p.name for p in (root / "t").iterdir()] == ["fresh"]  # nothing half-removed left
     again = await workspaces.provision(ctx_of("old"))  # a late call of that session starts over, empty
@@ -103,13 +107,17 @@ async def test_a_hand_calling_for_a_session_of_its_own_names_its_caller_as_the_w
     @hand
     async def headers(ctx: Context) -> str:
         """The workspace headers this call came with."""
-        return json.dumps({k: ctx.metadata.get(k) for k in (md.WORKSPACE, md.WORKSPACE_PARENT, md.SESSION_ID)})
+        keys = (md.WORKSPACE, md.WORKSPACE_PARENT, md.SESSION_ID, md.WORKER_WORKSPACES)
+        return json.dumps({k: ctx.metadata.get(k) for k in keys})
 
     running = await hand_service([headers])
     ctx = Context(call_id="c", session_id="parent", deadline=None, logger=None,
-                  metadata={md.TENANT: "t", md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "grandparent"})
+                  metadata={md.TENANT: "t", md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "grandparent",
+                            md.WORKER_WORKSPACES: "branch"})
     client = CallerClient(ctx, running.address)
     child = json.loads((await client.execute("headers", session_id="child")).output)
-    assert child == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "parent", md.SESSION_ID: "child"}
+    assert child == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: "parent", md.SESSION_ID: "child",
+                     md.WORKER_WORKSPACES: "branch"}
     same = json.loads((await client.execute("headers")).output)  # its caller's own session: no parent to name
-    assert same == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: None, md.SESSION_ID: "parent"}
+    assert same == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: None, md.SESSION_ID: "parent",
+                    md.WORKER_WORKSPACES: "branch"}

@@ -190,7 +190,7 @@ async def test_workers_branch_from_their_parent_and_merge_back_with_conflicts_re
     clients = {name: HandClient(gw, api_key=key) for name, key in KEYS.items()}
 
     async def call(session: str, name: str, parent: str = "", tenant: str = "a", **tool_input):
-        meta = {md.WORKSPACE_PARENT: parent} if parent else None
+        meta = {md.WORKSPACE_PARENT: parent, md.WORKER_WORKSPACES: "branch"} if parent else None
         return await clients[tenant].execute(name, json.dumps(tool_input), session_id=session, timeout=60, metadata=meta)
 
     try:
@@ -225,6 +225,15 @@ async def test_workers_branch_from_their_parent_and_merge_back_with_conflicts_re
         assert "session w5" in conflict.output and "conflicts in a.txt" in conflict.output
         assert "<<<<<<<" in conflict.output and "a two (w4)" in conflict.output and "a two (w5)" in conflict.output
         assert (tree / "a.txt").read_text() == "a ONE\na two (w4)\n"  # the conflicting merge was undone
+
+        # Without "branch", a worker works in its caller's files themselves: nothing to merge.
+        shared = await clients["a"].execute("fs_write", json.dumps({"path": "d.txt", "content": "shared\n"}),
+                                            session_id="w6", timeout=60, metadata={md.WORKSPACE_PARENT: "p"})
+        assert not shared.is_error, shared.output
+        assert (tree / "d.txt").read_text() == "shared\n"
+        ran = await clients["a"].execute("sandbox_shell", json.dumps({"command": "cat d.txt a.txt"}), session_id="w6",
+                                         timeout=60, metadata={md.WORKSPACE_PARENT: "p"})
+        assert ran.output == "shared\na ONE\na two (w4)\n", ran.output
     finally:
         for client in clients.values():
             await client.close()
