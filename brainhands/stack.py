@@ -20,7 +20,7 @@ from brainhands.procs import free_port, spawn, stop_all
 
 #: The built-in hand services and the hand-name globs each serves.
 BUILTIN_HANDS = {
-    "fs": ("hands.builtin.fs", ["fs_*"]),
+    "fs": ("hands.builtin.fs", ["fs_*", "workspace_*"]),  # workspace_* with BRAINHANDS_WORKSPACES
     "sandbox": ("hands.builtin.sandbox", ["sandbox_*"]),
     "llm": ("hands.builtin.llm", ["llm_*"]),
     "memory": ("hands.builtin.memory", ["memory_*"]),
@@ -40,8 +40,8 @@ _BASE_VARS = (
 #: hands and the brain see the model key; only the web hands their search providers' keys.
 SERVICE_VARS: dict[str, tuple[str, ...]] = {
     "gateway": (),
-    "fs": ("BRAINHANDS_WORKSPACE", "BRAINHANDS_FS_"),
-    "sandbox": ("BRAINHANDS_SANDBOX_",),
+    "fs": ("BRAINHANDS_WORKSPACE", "BRAINHANDS_WORKSPACES", "BRAINHANDS_WORKSPACE_", "BRAINHANDS_FS_"),
+    "sandbox": ("BRAINHANDS_SANDBOX_", "BRAINHANDS_WORKSPACES", "BRAINHANDS_WORKSPACE_"),
     "llm": ("ANTHROPIC_", "BRAINHANDS_WORKER_", "BRAINHANDS_GATEWAY", "BRAINHANDS_MAX_DEPTH"),
     "agent": ("ANTHROPIC_", "BRAINHANDS_AGENT_", "BRAINHANDS_MODEL", "BRAINHANDS_SESSIONS", "BRAINHANDS_GATEWAY",
               "BRAINHANDS_MAX_DEPTH"),

@@ -35,7 +35,8 @@ def run_command(func, args, prog: str = "brainhands") -> int:
 
 DEFAULT_PORT = 50071
 ENVIRONMENT_NOTE = (
-    "A hand's own settings come from the environment: BRAINHANDS_WORKSPACE (fs), BRAINHANDS_SANDBOX_ISOLATION and "
+    "A hand's own settings come from the environment: BRAINHANDS_WORKSPACE (fs), BRAINHANDS_WORKSPACES and the "
+    "other BRAINHANDS_WORKSPACE_* settings (per-session workspaces of fs and sandbox), BRAINHANDS_SANDBOX_ISOLATION and "
     "the other BRAINHANDS_SANDBOX_* limits (sandbox), ANTHROPIC_API_KEY and BRAINHANDS_WORKER_MODEL (llm), "
     "BRAINHANDS_MEMORY (memory)."
 )

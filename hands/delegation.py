@@ -59,7 +59,7 @@ class CallerClient(HandClient):
     def _caller_metadata(self, extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         ctx = self._ctx
         meta: dict[str, str] = {md.DEPTH: str(ctx.depth + 1)}
-        for key in (md.TRACEPARENT, md.BUDGET_TOKENS, md.BUDGET_CALLS):
+        for key in (md.TRACEPARENT, md.BUDGET_TOKENS, md.BUDGET_CALLS, md.WORKSPACE, md.WORKER_WORKSPACES):
             if key in ctx.metadata:
                 meta[key] = ctx.metadata[key]
         meta.update(extra or {})
@@ -95,6 +95,9 @@ class CallerClient(HandClient):
         meta = [*self._caller_metadata(metadata), (md.CALL_ID, call_id)]
         if session_id:
             meta.append((md.SESSION_ID, session_id))
+            if self._ctx.session_id and session_id != self._ctx.session_id and not (metadata or {}).get(md.WORKSPACE_PARENT):
+                # A session of its own for the callee (a worker's): its workspace branches from this one's.
+                meta.append((md.WORKSPACE_PARENT, self._ctx.session_id))
         request = hands_pb2.ExecuteRequest(name=name, input=input, call_id=call_id, session_id=session_id)
         return await self._stub.Execute(
             request, timeout=self._timeout(timeout), metadata=meta, wait_for_ready=wait_for_ready

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +137,12 @@ async def brainhands_procs():
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         await proc.wait()
+
+
+@pytest.fixture
+def work_root():
+    """A directory a sandbox's per-run uids can pass through (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="brainhands-sandbox-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -60,6 +60,17 @@ def _hands_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", metavar="ADDR",
                    help="gateway (or hand service) address (default $BRAINHANDS_GATEWAY; neither: start a local stack)")
     p.add_argument("--workspace", metavar="DIR", help="the local stack's fs root (default: the current directory)")
+    p.add_argument("--session-workspace", action="store_true",
+                   help="work on the session's own copy of --workspace DIR (default: the current directory), kept"
+                        " in git beside it so workspace_diff shows the change, instead of on DIR itself; with"
+                        " --gateway, DIR is a directory on the hands' machine among their BRAINHANDS_WORKSPACE_SOURCES")
+    p.add_argument("--worker-workspaces", action="store_true",
+                   help="with a session workspace, give each worker agent's session its own branch of its caller's"
+                        " workspace (merged back with workspace_merge) instead of working in its caller's files")
+    p.add_argument("--repo", metavar="URL[@REF]",
+                   help="give the session its own workspace cloned from this git repository (a branch, tag or commit"
+                        " after @); the hands clone it with $BRAINHANDS_WORKSPACE_GIT_TOKEN, which never reaches the"
+                        " sandbox; with --gateway the hands there must allow it in their BRAINHANDS_WORKSPACE_REPOS")
 
 
 def _model_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -100,7 +111,7 @@ def _gateway(args) -> str | None:
     gateway = args.gateway or os.environ.get("BRAINHANDS_GATEWAY") or None
     if gateway:
         source = "--gateway" if args.gateway else "BRAINHANDS_GATEWAY"
-        if args.workspace:
+        if args.workspace and not getattr(args, "session_workspace", False):
             raise CliError(f"--workspace is for the local stack, but {source} names a gateway whose fs hand has its own root;"
                            " drop one of them")
         if getattr(args, "worker_model", None):
@@ -114,6 +125,42 @@ def _workspace(args) -> Path:
     if not workspace.is_dir():
         raise CliError(f"--workspace {args.workspace}: not a directory")
     return workspace
+
+
+def _session_workspaces_root(create: bool = True) -> Path:
+    """Where the local stack keeps session workspaces: beside the session store, if the sandbox can reach it there.
+
+    As root the sandbox runs each command as a uid of its own, which must pass through every directory above a
+    tree; when one above the state directory does not let it (root's home is 0700), the system temp directory
+    holds them instead: its mode is not ours to change.
+    """
+    import tempfile
+
+    from brain.sessions import default_sessions_path
+
+    root = Path(default_sessions_path()).parent / "workspaces"
+    if os.geteuid() == 0 and any(p.exists() and not p.stat().st_mode & 0o001 for p in root.parents):
+        root = Path(tempfile.gettempdir()) / "brainhands-workspaces"
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o711)
+    return root
+
+
+def _hand_client(args, gateway: str):
+    """The brain's client: with --session-workspace, every call names the session's source (x-brainhands-workspace)."""
+    from hands import HandClient
+    from hands import metadata as md
+
+    api_key = os.environ.get("BRAINHANDS_API_KEY") or None
+    meta: dict[str, str] = {}
+    if getattr(args, "repo", None):
+        meta[md.WORKSPACE] = args.repo
+    elif getattr(args, "session_workspace", False):
+        meta[md.WORKSPACE] = str(Path(args.workspace).resolve() if args.workspace else Path(".").resolve())
+    if getattr(args, "worker_workspaces", False):
+        meta[md.WORKER_WORKSPACES] = "branch"
+    return HandClient(gateway, api_key=api_key, metadata=meta) if meta else gateway
 
 
 def _unreachable(gateway: str, exc: Exception) -> CliError:
@@ -199,6 +246,13 @@ async def _hands(args, err) -> AsyncIterator[str]:
     env = {k: os.environ[k] for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "BRAINHANDS_WORKER_MODEL") if os.environ.get(k)}
     if getattr(args, "worker_model", None):
         env["BRAINHANDS_WORKER_MODEL"] = args.worker_model
+    if getattr(args, "session_workspace", False):
+        env["BRAINHANDS_WORKSPACES"] = str(_session_workspaces_root())
+        env["BRAINHANDS_WORKSPACE_SOURCES"] = str(workspace)
+    if getattr(args, "repo", None):
+        env["BRAINHANDS_WORKSPACES"] = str(_session_workspaces_root())
+        url, _, ref = args.repo.rpartition("@")
+        env["BRAINHANDS_WORKSPACE_REPOS"] = url if url and "/" not in ref and "://" in url else args.repo
     log_dir = _stack_log_dir()
     try:
         stack = await start_local_stack(workspace, extra_env=env, log_dir=log_dir)
@@ -206,7 +260,10 @@ async def _hands(args, err) -> AsyncIterator[str]:
         raise CliError(f"the local stack did not start: {exc}") from None
     try:
         hands = ", ".join(name for name in stack.addresses if name != "gateway")
-        err.print(f"local stack: gateway {stack.gateway} ({hands}) · workspace {workspace} · logs {log_dir}",
+        origin = getattr(args, "repo", None) or workspace
+        where = (f"session workspaces under {env['BRAINHANDS_WORKSPACES']}, copied from {origin}"
+                 if "BRAINHANDS_WORKSPACES" in env else f"workspace {workspace}")
+        err.print(f"local stack: gateway {stack.gateway} ({hands}) · {where} · logs {log_dir}",
                   markup=False, highlight=False, soft_wrap=True)
         yield stack.gateway
     finally:
@@ -250,6 +307,8 @@ def _resume_hint(args, session_id: str) -> str:
     words = ["brainhands", "sessions", "wake", session_id]
     for flag in ("sessions", "gateway", "workspace"):
         value = getattr(args, flag, None)
+        if flag == "workspace" and getattr(args, "session_workspace", False):
+            words.append("--session-workspace")
         if value:
             if flag in ("workspace",) or (flag == "sessions" and "://" not in value):
                 value = str(Path(value).resolve())
@@ -285,7 +344,8 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
                 await _session_or_fail(store, known_session)  # still there: _wake resolved its full id
             async with _hands(args, err) as gateway:
                 prompts = getattr(view, "asks", False)  # a live view on a terminal asks the person to decide
-                brain = Brain(target=gateway, model=args.model_obj, store=store, config=args.config_obj,
+                target = _hand_client(args, gateway)
+                brain = Brain(target=target, model=args.model_obj, store=store, config=args.config_obj,
                               api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
                               wait_for_decisions=prompts, on_text=getattr(view, "on_text", None))
                 if prompts:
@@ -305,6 +365,8 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
                     return result
                 finally:
                     await brain.close()
+                    if not isinstance(target, str):
+                        await target.close()
         finally:
             await store.close()
 

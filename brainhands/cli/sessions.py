@@ -18,6 +18,7 @@ from brainhands.cli.run import (
     _model_flag,
     _open,
     _session_or_fail,
+    _session_workspaces_root,
     _sessions_flag,
     _wake,
 )
@@ -115,6 +116,21 @@ def register(commands) -> None:
     _sessions_flag(say)
     say.set_defaults(func=_say)
 
+    export = sc.add_parser(
+        "export", help="write a session's change to its workspace as a patch (git apply / patch -p1 take it)",
+        description="Write the change a session made to its own workspace (brainhands run --session-workspace) as a "
+                    "unified diff against the files it started from. Without --gateway the workspace is looked up "
+                    "where the local stack keeps them; with --gateway (or $BRAINHANDS_GATEWAY) its workspace_diff "
+                    "hand is asked, with $BRAINHANDS_API_KEY: only the session's own tenant gets it.",
+    )
+    export.add_argument("session_id", help=ID_HELP)
+    export.add_argument("--patch", action="store_true", required=True,
+                        help="the change as a patch (the only form so far; a branch for git sources is to come)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write the patch to FILE (default: stdout)")
+    export.add_argument("--gateway", metavar="ADDR", help="ask the workspace_diff hand through this gateway")
+    _sessions_flag(export)
+    export.set_defaults(func=_export)
+
     watch = sc.add_parser("watch", help="watch sessions live on one screen (all running and waiting ones without ids)")
     watch.add_argument("session_ids", nargs="*", metavar="ID",
                        help="sessions to follow (default: every running or waiting session)")
@@ -158,6 +174,53 @@ def _list(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    async def session_id() -> str:
+        store = await _open(args.sessions, must_exist=True)
+        try:
+            return (await _session_or_fail(store, args.session_id)).id
+        finally:
+            await store.close()
+
+    sid = asyncio.run(session_id())
+    gateway = args.gateway or os.environ.get("BRAINHANDS_GATEWAY") or None
+    patch = asyncio.run(_patch_through(gateway, sid)) if gateway else _local_patch(sid)
+    if args.output:
+        try:
+            Path(args.output).write_text(patch, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(Path(args.output).resolve())
+    else:
+        sys.stdout.write(patch)
+    return 0
+
+
+def _local_patch(session_id: str) -> str:
+    workspace = _local_workspace(session_id)
+    if workspace is None:
+        raise CliError(f"session {session_id} has no workspace under {_session_workspaces_root(create=False)}: it ran without "
+                       "--session-workspace, or on a gateway's hands (give --gateway)")
+    return workspace.diff(max_bytes=1 << 62)
+
+
+async def _patch_through(gateway: str, session_id: str) -> str:
+    import grpc
+
+    from hands import HandClient
+
+    async with HandClient(gateway, api_key=os.environ.get("BRAINHANDS_API_KEY") or None) as client:
+        try:
+            reply = await client.execute("workspace_diff", {}, session_id=session_id, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            raise CliError(f"workspace_diff through {gateway}: {exc.code().name}: {exc.details()}") from None
+    if reply.output.startswith("[no change"):
+        return ""
+    if reply.is_error or reply.output.startswith("["):  # a note, not a patch: no workspace yet
+        raise CliError(f"session {session_id}: {reply.output.strip('[]')}")
+    return reply.output
+
+
 def _show(args) -> int:
     async def go():
         store = await _open(args.sessions, must_exist=True)
@@ -192,7 +255,22 @@ def _show(args) -> int:
             print(json.dumps(event.as_dict(), ensure_ascii=False, default=str))
         return 0
     _print_session(info, events, children)
+    workspace = _local_workspace(info.id)
+    if workspace is not None:
+        changed = ("\n" + workspace.diff(max_bytes=1 << 62)).count("\ndiff --git ")
+        print(f"workspace: {workspace.tree} · {changed} file(s) changed · the change: "
+              f"brainhands sessions export {info.id[:8]} --patch")
     return 0
+
+
+def _local_workspace(session_id: str):
+    """The session's workspace where the local stack keeps them, or None."""
+    from hands.workspaces import SessionWorkspace
+
+    for path in _session_workspaces_root(create=False).glob(f"*/{session_id}"):
+        if (path / "git").is_dir():
+            return SessionWorkspace(path.parent.name, session_id, path)
+    return None
 
 
 def _print_session(info, events, children=()) -> None:

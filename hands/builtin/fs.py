@@ -27,7 +27,8 @@ from pathlib import Path
 import re2
 import structlog
 
-from hands import Hand, HandError, hand
+from hands import Context, Hand, HandError, hand
+from hands.workspaces import SessionWorkspaces, workspaces_from_env
 
 log = structlog.get_logger("hands.fs")
 
@@ -611,16 +612,22 @@ class _PathLocks:
 # ---- the hands -------------------------------------------------------------------------------------------
 
 
-def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> list[Hand]:
-    """The five fs hands over the workspace at root."""
-    ws = Workspace(root)
+def make_fs_hands(root: str | os.PathLike | SessionWorkspaces, config: FsConfig = FsConfig()) -> list[Hand]:
+    """The five fs hands over the workspace at root, or over each call's session workspace (SessionWorkspaces)."""
+    shared = None if isinstance(root, SessionWorkspaces) else Workspace(root)
+
+    async def workspace(ctx: Context) -> Workspace:
+        if shared is not None:
+            return shared
+        return Workspace((await root.provision(ctx)).tree)
+
     locks = _PathLocks()
     cfg = config
     # fs_grep runs on threads of its own, so greps that take long cannot hold the threads list and read use.
     grep_pool = ThreadPoolExecutor(max_workers=cfg.grep_workers, thread_name_prefix="fs-grep")
 
     @hand(idempotent=True)
-    async def fs_list(path: str = ".", pattern: str | None = None, recursive: bool = False) -> str:
+    async def fs_list(ctx: Context, path: str = ".", pattern: str | None = None, recursive: bool = False) -> str:
         """List the files and directories under a workspace path (directories end in '/').
 
         path is relative to the workspace root ("." for the root). pattern is a glob
@@ -628,7 +635,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         name; recursive lists the whole tree below path. The listing is cut after a
         bounded number of entries, with a note.
         """
-        return await asyncio.to_thread(_os_errors_told(_list), ws, cfg, path, pattern, recursive)
+        return await asyncio.to_thread(_os_errors_told(_list), await workspace(ctx), cfg, path, pattern, recursive)
 
     @hand(idempotent=True, description=(
         "Read a text file in the workspace.\n\n"
@@ -637,7 +644,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         "than that is read in parts: byte_offset (0-based, in bytes) with byte_length reads any bytes of the "
         "file, whatever its lines. Binary files are reported, not shown."
     ))
-    async def fs_read(path: str, offset: int = 1, limit: int | None = None,
+    async def fs_read(ctx: Context, path: str, offset: int = 1, limit: int | None = None,
                       byte_offset: int | None = None, byte_length: int | None = None) -> str:
         if offset < 1:
             raise HandError("offset is a 1-based line number; it must be at least 1")
@@ -649,10 +656,11 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
             raise HandError("byte_length must be at least 1 byte")
         if byte_length is not None and byte_offset is None:
             byte_offset = 0
+        ws = await workspace(ctx)
         return await asyncio.to_thread(_os_errors_told(_read), ws, cfg, path, offset, limit, byte_offset, byte_length)
 
     @hand(idempotent=True, timeout=cfg.grep_timeout)
-    async def fs_grep(pattern: str, path: str = ".", glob: str | None = None, ignore_case: bool = False) -> str:
+    async def fs_grep(ctx: Context, pattern: str, path: str = ".", glob: str | None = None, ignore_case: bool = False) -> str:
         """Search workspace files for a regular expression (RE2 syntax: Python's re without backreferences or lookaround).
 
         Searches the file at path or every text file below it; glob (e.g. "*.py")
@@ -661,6 +669,7 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         and very large files are skipped.
         """
         stop = threading.Event()
+        ws = await workspace(ctx)
         work = asyncio.get_running_loop().run_in_executor(grep_pool, _os_errors_told(_grep), ws, cfg, pattern, path, glob, ignore_case, stop)
         try:
             return await work
@@ -669,14 +678,15 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
             raise
 
     @hand
-    async def fs_write(path: str, content: str) -> str:
+    async def fs_write(ctx: Context, path: str, content: str) -> str:
         """Create or overwrite a file in the workspace with content (UTF-8 text).
 
         Parent directories are created. The write is atomic: readers see the old
         file or the new one, never half of it; an existing file keeps its mode.
         To change part of a file, prefer fs_edit.
         """
-        async with locks.hold(ws.display(path)):
+        ws = await workspace(ctx)
+        async with locks.hold(str(ws.root / ws.display(path))):
             return await asyncio.to_thread(_os_errors_told(_write), ws, path, content)
 
     @hand(description=(
@@ -685,11 +695,12 @@ def make_fs_hands(root: str | os.PathLike, config: FsConfig = FsConfig()) -> lis
         "the call fails if it is missing or appears more than once, so two edits of the same text cannot "
         f"silently overwrite each other. Atomic. Files larger than {cfg.max_edit_bytes} bytes are refused."
     ))
-    async def fs_edit(path: str, old: str, new: str) -> str:
-        async with locks.hold(ws.display(path)):
+    async def fs_edit(ctx: Context, path: str, old: str, new: str) -> str:
+        ws = await workspace(ctx)
+        async with locks.hold(str(ws.root / ws.display(path))):
             return await asyncio.to_thread(_os_errors_told(_edit), ws, cfg, path, old, new)
 
-    log.debug("fs hands ready", workspace=str(ws.root))
+    log.debug("fs hands ready", workspace=str(shared.root) if shared else f"per session under {root.root}")
     return [fs_list, fs_read, fs_grep, fs_write, fs_edit]
 
 
@@ -698,7 +709,13 @@ DEFAULT_PORT = 50071
 
 
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
-    """The fs hands over $BRAINHANDS_WORKSPACE (default: the current directory)."""
+    """The fs hands (and workspace_diff) over each session's workspace under $BRAINHANDS_WORKSPACES when it is
+    set, else the fs hands over the one root $BRAINHANDS_WORKSPACE (default: the current directory) for every call."""
+    sessions = workspaces_from_env()
+    if sessions is not None:
+        from hands.builtin.workspace import make_workspace_hands
+
+        return [*make_fs_hands(sessions), *make_workspace_hands(sessions)]
     root = os.environ.get(WORKSPACE_ENV) or os.getcwd()
     try:
         return make_fs_hands(root)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,15 +21,6 @@ AS_ROOT = os.geteuid() == 0
 HAVE_BWRAP = shutil.which("bwrap") is not None
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bwrap is not installed (Debian package bubblewrap)")
 MODES = [pytest.param("bubblewrap", marks=needs_bwrap), "limits-only"]
-
-
-@pytest.fixture
-def work_root():
-    """Where runs get their directories: one the per-run uid can reach (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="brainhands-sandbox-test-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

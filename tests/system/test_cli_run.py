@@ -341,3 +341,52 @@ async def test_each_mistake_is_one_line_and_a_non_zero_exit(args, expected, spaw
     assert assert_one_line(err).startswith(expected), err
     # Nothing was started: no local stack logs.
     assert not (tmp_path / "state" / "brainhands" / "logs").exists()
+
+
+async def test_run_with_a_session_workspace_works_on_a_copy_runs_its_tests_there_and_diffs_it(spawn, tmp_path, work_root):
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (workspace / "test_calc.py").write_text(
+        "import unittest\nfrom calc import add\n\n\nclass T(unittest.TestCase):\n"
+        "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n")
+    model = script(tmp_path, [
+        {"tool_calls": [["fs_edit", {"path": "calc.py", "old": "a - b", "new": "a + b"}]]},
+        {"tool_calls": [["sandbox_shell", {"command": "python3 -m unittest 2>&1"}]]},
+        {"tool_calls": [["workspace_diff", {}]]},
+        {"text": "Fixed add."},
+    ])
+    db = tmp_path / "sessions.db"
+    # State under a directory the sandbox's run uids can pass through (it runs as root here; tmp_path is 0700).
+    code, out, err = await brainhands(spawn, "run", "Fix add", "--model", model, "--sessions", str(db),
+                                      "--workspace", str(workspace), "--session-workspace",
+                                      extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert out == "Fixed add.\n"
+    assert f"session workspaces under {work_root / 'brainhands' / 'workspaces'}, copied from {workspace}" in err
+    assert (workspace / "calc.py").read_text().endswith("a - b\n")  # the source is untouched
+    store = await open_store(str(db))
+    try:
+        [info] = await store.list_sessions()
+        outputs = {e.data["name"]: e.data["output"] for e in await store.events(info.id)
+                   if e.type == "tool_call_finished"}
+    finally:
+        await store.close()
+    assert "Ran 1 test" in outputs["sandbox_shell"] and "OK" in outputs["sandbox_shell"]
+    assert "-    return a - b\n+    return a + b" in outputs["workspace_diff"]
+    [tenant] = (work_root / "brainhands" / "workspaces").iterdir()
+    assert (tenant / info.id / "tree" / "calc.py").read_text().endswith("a + b\n")
+    code, shown, err = await brainhands(spawn, "sessions", "show", info.id, "--sessions", str(db),
+                                        extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert f"workspace: {tenant / info.id / 'tree'} · 1 file(s) changed" in shown
+    # The change, kept as a patch that applies to the source.
+    code, patch, err = await brainhands(spawn, "sessions", "export", info.id[:8], "--patch", "--sessions", str(db),
+                                        extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert patch == outputs["workspace_diff"]
+    applied = await asyncio.create_subprocess_exec("patch", "-p1", cwd=workspace, stdin=asyncio.subprocess.PIPE,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    said, _ = await applied.communicate(patch.encode())
+    assert applied.returncode == 0, said
+    assert (workspace / "calc.py").read_text().endswith("a + b\n")

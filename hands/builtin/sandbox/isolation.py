@@ -15,6 +15,7 @@ from hands.builtin.sandbox.config import SandboxConfig
 BUBBLEWRAP = "bubblewrap"
 LIMITS_ONLY = "limits-only"
 SANDBOX_DIR = "/sandbox"  # where the working directory appears inside bubblewrap
+PROGRAM_DIR = "/run/brainhands-program"  # where a run in a session workspace finds its program, read-only
 
 # Files from /etc that programs need to run (dynamic linker, users, locale); nothing else of /etc is shown.
 _ETC_FILES = (
@@ -77,11 +78,12 @@ class Isolation:
                 "gets a scrubbed environment with no keys; resource limits apply.")
 
     def wrap(self, argv: list[str], workdir: str, env: dict[str, str], *, scratch: tuple[str, str] | None = None,
-             tmpfs_bytes: int = 64 * 1024 * 1024) -> tuple[list[str], str]:
+             tmpfs_bytes: int = 64 * 1024 * 1024, program: str | None = None) -> tuple[list[str], str]:
         """The command line that runs argv isolated, and the cwd to start it in.
 
         scratch is (tmp, shm): host directories on the run's size-capped tmpfs to show as /tmp and
         /dev/shm; without it each is a tmpfs of tmpfs_bytes (bwrap's default would be half the RAM).
+        program is a host directory of the run's own files, shown read-only at program_dir(program).
         """
         if self.mode != BUBBLEWRAP:
             return argv, workdir
@@ -108,12 +110,17 @@ class Isolation:
             # file can be made outside the bounded mounts.
             "--remount-ro", "/dev",
             "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+            *(("--ro-bind", program, PROGRAM_DIR) if program is not None else ()),
             "--remount-ro", "/",
             "--clearenv",
         ]
         for key, value in env.items():
             args += ["--setenv", key, value]
         return [*args, "--", *argv], workdir
+
+    def program_dir(self, program: str) -> str:
+        """Where the run sees the host directory program that holds its own files."""
+        return PROGRAM_DIR if self.mode == BUBBLEWRAP else program
 
     def home(self, workdir: str) -> str:
         return SANDBOX_DIR if self.mode == BUBBLEWRAP else workdir

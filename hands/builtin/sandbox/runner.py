@@ -136,14 +136,25 @@ def probe_disk_budget(work_root: str | None) -> str | None:
 
 @dataclass
 class _Scratch:
-    """Where one run's files live: base holds work (its working directory) and, on a capped tmpfs, tmp and shm."""
+    """Where one run's files live: base holds work (its working directory) and, on a capped tmpfs, tmp and shm.
+
+    With a session workspace (workspace), that is the working directory instead, and the program's own files
+    go in base/program, outside it, so they never show in the session's change.
+    """
 
     base: str
     capped: bool
+    workspace: str | None = None
 
     @property
     def work(self) -> str:
+        if self.workspace is not None:
+            return self.workspace
         return os.path.join(self.base, "work") if self.capped else self.base
+
+    @property
+    def program(self) -> str:
+        return os.path.join(self.base, "program") if self.workspace is not None else self.work
 
     @property
     def tmp(self) -> str:
@@ -230,30 +241,44 @@ class Sandbox:
             )
         )
 
-    async def run(self, argv: list[str], *, files: dict[str, str], stdin: str | None, timeout: float) -> RunResult:
+    async def run(self, argv: list[str], *, files: dict[str, str], stdin: str | None, timeout: float,
+                  workspace: str | None = None) -> RunResult:
+        """Run argv, files written for it first; an argument naming one of files is given that file's path.
+
+        Without workspace the run has a fresh directory of its own, removed afterwards; with one (a session
+        workspace's tree) it runs in that directory, read-write, and what it changes there stays.
+        """
         uid = await self._slots.get()
         try:
-            scratch = await asyncio.to_thread(self._make_scratch, uid, files)
+            scratch = await asyncio.to_thread(self._make_scratch, uid, files, workspace)
             try:
+                inside = self.isolation.program_dir(scratch.program) if workspace is not None else None
+                argv = [os.path.join(inside, arg) if inside and arg in files else arg for arg in argv]
                 return await self._run_in(scratch, uid, argv, stdin, timeout)
             finally:
-                await asyncio.to_thread(self._remove_scratch, scratch)
+                await asyncio.to_thread(self._remove_scratch, scratch, uid)
         finally:
             self._slots.put_nowait(uid)
 
-    def _make_scratch(self, uid: int | None, files: dict[str, str]) -> _Scratch:
-        scratch = _Scratch(tempfile.mkdtemp(prefix="brainhands-sandbox-", dir=self.config.work_root), self.disk_capped)
+    def _make_scratch(self, uid: int | None, files: dict[str, str], workspace: str | None = None) -> _Scratch:
+        base = tempfile.mkdtemp(prefix="brainhands-sandbox-", dir=self.config.work_root)
+        scratch = _Scratch(base, self.disk_capped, workspace)
         try:
             if scratch.capped:
                 # One tmpfs for everything the run can write: its size is the run's whole disk budget,
                 # its inode count the file limit, and it is RAM the kernel frees at unmount.
                 _mount_tmpfs(scratch.base, self.config.disk_bytes, self.config.max_files)
-                for path in (scratch.work, scratch.tmp, scratch.shm):
+                for path in (scratch.work, scratch.tmp, scratch.shm) if workspace is None else (scratch.tmp, scratch.shm):
                     os.mkdir(path, 0o700)
                     if uid is not None:
                         os.chown(path, uid, uid)
+            if workspace is not None:
+                os.mkdir(scratch.program, 0o700)
+                if uid is not None:
+                    os.chown(scratch.program, uid, uid)
+                    _chown_tree(workspace, uid)  # the run's own uid writes the session's files, and only while it runs
             for name, content in files.items():
-                path = os.path.join(scratch.work, name)
+                path = os.path.join(scratch.program, name)
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(content)
                 if uid is not None:
@@ -261,11 +286,14 @@ class Sandbox:
             if uid is not None:
                 os.chown(scratch.work, uid, uid)
         except BaseException:
-            self._remove_scratch(scratch)
+            self._remove_scratch(scratch, uid)
             raise
         return scratch
 
-    def _remove_scratch(self, scratch: _Scratch) -> None:
+    def _remove_scratch(self, scratch: _Scratch, uid: int | None = None) -> None:
+        if scratch.workspace is not None and uid is not None:
+            # Back to the service's own uid: the next run of this uid may be another session's.
+            _chown_tree(scratch.workspace, os.geteuid(), os.getegid())
         if scratch.capped:
             with contextlib.suppress(OSError):
                 _unmount(scratch.base)
@@ -292,11 +320,13 @@ class Sandbox:
         if self.isolation.mode == BUBBLEWRAP:
             tmp = "/tmp"
         else:
-            tmp = scratch.tmp if scratch.capped else scratch.work
+            tmp = scratch.tmp if scratch.capped else scratch.base
+        # In a session workspace HOME is the scratch space: caches a program keeps there are not the session's change.
+        home = tmp if scratch.workspace is not None else self.isolation.home(scratch.work)
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
-            "HOME": self.isolation.home(scratch.work),
+            "HOME": home,
             "TMPDIR": tmp,
         }
 
@@ -305,7 +335,7 @@ class Sandbox:
         env = self._env(scratch)
         wrapped, cwd = self.isolation.wrap(
             argv, scratch.work, env, scratch=(scratch.tmp, scratch.shm) if scratch.capped else None,
-            tmpfs_bytes=self.config.disk_bytes,
+            tmpfs_bytes=self.config.disk_bytes, program=scratch.program if scratch.workspace is not None else None,
         )
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -372,6 +402,16 @@ class Sandbox:
             log.warning("sandbox output pipe still open after kill", pid=proc.pid)
         if uid is not None and not await asyncio.to_thread(_settle, uid):
             log.warning("sandbox uid still owns processes after the run", uid=uid)
+
+
+def _chown_tree(top: str, uid: int, gid: int | None = None) -> None:
+    """Give top and everything below it to uid, never following a symlink (the run may have left any)."""
+    gid = uid if gid is None else gid
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for parent, dirs, names in os.walk(top):
+        for name in dirs + names:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
 
 
 def _settle(uid: int) -> bool:

@@ -12,6 +12,7 @@ from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
 from hands.builtin.sandbox.runner import RunResult, Sandbox, claim_uids, probe_disk_budget
 from hands.serving import set_not_dumpable
+from hands.workspaces import SessionWorkspaces, workspaces_from_env
 
 log = structlog.get_logger("hands.sandbox")
 
@@ -58,9 +59,28 @@ def _render(result: RunResult, timeout: float, config: SandboxConfig) -> HandRes
     return HandResult(out + sep + note, is_error=True)
 
 
-def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
-    """sandbox_python and sandbox_shell under config; probes bubblewrap once, here."""
+def _others_may_enter(root) -> str | None:
+    """None if a process of another uid may pass through every directory down to root, else the one it may not."""
+    path = root
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return str(path)
+        if path.parent == path:
+            return None
+        path = path.parent
+
+
+def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: SessionWorkspaces | None = None) -> list[Hand]:
+    """sandbox_python and sandbox_shell under config; probes bubblewrap once, here.
+
+    With workspaces each run happens in its session's workspace (made on the session's first call), which it may
+    change; without, in a fresh empty directory removed afterwards.
+    """
     as_root = os.geteuid() == 0
+    if workspaces is not None and as_root and (closed := _others_may_enter(workspaces.root)):
+        # Each run has a uid of its own, which must reach the session's tree to work in it.
+        raise ValueError(f"workspaces root {workspaces.root}: the sandbox's run uids cannot enter {closed} "
+                         "(give it o+x, e.g. chmod 711)")
     # Claimed before the probe runs as uids[0]: RuntimeError (one line at start-up) if another instance has them.
     uids = (claim_uids(config.uid_base, config.max_concurrent, config.uid_ranges) if as_root
             else [None] * config.max_concurrent)
@@ -82,7 +102,14 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
         set_not_dumpable()  # before any run: code of our own uid must not read our environment
     sandbox = Sandbox(config, isolation, uids, disk_problem)
     mib = config.disk_bytes // (1024 * 1024)
-    if disk_problem is None:
+    if workspaces is not None:
+        # The workspace outlives the run, so it cannot be on the run's tmpfs: only the scratch space is bounded.
+        bound = (f"/tmp and /dev/shm share one size-capped tmpfs of {mib} MiB" if disk_problem is None
+                 else f"/tmp and /dev/shm are tmpfs mounts of {mib} MiB each" if isolation.mode == BUBBLEWRAP
+                 else f"no bound on the scratch space ({disk_problem})")
+        disk = (f"Disk: {bound}; the session's workspace is on the host's disk with no total bound beyond "
+                f"{config.max_file_bytes // (1024 * 1024)} MiB per file.")
+    elif disk_problem is None:
         disk = (f"Disk: the working directory, /tmp and /dev/shm share one size-capped tmpfs of {mib} MiB "
                 f"(RAM-backed, freed when the run ends) holding at most {config.max_files} files.")
     elif isolation.mode == BUBBLEWRAP:
@@ -90,8 +117,11 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
                 f"host's disk with no total bound ({disk_problem}).")
     else:
         disk = f"Disk: no total bound on what a run writes ({disk_problem})."
+    where = ("It runs in the session's workspace (the files the fs hands show), read-write: what it changes "
+             "there stays, and the session's later calls see it," if workspaces is not None else
+             "It runs in a fresh, empty working directory that is deleted afterwards,")
     common = (
-        f"It runs in a fresh, empty working directory that is deleted afterwards, with no secrets in its "
+        f"{where} with no secrets in its "
         f"environment. Limits: wall clock {config.timeout:g}s by default (timeout, at most {config.max_timeout:g}s; "
         f"on timeout the process is killed and its output so far returned as an error), {config.cpu_seconds}s CPU, "
         f"{config.memory_bytes // (1024 * 1024)} MiB memory, {config.max_processes} processes, files up to "
@@ -108,19 +138,24 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig()) -> list[Hand]:
             wanted = min(wanted, max(0.1, remaining - _DEADLINE_MARGIN))
         return wanted
 
+    async def workspace(ctx: Context) -> str | None:
+        return None if workspaces is None else str((await workspaces.provision(ctx)).tree)
+
     # The hand's own limit stays above max_timeout: the sandbox's timeout must fire first so the partial output returns.
     @hand(description=f"Run a Python 3 program (code) and return its output; stdin is optional input. {common}",
           timeout=config.max_timeout + 30)
     async def sandbox_python(ctx: Context, code: str, timeout: float | None = None, stdin: str | None = None) -> HandResult:
         limit = budget(timeout, ctx)
-        result = await sandbox.run([config.python, "-u", "main.py"], files={"main.py": code}, stdin=stdin, timeout=limit)
+        result = await sandbox.run([config.python, "-u", "main.py"], files={"main.py": code}, stdin=stdin, timeout=limit,
+                                   workspace=await workspace(ctx))
         return _render(result, limit, config)
 
     @hand(description=f"Run a shell command line with {config.shell} -c and return its output. {common}",
           timeout=config.max_timeout + 30)
     async def sandbox_shell(ctx: Context, command: str, timeout: float | None = None) -> HandResult:
         limit = budget(timeout, ctx)
-        result = await sandbox.run([config.shell, "-c", command], files={}, stdin=None, timeout=limit)
+        result = await sandbox.run([config.shell, "-c", command], files={}, stdin=None, timeout=limit,
+                                   workspace=await workspace(ctx))
         return _render(result, limit, config)
 
     return [sandbox_python, sandbox_shell]
@@ -131,5 +166,6 @@ DEFAULT_PORT = 50072
 
 
 def HANDS() -> list[Hand]:  # noqa: N802 - the name `brainhands serve hand` looks for
-    """The sandbox hands, configured from BRAINHANDS_SANDBOX_* variables."""
-    return make_sandbox_hands(SandboxConfig.from_env())
+    """The sandbox hands, configured from BRAINHANDS_SANDBOX_* variables, in session workspaces when
+    BRAINHANDS_WORKSPACES is set."""
+    return make_sandbox_hands(SandboxConfig.from_env(), workspaces_from_env())
