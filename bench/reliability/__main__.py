@@ -22,7 +22,9 @@ RECORD_ENV = "BRAINHANDS_RELIABILITY_RECORD"  # tests/reliability/conftest.py ap
 def _cell(value) -> str:
     if isinstance(value, dict):
         value = ", ".join(f"{k} {v}" for k, v in value.items())
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    # What hostile code printed may hold NULs and other control bytes: shown escaped, the file stays text.
+    return "".join(c if c >= " " or c == "\t" else f"\\x{ord(c):02x}" for c in text)
 
 
 def render(records: list[dict], tests: list[tuple[str, str, float]], args, took: float) -> str:
