@@ -415,7 +415,8 @@ def _chown_tree(top: str, uid: int, gid: int | None = None) -> None:
 
 
 def _settle(uid: int) -> bool:
-    """Reap our zombie children owned by uid until uid owns no process at all; False if that takes too long."""
+    """Reap our zombie children owned by uid until uid owns no process but other processes' zombies; False if that
+    takes too long."""
     deadline = time.monotonic() + _SETTLE_BOUND
     me = str(os.getpid())
     while True:
@@ -430,7 +431,11 @@ def _settle(uid: int) -> bool:
                 continue
             if int(status.get("Uid", "-1").split()[0]) != uid:
                 continue
-            if status.get("State", "").startswith("Z") and status.get("PPid") == me:
+            if status.get("State", "").startswith("Z"):
+                if status.get("PPid") != me:
+                    # Another process's zombie (a service that ran this uid before us, in a process that never
+                    # reaps it): waiting here cannot end it, so it is not waited for.
+                    continue
                 # Only uid's orphans can be our zombie children here: the run's own process was awaited already.
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(int(entry.name), os.WNOHANG)
