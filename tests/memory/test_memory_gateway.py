@@ -45,6 +45,7 @@ async def stack(hand_service, memory_store, messages_api):
     )))  # fmt: skip
     gw = await start_gateway(parse_config({
         "listen": f"127.0.0.1:{gateway_port}",
+        "metrics": None,  # not the default 127.0.0.1:9464: a test on the other worker may hold it
         "tenants": [
             {"name": "team-a", "api_keys": [hash_key(KEY_A)], "allow": ["*"]},
             {"name": "team-b", "api_keys": [hash_key(KEY_B)], "allow": ["*"]},
