@@ -89,7 +89,7 @@ def register(commands) -> None:
                     " agent's request shows on its root session and is decided there with the nested call's id. The"
                     " session then goes on: where a brain waits for the decision (a terminal, a worker agent, the"
                     " brain service) at once; otherwise continue it with `brainhands sessions wake ID`.")
-    approve.add_argument("session_id", help="the session (a unique prefix of its id will do)")
+    approve.add_argument("session_id", help=ID_HELP)
     approve.add_argument("call_id", nargs="?", help="the call to decide (default: the only one waiting)")
     approve.add_argument("--input", metavar="JSON", help="run the call with this input instead of the model's")
     approve.add_argument("--always", action="store_true", help="approve every later call to this hand in this session")
@@ -98,7 +98,7 @@ def register(commands) -> None:
     approve.set_defaults(func=_decide, approved=True)
 
     deny = sc.add_parser("deny", help="deny a tool call waiting for a person: the model reads the reason instead")
-    deny.add_argument("session_id", help="the session (a unique prefix of its id will do)")
+    deny.add_argument("session_id", help=ID_HELP)
     deny.add_argument("call_id", nargs="?", help="the call to decide (default: the only one waiting)")
     deny.add_argument("--reason", required=True, help="why: the model gets it as the call's error result")
     deny.add_argument("--brain", metavar="ADDR", help="decide through the brain service there (default $BRAINHANDS_BRAIN)")
@@ -109,7 +109,7 @@ def register(commands) -> None:
                         description="Add a message for the orchestrator; the model reads it at the next turn boundary."
                                     " With --interrupt the calls in flight are cancelled first (their results say"
                                     " 'cancelled by a person'), so the next turn comes at once.")
-    say.add_argument("session_id", help="the session (a unique prefix of its id will do)")
+    say.add_argument("session_id", help=ID_HELP)
     say.add_argument("text", help="what to tell the orchestrator; it joins the conversation at the next turn")
     say.add_argument("--interrupt", action="store_true", help="cancel the calls in flight first")
     say.add_argument("--brain", metavar="ADDR", help="send it through the brain service there (default $BRAINHANDS_BRAIN)")

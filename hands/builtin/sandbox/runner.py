@@ -85,20 +85,25 @@ def _release(uids: list[int]) -> None:
         os.close(_UID_LOCKS.pop(uid))
 
 
-def _processes_of(uids: set[int]) -> list[tuple[int, int, str]]:
-    """(uid, pid, name) of live (not zombie) processes running as one of uids."""
-    found = []
+def _statuses():
+    """(pid, /proc/PID/status as a dict) of every process there is now; one that ends meanwhile is skipped."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status") as f:
-                status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+                yield entry.name, dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
         except OSError:
             continue
+
+
+def _processes_of(uids: set[int]) -> list[tuple[int, int, str]]:
+    """(uid, pid, name) of live (not zombie) processes running as one of uids."""
+    found = []
+    for pid, status in _statuses():
         uid = int(status.get("Uid", "-1").split()[0])
         if uid in uids and not status.get("State", "").startswith("Z"):
-            found.append((uid, int(entry.name), status.get("Name", "?").strip()))
+            found.append((uid, int(pid), status.get("Name", "?").strip()))
     return found
 
 
@@ -421,14 +426,7 @@ def _settle(uid: int) -> bool:
     me = str(os.getpid())
     while True:
         remaining = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/status") as f:
-                    status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
-            except OSError:
-                continue
+        for pid, status in _statuses():
             if int(status.get("Uid", "-1").split()[0]) != uid:
                 continue
             if status.get("State", "").startswith("Z"):
@@ -438,7 +436,7 @@ def _settle(uid: int) -> bool:
                     continue
                 # Only uid's orphans can be our zombie children here: the run's own process was awaited already.
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(int(entry.name), os.WNOHANG)
+                    os.waitpid(int(pid), os.WNOHANG)
             remaining += 1
         if remaining == 0:
             return True
