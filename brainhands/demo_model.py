@@ -65,19 +65,48 @@ def _tool_names(body: Mapping[str, Any]) -> set[str]:
     return {t.get("name") for t in body.get("tools") or []}
 
 
+#: The demo project's tests, run in the sandbox on the merged change (standard library only: nothing to install).
+TEST_COMMAND = "python3 -m unittest discover -s tests"
+_OWN_WORKSPACE = "worked in its own workspace"
+
+
+def _calls_so_far(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], str, bool]]:
+    """(tool name, input, result text, is_error) of every tool call in the conversation, oldest first."""
+    uses: dict[str, tuple[str, dict[str, Any]]] = {}
+    out = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use":
+                uses[block.get("id", "")] = (block.get("name", ""), block.get("input") or {})
+            elif block.get("type") == "tool_result" and block.get("tool_use_id") in uses:
+                text = block.get("content")
+                if isinstance(text, list):
+                    text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
+                name, tool_input = uses[block["tool_use_id"]]
+                out.append((name, tool_input, text or "", bool(block.get("is_error"))))
+    return out
+
+
 def orchestrator_reply(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The next step, from what has been done so far: grep, one worker per file, merge their branches, test."""
     tools = _tool_names(body)
-    turn = _turn(body)
+    done = _calls_so_far(body)
+    called = {name for name, *_ in done}
     if "fs_grep" not in tools or "llm_worker" not in tools:
-        return text_reply(_summary(body), input_tokens=900, output_tokens=180)
-    if turn == 0:
+        return text_reply(_summary(done), input_tokens=900, output_tokens=180)
+    if "fs_grep" not in called:
         return tool_reply(
             [("fs_grep", {"pattern": _GREP_PATTERN, "path": ".", "glob": "*.py"})],
             text="First I'll find every file that calls utcnow, then give each file to its own worker.",
             input_tokens=1200, output_tokens=60,
         )
-    if turn == 1:
-        grep_output = "\n".join(text for text, _ in _tool_outputs(body))
+    if "llm_worker" not in called:
+        grep_output = "\n".join(text for name, _, text, _ in done if name == "fs_grep")
         files = sorted(set(_FILE_RE.findall(grep_output)))
         if not files:
             return text_reply("No file in this project calls datetime.utcnow(); nothing to change.")
@@ -99,18 +128,44 @@ def orchestrator_reply(body: Mapping[str, Any]) -> dict[str, Any]:
             text=f"{len(files)} files use utcnow. One worker per file, in parallel; each edits only its own file.",
             input_tokens=1500, output_tokens=90 * len(files),
         )
-    return text_reply(_summary(body), input_tokens=2500, output_tokens=220)
+    branched = any(_OWN_WORKSPACE in text for name, _, text, _ in done if name == "llm_worker")
+    if branched and "workspace_merge" in tools and "workspace_merge" not in called:
+        return tool_reply([("workspace_merge", {})],
+                          text="Each worker changed its own branch of the project: merging them into mine.",
+                          input_tokens=1800, output_tokens=40)
+    if "sandbox_shell" in tools and "sandbox_shell" not in called:
+        return tool_reply([("sandbox_shell", {"command": TEST_COMMAND, "timeout": 60})],
+                          text="Now the project's tests, on the merged change, in the sandbox.",
+                          input_tokens=2000, output_tokens=40)
+    return text_reply(_summary(done), input_tokens=2500, output_tokens=220)
 
 
-def _summary(body: Mapping[str, Any]) -> str:
-    """The synthesis: what each worker changed, grouped by file, from their reports."""
+def outcome_of_tests(text: str, is_error: bool) -> str:
+    """One line for a unittest run's output: "passed (6 tests)", "FAILED (failures=2) of 6 tests", ..."""
+    ran = re.search(r"^Ran (\d+) tests?", text, re.MULTILINE)
+    count = f"{ran.group(1)} tests" if ran else "no test count"
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("[")]
+    last = lines[-1].strip() if lines else ""
+    if not is_error and last.startswith("OK"):
+        return f"passed ({count})"
+    if last.startswith("FAILED"):
+        return f"{last} of {count}"
+    return f"did not pass: {last[:200] or 'no output'}"
+
+
+def _summary(done: list[tuple[str, dict[str, Any], str, bool]]) -> str:
+    """The synthesis: what each worker changed, grouped by file, then the merge and the tests, from the results."""
     per_file: dict[str, list[str]] = {}
     failures = []
-    for text, is_error in _tool_outputs(body):
+    for name, _, text, is_error in done:
+        if name != "llm_worker":
+            continue
         if is_error:
             failures.append(text.splitlines()[0] if text else "no details")
             continue
         for line in text.splitlines():
+            if line.startswith("["):  # a note of the hand's (its own workspace), not a change
+                continue
             path, sep, change = line.partition(": ")
             if sep and "FAILED" not in change:
                 per_file.setdefault(path, []).append(change)
@@ -124,8 +179,19 @@ def _summary(body: Mapping[str, Any]) -> str:
         lines.append(f"- {path}: {what}" + (", timezone imported" if imports else ""))
     lines += [f"- not done: {f}" for f in failures]
     total = sum(len(c) for c in per_file.values())
-    lines += ["", f"{total} edits in {len(per_file)} files, one worker per file. "
-              "Run the project's tests to confirm nothing else depended on naive datetimes."]
+    lines += ["", f"{total} edits in {len(per_file)} files, one worker per file."]
+    merges = [(text, is_error) for name, _, text, is_error in done if name == "workspace_merge"]
+    for text, is_error in merges:
+        first = text.splitlines()[0] if text else ""
+        lines.append(f"Merge: {first}" + (" — with conflicts, see below" if is_error else "."))
+        if is_error:
+            lines += ["", *text.splitlines()[1:40]]
+    tests = [(text, is_error) for name, _, text, is_error in done if name == "sandbox_shell"]
+    if tests:
+        text, is_error = tests[-1]
+        lines.append(f"Tests ({TEST_COMMAND}, in the sandbox): {outcome_of_tests(text, is_error)}.")
+    else:
+        lines.append("Run the project's tests to confirm nothing else depended on naive datetimes.")
     return "\n".join(lines)
 
 

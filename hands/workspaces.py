@@ -181,6 +181,7 @@ class SessionWorkspace:
             done = self.git("merge", "--no-ff", "--no-edit", "-q", "-m", f"merge session {child.session}", ref,
                             check=False)
             if done.returncode == 0:
+                self.git("update-ref", f"refs/brainhands/merged/{child.session}", ref)
                 return None
             conflicted = self.git("diff", "--name-only", "--diff-filter=U").stdout.decode().split()
             hunks = self.git("diff", "--no-color", "--no-ext-diff").stdout.decode("utf-8", "replace")
@@ -191,6 +192,16 @@ class SessionWorkspace:
                             f"{(done.stderr or done.stdout).decode(errors='replace').strip()[:500]}")
         return (f"session {child.session} (commit {tip_short}) conflicts in {', '.join(conflicted)}:\n"
                 f"{hunks[:_MAX_DIFF_BYTES]}")
+
+
+    def unmerged(self) -> list[str]:
+        """The sessions branched from this one whose change has not been merged here, in the order they branched."""
+        with _lock_of(self.git_dir):
+            refs = self.git("for-each-ref", "--sort=committerdate", "--format=%(refname)",
+                            "refs/brainhands/forks/", "refs/brainhands/merged/").stdout.decode().split()
+        forks = [r.removeprefix("refs/brainhands/forks/") for r in refs if r.startswith("refs/brainhands/forks/")]
+        merged = {r.removeprefix("refs/brainhands/merged/") for r in refs if r.startswith("refs/brainhands/merged/")}
+        return [session for session in forks if session not in merged]
 
 
 _git_locks: dict[Path, threading.Lock] = {}

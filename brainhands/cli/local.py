@@ -114,9 +114,11 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
 
     from brain import AnthropicModel, Brain, BrainConfig
     from brain.timeline import render_timeline
-    from brainhands.cli.run import _open, _store_name
-    from brainhands.demo_model import DEMO_TASK, start_demo_model
+    from brainhands.cli.run import _open, _session_workspaces_root, _store_name
+    from brainhands.demo_model import DEMO_TASK, TEST_COMMAND, outcome_of_tests, start_demo_model
     from brainhands.stack import StackError, start_local_stack
+    from hands import HandClient
+    from hands import metadata as md
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print("[bold]brainhands demo[/] — the model is [bold yellow]scripted[/] (offline, no API key); "
@@ -124,25 +126,31 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     err.print(f"project copy: {workspace}")
     model_server = start_demo_model(think_time=args.think_time)
     key = "scripted-demo-key"
+    roots = _session_workspaces_root()
+    # The session works on its own workspace, a copy of the project; each worker on its own git branch of it.
+    env = {"ANTHROPIC_BASE_URL": model_server.base_url, "ANTHROPIC_API_KEY": key,
+           "BRAINHANDS_WORKSPACES": str(roots), "BRAINHANDS_WORKSPACE_SOURCES": str(workspace)}
+    if shutil.which("bwrap") is None:
+        env["BRAINHANDS_SANDBOX_ISOLATION"] = "limits-only"
     stack = None
     store = None
+    client = None
     try:
         try:
-            stack = await start_local_stack(
-                workspace,
-                hands=("fs", "llm"),
-                extra_env={"ANTHROPIC_BASE_URL": model_server.base_url, "ANTHROPIC_API_KEY": key},
-                log_dir=target / "logs",
-            )
+            stack = await _start_demo_stack(start_local_stack, workspace, env, target / "logs")
         except StackError as exc:
             raise CliError(f"the local stack did not start: {exc}") from None
+        if env.get("BRAINHANDS_SANDBOX_ISOLATION") == "limits-only":
+            err.print("[yellow]bubblewrap is not usable here:[/] the sandbox runs the demo project's tests with "
+                      "limits only (no network or file isolation); install bubblewrap for the real sandbox.")
         err.print(f"gateway {stack.gateway} · hands {', '.join(f'{k} {v}' for k, v in stack.addresses.items() if k != 'gateway')}")
         store = await _open(args.sessions)
-        client = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
-        model = AnthropicModel(client=client)
+        api = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
+        model = AnthropicModel(client=api)
         view, on_event = _event_sink(args.json, err)
-        brain = Brain(target=stack.gateway, model=model, store=store,
-                      config=BrainConfig(max_parallel=8, call_timeout=60), on_event=on_event)
+        client = HandClient(stack.gateway, metadata={md.WORKSPACE: str(workspace), md.WORKER_WORKSPACES: "branch"})
+        brain = Brain(target=client, model=model, store=store,
+                      config=BrainConfig(max_parallel=8, call_timeout=90), on_event=on_event)
         with view:
             result = await brain.run(DEMO_TASK)
             if hasattr(view, "final"):
@@ -153,6 +161,8 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         timeline = target / "timeline.html"
         timeline.write_text(render_timeline(info, events))
     finally:
+        if client is not None:
+            await client.close()
         if store is not None:
             await store.close()
         if stack is not None:
@@ -160,23 +170,65 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         model_server.stop()
 
     print(result.text)
-    changes = _changes(DEMO_WORKSPACE, workspace)
+    session_tree = _demo_session_tree(roots, result.session_id)
+    changes = _changes(DEMO_WORKSPACE, session_tree) if session_tree else []
+    for path, _, _ in changes:  # the merged change, into the project copy too: look at it there
+        (workspace / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(session_tree / path, workspace / path)
     err.print()
-    err.print(f"[bold]changed {len(changes)} files[/] in {workspace}:")
+    err.print(f"[bold]changed {len(changes)} files[/] (merged from the workers' branches into {session_tree or 'no workspace'};"
+              f" copied to {workspace}):")
     for path, removed, added in changes:
         err.print(f"  {path}  [red]-{removed}[/] [green]+{added}[/]")
+    tests = _demo_test_run(events)
+    if tests is None:
+        err.print("[bold red]tests: not run[/] (the session ended before running them)")
+    else:
+        line = outcome_of_tests(*tests)
+        style = "green" if line.startswith("passed") else "red"
+        err.print(f"[bold {style}]tests {line}[/] — `{TEST_COMMAND}` in the sandbox, on the merged change")
     err.print(f"timeline: {timeline}   (open it in a browser: every worker is a bar on a time axis)")
     sessions = f" --sessions {args.sessions}" if args.sessions else ""
     err.print(f"session {result.session_id[:12]} in {_store_name(store)}: brainhands sessions show {result.session_id[:12]}{sessions}")
+    err.print(f"its change as a patch: brainhands sessions export {result.session_id[:12]} --patch{sessions}")
     err.print()
     err.print("The model was scripted. To do the same with Claude:")
     err.print("  export ANTHROPIC_API_KEY=sk-ant-...")
-    err.print(f'  brainhands run "{DEMO_TASK}" --workspace {workspace}')
+    err.print(f'  brainhands run "{DEMO_TASK} Then run {TEST_COMMAND} in the sandbox." --workspace {workspace}'
+              " --session-workspace --worker-workspaces")
     err.print()
     # The demo's stack is gone when it ends: the console reads its session log through a brain service of its own.
-    err.print(f"Look at this session in the web console: brainhands console --sessions {target / 'sessions.db'}"
+    err.print(f"Look at this session in the web console: brainhands console --sessions {args.sessions or _store_name(store)}"
               "   (then open http://127.0.0.1:8080/ and sign in with any key)")
-    return 0 if result.ok else 1
+    return 0 if result.ok and tests is not None and not tests[1] else 1
+
+
+async def _start_demo_stack(start_local_stack, workspace: Path, env: dict[str, str], log_dir: Path):
+    """The demo's gateway and fs, llm and sandbox hands; the sandbox with limits only if bubblewrap fails here."""
+    from brainhands.stack import StackError
+
+    try:
+        return await start_local_stack(workspace, hands=("fs", "llm", "sandbox"), extra_env=env, log_dir=log_dir)
+    except StackError as exc:
+        if "bubblewrap" not in str(exc) or env.get("BRAINHANDS_SANDBOX_ISOLATION"):
+            raise
+    env["BRAINHANDS_SANDBOX_ISOLATION"] = "limits-only"  # installed but not usable (no user namespaces, say)
+    return await start_local_stack(workspace, hands=("fs", "llm", "sandbox"), extra_env=env, log_dir=log_dir)
+
+
+def _demo_session_tree(roots: Path, session_id: str) -> Path | None:
+    """The tree of the demo session's workspace (the open local gateway's one tenant), if it was made."""
+    found = [p / "tree" for p in roots.glob(f"*/{session_id}") if (p / "tree").is_dir()]
+    return found[0] if found else None
+
+
+def _demo_test_run(events) -> tuple[str, bool] | None:
+    """(output, is_error) of the session's last sandbox_shell call, from its log; None if it made none."""
+    outcome = None
+    for event in events:
+        if event.type == "tool_call_finished" and event.data.get("name") == "sandbox_shell":
+            outcome = (event.data.get("output", ""), bool(event.data.get("is_error")))
+    return outcome
 
 
 def _event_sink(as_json: bool, err):

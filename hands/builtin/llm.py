@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import structlog
 from pydantic import Field
 
 from hands import Context, Hand, HandClient, HandResult, Usage, hand
+from hands import metadata as md
 from hands.config import DEFAULT_MODEL, ConfigModel, Duration, Text, whole
 
 log = structlog.get_logger("hands.llm")
@@ -112,12 +114,26 @@ def user_message(task: str, context: str, output_format: str) -> str:
     return "\n\n".join(parts)
 
 
+def worker_session(ctx: Context) -> str:
+    """The session a worker's tool calls belong to: its caller's, or with worker workspaces one of its own.
+
+    With x-brainhands-worker-workspaces: branch, each worker (each llm_worker call) gets a session named after its
+    caller's session and its call id, so its first fs or sandbox call branches a workspace of its own from the
+    caller's (CallerClient sends the parent) and parallel workers never edit one tree. The same call retried gets
+    the same session, so a retry continues the worker's branch instead of starting another.
+    """
+    if ctx.metadata.get(md.WORKER_WORKSPACES) != "branch" or not ctx.session_id or not ctx.call_id:
+        return ctx.session_id
+    return f"{ctx.session_id[:60]}.w-{re.sub(r'[^A-Za-z0-9_-]', '-', ctx.call_id)[:60]}"
+
+
 class _Tally:
     """Tokens spent on one task: every model turn, plus what the hands it called reported."""
 
     def __init__(self) -> None:
         self.input_tokens = 0
         self.output_tokens = 0
+        self.workspace = ""  # the worker's own session, once a tool call has used it (worker workspaces)
 
     def add_model(self, usage: Any) -> None:
         # Cache reads and writes are input the API processed too; the budget counts them.
@@ -133,6 +149,9 @@ class _Tally:
         self.output_tokens += usage.output_tokens
 
     def result(self, output: str, is_error: bool = False) -> HandResult:
+        if self.workspace:  # the orchestrator merges the worker's branch by this id (workspace_merge)
+            output += (f"\n\n[this worker worked in its own workspace, session {self.workspace}, branched from yours: "
+                       "workspace_merge brings its change into yours]")
         return HandResult(output, is_error=is_error, usage=Usage(self.input_tokens, self.output_tokens))
 
 
@@ -290,13 +309,16 @@ class LLMWorker:
 
         if use.name not in allowed:
             return result(f"tool {use.name!r} was not given to this worker", is_error=True)
+        session = worker_session(ctx)
         try:  # one level deeper, within the call's deadline, as the caller (ctx.client())
             response = await self.gateway(ctx).execute(
-                use.name, use.input, call_id=use.id, session_id=ctx.session_id, timeout=self.config.tool_timeout
+                use.name, use.input, call_id=use.id, session_id=session, timeout=self.config.tool_timeout
             )
         except grpc.aio.AioRpcError as exc:
             ctx.logger.info("worker tool call failed", tool=use.name, code=exc.code().name)
             return result(f"{use.name} failed: {exc.code().name}: {exc.details()}", is_error=True)
+        if session != ctx.session_id:
+            tally.workspace = session
         tally.add_hand(response.usage)
         return result(response.output, is_error=response.is_error)
 

@@ -29,17 +29,23 @@ def make_workspace_hands(workspaces: SessionWorkspaces) -> list[Hand]:
         return diff or "[no change: the workspace is as the session's source left it]"
 
     @hand
-    async def workspace_merge(ctx: Context, sessions: list[str]) -> HandResult:
+    async def workspace_merge(ctx: Context, sessions: list[str] | None = None) -> HandResult:
         """Merge the workspaces of worker sessions into this session's workspace, in the order given.
 
         sessions are the ids of sessions whose workspaces were branched from this one (a worker's first fs or
-        sandbox call branches its workspace from its caller's). Each is merged with git's three-way merge; one
-        whose change conflicts with what is here is not merged (this workspace stays as it was for it) and the
-        result is an error listing its conflicting hunks, to reconcile by hand (fs_edit) or by a new worker.
+        sandbox call branches its workspace from its caller's; an llm_worker's result names its session). Left
+        out, every worker branched from this session and not merged yet is merged, in the order they branched.
+        Each is merged with git's three-way merge; one whose change conflicts with what is here is not merged
+        (this workspace stays as it was for it) and the result is an error listing its conflicting hunks, to
+        reconcile by hand (fs_edit) or by a new worker.
         """
         here = workspaces.locate(ctx)
         if not here.path.is_dir():
             return HandResult("this session has no workspace yet, so there is nothing to merge into", is_error=True)
+        if sessions is None:
+            sessions = await asyncio.to_thread(here.unmerged)
+            if not sessions:
+                return HandResult("merged 0 of 0: no worker branched from this session has a change left to merge")
         merged, problems = [], []
         for session in sessions:
             child = workspaces.of(here.tenant, session)

@@ -28,7 +28,7 @@ def _processes_with(env_entry: bytes) -> list[int]:
     return found
 
 
-def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_nothing_running(tmp_path):
+def test_demo_changes_every_file_in_workers_branches_merges_them_runs_the_tests_and_leaves_nothing_running(tmp_path):
     target = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BRAINHANDS_"))}
     env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"  # anything that tried the real API would fail here
@@ -56,6 +56,15 @@ def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_n
             assert "replaced" in line
     assert sum(1 for line in proc.stdout.splitlines() if line.startswith("- ledger/")) == 5
 
+    # One worker per file, each on its own branch of the session's workspace; merged, then tested in the sandbox.
+    # The project's tests fail on the original files (naive datetimes), so "passed" is the merged change's.
+    assert "Merge: merged 5 of 5:" in proc.stdout, proc.stdout
+    assert "Tests (python3 -m unittest discover -s tests, in the sandbox): passed (6 tests)." in proc.stdout, proc.stdout
+    assert "tests passed (6 tests)" in proc.stderr, proc.stderr[-2000:]
+    before = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests"], capture_output=True,
+                            text=True, cwd=original, timeout=60, env={**env, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert before.returncode == 1 and "FAILED" in before.stderr, before.stderr
+
     # The edited project still imports and its own test passes.
     check = subprocess.run(
         [sys.executable, "-c", "import ledger.accounts, ledger.audit, ledger.export, ledger.scheduler, "
@@ -77,6 +86,12 @@ def test_demo_changes_every_file_that_used_utcnow_writes_a_timeline_and_leaves_n
     shown = subprocess.run(["brainhands", "sessions", "show", short], capture_output=True, text=True, timeout=60,
                            env=env, cwd=tmp_path)
     assert shown.returncode == 0 and "finished" in shown.stdout, shown.stderr
+    # The session's change is the five files, as a patch.
+    patch = subprocess.run(["brainhands", "sessions", "export", short, "--patch"], capture_output=True, text=True,
+                           timeout=60, env=env, cwd=tmp_path)
+    assert patch.returncode == 0, patch.stderr
+    assert sorted(line.split()[-1][2:] for line in patch.stdout.splitlines() if line.startswith("diff --git ")) == \
+        sorted(str(rel) for rel in users)
     # The demo's folder keeps itself out of git.
     ignored = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=60) if subprocess.run(

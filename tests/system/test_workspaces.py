@@ -220,11 +220,14 @@ async def test_workers_branch_from_their_parent_and_merge_back_with_conflicts_re
         # Two workers changing the same line: the first merges, the second is a conflict the orchestrator sees.
         await call("w4", "fs_edit", "p", path="a.txt", old="a two", new="a two (w4)")
         await call("w5", "fs_edit", "p", path="a.txt", old="a two", new="a two (w5)")
-        conflict = await call("p", "workspace_merge", sessions=["w4", "w5"])
+        # No sessions named: every worker branched from p and not merged yet, in the order they branched.
+        conflict = await call("p", "workspace_merge")
         assert conflict.is_error and conflict.output.startswith("merged 1 of 2: w4"), conflict.output
         assert "session w5" in conflict.output and "conflicts in a.txt" in conflict.output
         assert "<<<<<<<" in conflict.output and "a two (w4)" in conflict.output and "a two (w5)" in conflict.output
         assert (tree / "a.txt").read_text() == "a ONE\na two (w4)\n"  # the conflicting merge was undone
+        again = await call("p", "workspace_merge")  # w5 is still not merged; w1-w4 are
+        assert again.is_error and again.output.startswith("merged 0 of 1: none\nsession w5"), again.output
 
         # Without "branch", a worker works in its caller's files themselves: nothing to merge.
         shared = await clients["a"].execute("fs_write", json.dumps({"path": "d.txt", "content": "shared\n"}),
