@@ -308,17 +308,23 @@ class SessionWorkspaces:
         return ws
 
     async def _sweep(self) -> None:
-        """Remove the workspaces no call has used for ttl; at most once per tenth of it (and of a minute)."""
-        if self.ttl is None or time.monotonic() - self._swept < min(self.ttl / 10, 60.0):
+        """Remove the workspaces no call has used for ttl; at most once per tenth of it (and of a minute).
+
+        Without a ttl only what a crash left half-made or half-removed goes, at most once an hour."""
+        every = _LEFTOVER_AGE if self.ttl is None else min(self.ttl / 10, 60.0)
+        if time.monotonic() - self._swept < every:
             return
         self._swept = time.monotonic()
         await asyncio.to_thread(self.remove_expired)
 
     def remove_expired(self, now: float | None = None) -> list[Path]:
-        """Remove every workspace whose last use is more than ttl ago; the ones removed."""
-        if self.ttl is None:
-            return []
-        cutoff = (time.time() if now is None else now) - self.ttl
+        """Remove every workspace whose last use is more than ttl ago; the ones removed.
+
+        Also removed, ttl or not: staging directories (.new-*, .gone-*) older than an hour, which only a service
+        that died while making or removing a workspace leaves (one being made now is younger).
+        """
+        now = time.time() if now is None else now
+        cutoff = now - self.ttl if self.ttl is not None else None
         removed = []
         for tenant_dir in self.root.iterdir():
             if not tenant_dir.is_dir() or tenant_dir.is_symlink():
@@ -329,7 +335,13 @@ class SessionWorkspaces:
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
                     continue
-                if path.name.startswith(".") or not path.is_dir():
+                if path.name.startswith((".new-", ".gone-")) and path.is_dir():
+                    with contextlib.suppress(FileNotFoundError):
+                        if path.stat().st_mtime < now - _LEFTOVER_AGE:
+                            shutil.rmtree(path, ignore_errors=True)
+                            removed.append(path)
+                    continue
+                if cutoff is None or path.name.startswith(".") or not path.is_dir():
                     continue
                 try:
                     if (path / _USED).stat().st_mtime >= cutoff:
@@ -439,6 +451,7 @@ class SessionWorkspaces:
 
 
 _USED = "used"  # a file in each workspace whose mtime is its last use
+_LEFTOVER_AGE = 3600.0  # seconds after which a staging directory is a crash's leftover, not work in progress
 
 
 def _link(ws: SessionWorkspace, parent: SessionWorkspace) -> None:

@@ -95,6 +95,22 @@ async def test_a_workspace_unused_for_its_ttl_is_removed_and_one_in_use_is_kept(
     assert list(again.tree.iterdir()) == []
 
 
+async def test_what_a_crash_left_half_made_or_half_removed_is_cleaned_up_and_work_in_progress_is_not(root):
+    workspaces = SessionWorkspaces(root)  # no ttl: workspaces stay, leftovers still go
+    kept = await workspaces.provision(ctx_of("kept"))
+    tenant = kept.path.parent
+    hour_ago = time.time() - 3700
+    for name in (".new-crashed", ".gone-kept-1-2", ".new-in-progress"):
+        (tenant / name / "tree").mkdir(parents=True)
+        (tenant / name / "tree" / "big.bin").write_bytes(b"x" * 1000)
+    for name in (".new-crashed", ".gone-kept-1-2"):
+        os.utime(tenant / name, (hour_ago, hour_ago))
+    os.utime(kept.path / "used", (hour_ago, hour_ago))
+    removed = workspaces.remove_expired()
+    assert sorted(p.name for p in removed) == [".gone-kept-1-2", ".new-crashed"]
+    assert sorted(p.name for p in tenant.iterdir()) == [".new-in-progress", "kept"]
+
+
 async def test_each_call_sweeps_for_expired_workspaces(root):
     workspaces = SessionWorkspaces(root, ttl=0.001)
     first = await workspaces.provision(ctx_of("first"))
