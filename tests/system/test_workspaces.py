@@ -76,7 +76,7 @@ def git_remote(tmp_path):
 
 
 @pytest.fixture
-def stack(tmp_path, work_root, git_remote):
+def stack(request, tmp_path, work_root, git_remote):
     root = work_root  # the sandbox's run uids (it runs as root here) must pass through: not pytest's 0700 tmp_path
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "metrics": None, "tenants": [
@@ -87,7 +87,7 @@ def stack(tmp_path, work_root, git_remote):
         gw = started[0].address
         env = {"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_SOURCES": str(tmp_path / "sources"),
                "BRAINHANDS_WORKSPACE_REPOS": git_remote[0].rsplit("/", 1)[0] + "/",
-               "BRAINHANDS_WORKSPACE_GIT_TOKEN": GIT_TOKEN}
+               "BRAINHANDS_WORKSPACE_GIT_TOKEN": GIT_TOKEN, **getattr(request, "param", {})}
         for module in ("hands.builtin.fs", "hands.builtin.sandbox"):
             started.append(start_service(["serve", "hand", module, "--port", "0", "--register", gw], env=env, timeout=60))
         yield gw, root
@@ -269,3 +269,32 @@ async def test_a_session_cloned_from_a_repository_never_shows_the_token_inside_t
                          ("https://elsewhere.example/x.git", "not one this service may clone")):
             refused = await call("r2", bad, "fs_list")
             assert refused.is_error and why in refused.output, refused.output
+
+
+@pytest.mark.parametrize("stack", [{"BRAINHANDS_WORKSPACE_TTL": "3s"}], indirect=True)
+async def test_a_workspace_unused_for_its_ttl_is_removed_by_the_services_and_one_in_use_is_kept(stack):
+    gw, root = stack
+    client = HandClient(gw, api_key=KEYS["a"])
+
+    async def call(session: str, name: str, **tool_input):
+        return await client.execute(name, json.dumps(tool_input), session_id=session, timeout=60)
+
+    try:
+        await poll(lambda: _routed(client), "the fs and sandbox hands to register", timeout=60)
+        for session in ("idle", "busy"):
+            assert not (await call(session, "fs_write", path="notes.txt", content=f"{session}\n")).is_error
+        assert (await call("idle", "sandbox_shell", command="cat notes.txt")).output == "idle\n"
+        assert (root / "a" / "idle" / "tree" / "notes.txt").is_file()
+        for _ in range(5):  # 5 s: "busy" is used every second, "idle" not at all
+            await asyncio.sleep(1)
+            assert (await call("busy", "fs_read", path="notes.txt")).output.endswith("busy\n")
+        async def idle_gone() -> bool:  # each call sweeps (at most every tenth of the TTL)
+            await call("busy", "fs_list")
+            return not (root / "a" / "idle").exists()
+
+        await poll(idle_gone, "the idle workspace to be removed", timeout=10)
+        assert (root / "a" / "busy" / "tree" / "notes.txt").read_text() == "busy\n"
+        late = await call("idle", "fs_read", path="notes.txt")  # a late call of that session starts over, empty
+        assert late.is_error and "no such file" in late.output, late.output
+    finally:
+        await client.close()
