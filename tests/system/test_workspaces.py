@@ -298,3 +298,40 @@ async def test_a_workspace_unused_for_its_ttl_is_removed_by_the_services_and_one
         assert late.is_error and "no such file" in late.output, late.output
     finally:
         await client.close()
+
+
+async def test_sessions_export_through_the_gateway_writes_the_callers_own_session_change_only(stack, tmp_path):
+    from brain import open_store
+
+    gw, _ = stack
+    store = await open_store(str(tmp_path / "sessions.db"))
+    try:
+        session = await store.create_session("change notes", {}, None)
+    finally:
+        await store.close()
+    client = HandClient(gw, api_key=KEYS["a"])
+    try:
+        await poll(lambda: _routed(client), "the fs and sandbox hands to register", timeout=60)
+        wrote = await client.execute("fs_write", json.dumps({"path": "notes.txt", "content": "exported\n"}),
+                                     session_id=session, timeout=60)
+        assert not wrote.is_error, wrote.output
+    finally:
+        await client.close()
+
+    def export(key: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "BRAINHANDS_API_KEY": key}
+        return subprocess.run(["brainhands", "sessions", "export", session[:10], "--patch", "--gateway", gw,
+                               "--sessions", str(tmp_path / "sessions.db")], capture_output=True, text=True,
+                              timeout=60, env=env)
+
+    mine = export(KEYS["a"])
+    assert mine.returncode == 0, mine.stderr
+    assert mine.stdout.startswith("diff --git a/notes.txt b/notes.txt") and "+exported" in mine.stdout, mine.stdout
+    applied = tmp_path / "applied"
+    applied.mkdir()
+    subprocess.run(["git", "apply"], input=mine.stdout, text=True, cwd=applied, check=True, timeout=60)
+    assert (applied / "notes.txt").read_text() == "exported\n"
+    # Another tenant naming the same session id reaches no workspace of it: a clear error, no patch.
+    theirs = export(KEYS["b"])
+    assert theirs.returncode != 0 and theirs.stdout == "", theirs.stdout
+    assert "no workspace yet" in theirs.stderr, theirs.stderr
