@@ -27,6 +27,7 @@ from brain.events import SessionState
 from brain.model import ContextWindowExceeded, Model, ModelError
 from brain.sessions import Event, SeqConflict, SessionNotFound, SessionStore, StoreUnavailable
 from hands import HandClient
+from hands import metadata as md
 
 log = structlog.get_logger("brain")
 
@@ -176,6 +177,7 @@ class Brain:
                 tools=tools,
                 model=getattr(self.model, "id", ""),
                 parent_id=parent_id,
+                workspace=_workspace_of(self.client),
             )
         )
 
@@ -749,3 +751,14 @@ class _Driver:
         citations = await record_citations(self.brain.store, self.state, text)
         await self.record(ev.SessionFinished(result=text, cut_short=cut_short, reason=reason, totals=self.state.totals(),
                                              citations=citations))
+
+
+def _workspace_of(client: HandClient) -> dict[str, str] | None:
+    """What a session's calls say about its workspace (x-brainhands-workspace*), for its session_started."""
+    sent = getattr(client, "metadata", None) or {}
+    if md.WORKSPACE not in sent and md.WORKER_WORKSPACES not in sent:
+        return None
+    found = {"source": sent.get(md.WORKSPACE, "")}
+    if md.WORKER_WORKSPACES in sent:
+        found["workers"] = sent[md.WORKER_WORKSPACES]
+    return found

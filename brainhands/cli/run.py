@@ -476,6 +476,26 @@ def _server_tools(value: str) -> tuple[str, ...]:
     return names
 
 
+def _recorded_workspace(args, events) -> None:
+    """Wake a session with the workspace it started with (its session_started says), unless the flags name one.
+
+    So its later calls find the same workspace source and a new worker still gets its own branch, without the
+    person having to repeat --session-workspace, --repo or --worker-workspaces.
+    """
+    from brain.events import SESSION_STARTED
+
+    recorded = (events[0].data.get("workspace") if events and events[0].type == SESSION_STARTED else None) or {}
+    source = recorded.get("source")
+    if source and not (getattr(args, "session_workspace", False) or getattr(args, "repo", None)):
+        if "://" in source:
+            args.repo = source
+        else:
+            args.session_workspace = True
+            args.workspace = args.workspace or source
+    if recorded.get("workers") == "branch":
+        args.worker_workspaces = True
+
+
 def _wake(args) -> int:
     from brain import BrainConfig, RunResult, SessionBusy
     from brain.events import SessionState
@@ -493,6 +513,7 @@ def _wake(args) -> int:
             await store.close()
 
     events = asyncio.run(look())
+    _recorded_workspace(args, events)
     state = SessionState.from_events(args.session_id, events)
     if state.status not in ("running", "waiting"):  # nothing to continue: say how it ended, start nothing
         print(f"brainhands: session {args.session_id} has already ended ({state.status})", file=sys.stderr)

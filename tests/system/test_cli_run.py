@@ -380,6 +380,7 @@ async def test_run_with_a_session_workspace_works_on_a_copy_runs_its_tests_there
                                         extra_env={"XDG_STATE_HOME": str(work_root)})
     assert code == 0, err
     assert f"workspace: {tenant / info.id / 'tree'} · 1 file(s) changed" in shown
+    assert f"workspace from {workspace}" in " ".join(shown.split())  # recorded in its session_started
     # The change, kept as a patch that applies to the source.
     code, patch, err = await brainhands(spawn, "sessions", "export", info.id[:8], "--patch", "--sessions", str(db),
                                         extra_env={"XDG_STATE_HOME": str(work_root)})
@@ -390,3 +391,37 @@ async def test_run_with_a_session_workspace_works_on_a_copy_runs_its_tests_there
     said, _ = await applied.communicate(patch.encode())
     assert applied.returncode == 0, said
     assert (workspace / "calc.py").read_text().endswith("a + b\n")
+
+
+async def test_a_woken_session_works_in_the_workspace_it_started_with_without_repeating_the_flags(spawn, tmp_path,
+                                                                                                    work_root):
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    db = tmp_path / "s.db"
+    store = await open_store(str(db))
+    try:  # a run with --session-workspace --worker-workspaces whose brain stopped with an fs_read started
+        sid = await store.create_session("Read calc", {"max_turns": 20})
+        await store.append(sid, 1, "session_started", {
+            "task": "Read calc", "config": {"max_turns": 20}, "system": "s", "tools": [], "model": "scripted",
+            "workspace": {"source": str(workspace), "workers": "branch"}})
+        await store.append(sid, 2, "model_response", {
+            "content": [{"type": "tool_use", "id": "t1", "name": "fs_read", "input": {"path": "calc.py"}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5}})
+        await store.append(sid, 3, "tool_call_started", {"call_id": "t1", "name": "fs_read",
+                                                         "input": {"path": "calc.py"}, "attempt": 1})
+    finally:
+        await store.close()
+    model = script(tmp_path, [{"text": "unused: the log has the first reply"}, {"text": "read it"}])
+    code, out, err = await brainhands(spawn, "sessions", "wake", sid, "--model", model, "--sessions", str(db),
+                                      cwd=tmp_path, extra_env={"XDG_STATE_HOME": str(work_root)})
+    assert code == 0, err
+    assert f"session workspaces under {work_root / 'brainhands' / 'workspaces'}, copied from {workspace}" in err, err
+    store = await open_store(str(db))
+    try:
+        [read] = [e.data for e in await store.events(sid) if e.type == "tool_call_finished"]
+    finally:
+        await store.close()
+    assert not read["is_error"] and "return a + b" in read["output"], read
+    [tenant] = (work_root / "brainhands" / "workspaces").iterdir()
+    assert (tenant / sid / "tree" / "calc.py").is_file()

@@ -324,14 +324,15 @@ async def test_sessions_export_through_the_gateway_writes_the_callers_own_sessio
                                "--sessions", str(tmp_path / "sessions.db")], capture_output=True, text=True,
                               timeout=60, env=env)
 
-    mine = export(KEYS["a"])
+    mine = await asyncio.to_thread(export, KEYS["a"])
     assert mine.returncode == 0, mine.stderr
     assert mine.stdout.startswith("diff --git a/notes.txt b/notes.txt") and "+exported" in mine.stdout, mine.stdout
     applied = tmp_path / "applied"
     applied.mkdir()
-    subprocess.run(["git", "apply"], input=mine.stdout, text=True, cwd=applied, check=True, timeout=60)
+    await asyncio.to_thread(subprocess.run, ["git", "apply"], input=mine.stdout, text=True, cwd=applied, check=True,
+                            timeout=60)
     assert (applied / "notes.txt").read_text() == "exported\n"
     # Another tenant naming the same session id reaches no workspace of it: a clear error, no patch.
-    theirs = export(KEYS["b"])
+    theirs = await asyncio.to_thread(export, KEYS["b"])
     assert theirs.returncode != 0 and theirs.stdout == "", theirs.stdout
     assert "no workspace yet" in theirs.stderr, theirs.stderr
