@@ -12,10 +12,11 @@ from urllib.parse import urlparse
 
 from bench import report
 
-BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions", "tracing", "console", "workers")
+BENCHMARKS = ("gateway", "fanout", "brain", "quotas", "sessions", "tracing", "console", "workers", "workspaces")
 #: What runs without --only: the tracing figure is asked for by name (it adds three processes and a baseline checkout),
 #: and so is the console's (`--only console`: a brain, a hand and a console process holding 50 live pages), and
-#: the gateway workers' (`--only workers`: two more gateways, and Redis).
+#: the gateway workers' (`--only workers`: two more gateways, and Redis), and the session workspaces'
+#: (`--only workspaces`: what a session's first fs or sandbox call costs).
 DEFAULT_RUN = ("gateway", "fanout", "brain", "quotas", "sessions")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         sections = report.keep_others(Path(args.out), sections)
     order = {"gateway": 1, "fanout": 2, "brain": 3, "quotas": 4, "sessions": 5, "memory": 6, "brain-memory": 6.5, "console": 7,
-             "workers": 8}
+             "workers": 8, "workspaces": 9}
     sections.sort(key=lambda s: order.get(s.key, 99))
     meta = {
         "command": "python -m bench" + (" --smoke" if args.smoke else " --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
@@ -104,6 +105,10 @@ def run_one(name: str, mode: str, redis_url: str | None, database_url: str | Non
         from bench import workers_bench
 
         return [workers_bench.run(mode, redis_url)]
+    if name == "workspaces":
+        from bench import workspace_bench
+
+        return [workspace_bench.section(mode)]
     if name == "console":
         from bench import console_bench
 
