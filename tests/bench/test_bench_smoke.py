@@ -88,3 +88,14 @@ def test_the_latency_plot_is_written_when_matplotlib_is_installed(smoke):
         pytest.skip("matplotlib is not installed (pip install -e '.[bench]'): the plot is left out")
     assert (out / "latency.png").stat().st_size > 1000
     assert "](latency.png)" in report
+
+
+def test_the_workspace_benchmark_writes_its_first_call_figures(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "workspaces", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [section] = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert section["key"] == "workspaces" and "first fs call makes its empty workspace" in section["summary"]
+    [table] = section["tables"]
+    assert len(table["rows"]) == 7 and any("first call" in row[0] for row in table["rows"])
