@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
+from hands import metadata as md
 from hands.config import ConfigModel, Duration, whole
 
 
@@ -31,6 +32,28 @@ class BrainConfig(ConfigModel):
     effort: Literal["low", "medium", "high"] | None = None  # the model's effort; None: the model's own default
     #: hand-name globs (fnmatch: fs_write, fs_*, *) whose calls wait for a person's approval before they run
     approve: tuple[str, ...] = ()
+    #: the session workspace's source, sent with every call as x-brainhands-workspace: an absolute directory on the
+    #: hands' machine or a git URL[@REF] ("": none named; the hands' own default)
+    workspace: str = ""
+    #: each worker the session starts gets its own git branch of the session's workspace (x-brainhands-worker-workspaces)
+    worker_workspaces: bool = False
+
+    @field_validator("workspace")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        # It travels as a gRPC metadata value: printable ASCII only.
+        if value and (len(value) > 2048 or not all(" " <= c <= "~" for c in value)):
+            raise ValueError("must be printable ASCII of at most 2048 characters")
+        if value and not (value.startswith("/") or "://" in value):
+            raise ValueError(f"expected an absolute directory or a git URL, got {value[:200]!r}")
+        return value
+
+    def workspace_metadata(self) -> dict[str, str]:
+        """The headers that name the session's workspace to the fs and sandbox hands (hands/workspaces.py)."""
+        meta = {md.WORKSPACE: self.workspace} if self.workspace else {}
+        if self.worker_workspaces:
+            meta[md.WORKER_WORKSPACES] = "branch"
+        return meta
 
     @field_validator("approve", mode="before")
     @classmethod

@@ -41,10 +41,13 @@ class CallOutcome:
 class Dispatcher:
     """Runs the model's tool calls as Execute calls, each with a deadline and its tool_use id as call_id."""
 
-    def __init__(self, client: HandClient, *, call_timeout: float, depth: int = 0):
+    def __init__(self, client: HandClient, *, call_timeout: float, depth: int = 0,
+                 metadata: dict[str, str] | None = None):
+        """metadata: headers every call of the session sends (its workspace: BrainConfig.workspace_metadata)."""
         self._client = client
         self._call_timeout = call_timeout
         self._depth = depth
+        self._metadata = dict(metadata or {})
 
     async def tools(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The Claude tool list from Describe, sorted by name so the prompt prefix is stable."""
@@ -70,7 +73,7 @@ class Dispatcher:
     ) -> CallOutcome:
         """One Execute. budget: (tokens, tool calls) of the session this call may spend, for a worker that orchestrates."""
         started = time.perf_counter()
-        metadata = {md.DEPTH: str(self._depth)}
+        metadata = {**self._metadata, md.DEPTH: str(self._depth)}
         if budget is not None:
             metadata[md.BUDGET_TOKENS], metadata[md.BUDGET_CALLS] = str(budget[0]), str(budget[1])
         try:

@@ -189,9 +189,6 @@ class SessionStarted(Payload):
     parent_id: str | None = None
     #: {trace_id, span_id} of the session's first OpenTelemetry trace, when tracing was on (a wake links to it)
     trace: dict[str, str] | None = field(default=None, metadata=_omit_none())
-    #: the session's workspace, when its calls name one: {"source": dir or URL[@REF] ("" for empty), and
-    #: "workers": "branch" when each worker gets its own branch}; a wake sends the same again
-    workspace: dict[str, str] | None = field(default=None, metadata=_omit_none())
 
 
 @_record(kw_only=True)

@@ -27,7 +27,6 @@ from brain.events import SessionState
 from brain.model import ContextWindowExceeded, Model, ModelError
 from brain.sessions import Event, SeqConflict, SessionNotFound, SessionStore, StoreUnavailable
 from hands import HandClient
-from hands import metadata as md
 
 log = structlog.get_logger("brain")
 
@@ -151,7 +150,8 @@ class Brain:
         self._nudges: dict[str, asyncio.Event] = {}  # session id -> set to read the log now (a decision came in)
 
     def _dispatcher(self, config: BrainConfig) -> Dispatcher:
-        return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth)
+        return Dispatcher(self.client, call_timeout=config.call_timeout, depth=self.depth,
+                          metadata=config.workspace_metadata())
 
     async def run(self, task: str, *, parent_id: str | None = None, tenant: str | None = None) -> RunResult:
         """Start a session for the task and drive it to its end."""
@@ -177,7 +177,6 @@ class Brain:
                 tools=tools,
                 model=getattr(self.model, "id", ""),
                 parent_id=parent_id,
-                workspace=_workspace_of(self.client),
             )
         )
 
@@ -752,13 +751,3 @@ class _Driver:
         await self.record(ev.SessionFinished(result=text, cut_short=cut_short, reason=reason, totals=self.state.totals(),
                                              citations=citations))
 
-
-def _workspace_of(client: HandClient) -> dict[str, str] | None:
-    """What a session's calls say about its workspace (x-brainhands-workspace*), for its session_started."""
-    sent = getattr(client, "metadata", None) or {}
-    if md.WORKSPACE not in sent and md.WORKER_WORKSPACES not in sent:
-        return None
-    found = {"source": sent.get(md.WORKSPACE, "")}
-    if md.WORKER_WORKSPACES in sent:
-        found["workers"] = sent[md.WORKER_WORKSPACES]
-    return found

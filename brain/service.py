@@ -599,7 +599,7 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
 
     @staticmethod
     def _thinking(limits: BrainConfig, request: brain_pb2.RunRequest) -> BrainConfig:
-        """The run's thinking and effort, where it asks for them; ValueError naming the field otherwise."""
+        """The run's thinking, effort and workspace, where it asks for them; ValueError naming the field otherwise."""
         update: dict[str, str] = {}
         if request.thinking:
             if request.thinking not in ("adaptive", "off"):
@@ -609,6 +609,12 @@ class BrainServicer(brain_pb2_grpc.BrainServiceServicer):
             if request.effort not in ("low", "medium", "high"):
                 raise ValueError(f"effort: expected 'low', 'medium' or 'high', got {request.effort!r}")
             update["effort"] = request.effort
+        if request.workspace or request.worker_workspaces:  # validated as config: printable, absolute or a URL
+            try:
+                checked = limits.replace(workspace=request.workspace, worker_workspaces=request.worker_workspaces)
+            except ValueError as exc:
+                raise ValueError(str(exc).removeprefix("brain config: ")) from None
+            update.update(workspace=checked.workspace, worker_workspaces=checked.worker_workspaces)
         return limits.model_copy(update=update) if update else limits
 
     async def _events(self, sid: str, context: grpc.aio.ServicerContext, after_seq: int = 0) -> list[Event]:

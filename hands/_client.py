@@ -56,11 +56,6 @@ class HandClient:
     def channel(self) -> grpc.aio.Channel:
         return self._channel
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The metadata every call of this client sends, without its key."""
-        return {k: v for k, v in self._metadata if k != md.AUTHORIZATION}
-
     async def execute(
         self,
         name: str,

@@ -26,51 +26,51 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62rain/v1/brain.proto\x12\x08\x62rain.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x0cSessionEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x05 \x01(\t\"\x93\x01\n\tRunLimits\x12\x11\n\tmax_turns\x18\x01 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\x02 \x01(\x05\x12\x16\n\x0emax_tool_calls\x18\x03 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x04 \x01(\x03\x12/\n\x0c\x63\x61ll_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x81\x01\n\nRunRequest\x12\x0f\n\x07\x61pprove\x18\x04 \x03(\t\x12\x0c\n\x04task\x18\x01 \x01(\t\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.brain.v1.RunLimits\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08thinking\x18\x05 \x01(\t\x12\x0e\n\x06\x65\x66\x66ort\x18\x06 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"c\n\x12GetSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\x12)\n\x07outcome\x18\x02 \x01(\x0b\x32\x18.brain.v1.SessionOutcome\"Q\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.brain.v1.SessionStatus\";\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.brain.v1.Session\"4\n\x0bWakeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"3\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x0e\x43\x61ncelResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\"\xc4\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.brain.v1.SessionStatus\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\x12\x19\n\x11parent_session_id\x18\x07 \x01(\t\x12\x13\n\x0blease_owner\x18\x08 \x01(\t\x12\x35\n\x11lease_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63onfig_json\x18\n \x01(\t\"X\n\x0eSessionOutcome\x12\x0e\n\x06result\x18\x01 \x01(\t\x12\x11\n\tcut_short\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0btotals_json\x18\x04 \x01(\t\"y\n\rDecideRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\ninput_json\x18\x05 \x01(\t\x12\x0e\n\x06\x61lways\x18\x06 \x01(\x08\"`\n\x0e\x44\x65\x63ideResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x19\n\x11nested_session_id\x18\x02 \x01(\t\x12\"\n\x07session\x18\x03 \x01(\x0b\x32\x11.brain.v1.Session\"A\n\nSayRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tinterrupt\x18\x03 \x01(\x08\"1\n\x0bSayResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\"5\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"6\n\rWatchResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.brain.v1.SessionEvent*\xbd\x01\n\rSessionStatus\x12\x1e\n\x1aSESSION_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_STATUS_RUNNING\x10\x01\x12\x1b\n\x17SESSION_STATUS_FINISHED\x10\x02\x12\x19\n\x15SESSION_STATUS_FAILED\x10\x03\x12\x1c\n\x18SESSION_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16SESSION_STATUS_WAITING\x10\x05\x32\x80\x04\n\x0c\x42rainService\x12\x35\n\x03Run\x12\x14.brain.v1.RunRequest\x1a\x16.brain.v1.SessionEvent0\x01\x12G\n\nGetSession\x12\x1b.brain.v1.GetSessionRequest\x1a\x1c.brain.v1.GetSessionResponse\x12M\n\x0cListSessions\x12\x1d.brain.v1.ListSessionsRequest\x1a\x1e.brain.v1.ListSessionsResponse\x12\x37\n\x04Wake\x12\x15.brain.v1.WakeRequest\x1a\x16.brain.v1.SessionEvent0\x01\x12;\n\x06\x43\x61ncel\x12\x17.brain.v1.CancelRequest\x1a\x18.brain.v1.CancelResponse\x12;\n\x06\x44\x65\x63ide\x12\x17.brain.v1.DecideRequest\x1a\x18.brain.v1.DecideResponse\x12\x32\n\x03Say\x12\x14.brain.v1.SayRequest\x1a\x15.brain.v1.SayResponse\x12:\n\x05Watch\x12\x16.brain.v1.WatchRequest\x1a\x17.brain.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62rain/v1/brain.proto\x12\x08\x62rain.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x0cSessionEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x05 \x01(\t\"\x93\x01\n\tRunLimits\x12\x11\n\tmax_turns\x18\x01 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\x02 \x01(\x05\x12\x16\n\x0emax_tool_calls\x18\x03 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x04 \x01(\x03\x12/\n\x0c\x63\x61ll_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x01\n\nRunRequest\x12\x0f\n\x07\x61pprove\x18\x04 \x03(\t\x12\x0c\n\x04task\x18\x01 \x01(\t\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.brain.v1.RunLimits\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08thinking\x18\x05 \x01(\t\x12\x0e\n\x06\x65\x66\x66ort\x18\x06 \x01(\t\x12\x11\n\tworkspace\x18\x07 \x01(\t\x12\x19\n\x11worker_workspaces\x18\x08 \x01(\x08\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"c\n\x12GetSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\x12)\n\x07outcome\x18\x02 \x01(\x0b\x32\x18.brain.v1.SessionOutcome\"Q\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.brain.v1.SessionStatus\";\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.brain.v1.Session\"4\n\x0bWakeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"3\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x0e\x43\x61ncelResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\"\xc4\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.brain.v1.SessionStatus\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\x12\x19\n\x11parent_session_id\x18\x07 \x01(\t\x12\x13\n\x0blease_owner\x18\x08 \x01(\t\x12\x35\n\x11lease_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63onfig_json\x18\n \x01(\t\"X\n\x0eSessionOutcome\x12\x0e\n\x06result\x18\x01 \x01(\t\x12\x11\n\tcut_short\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0btotals_json\x18\x04 \x01(\t\"y\n\rDecideRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\ninput_json\x18\x05 \x01(\t\x12\x0e\n\x06\x61lways\x18\x06 \x01(\x08\"`\n\x0e\x44\x65\x63ideResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x19\n\x11nested_session_id\x18\x02 \x01(\t\x12\"\n\x07session\x18\x03 \x01(\x0b\x32\x11.brain.v1.Session\"A\n\nSayRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tinterrupt\x18\x03 \x01(\x08\"1\n\x0bSayResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.brain.v1.Session\"5\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"6\n\rWatchResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.brain.v1.SessionEvent*\xbd\x01\n\rSessionStatus\x12\x1e\n\x1aSESSION_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_STATUS_RUNNING\x10\x01\x12\x1b\n\x17SESSION_STATUS_FINISHED\x10\x02\x12\x19\n\x15SESSION_STATUS_FAILED\x10\x03\x12\x1c\n\x18SESSION_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16SESSION_STATUS_WAITING\x10\x05\x32\x80\x04\n\x0c\x42rainService\x12\x35\n\x03Run\x12\x14.brain.v1.RunRequest\x1a\x16.brain.v1.SessionEvent0\x01\x12G\n\nGetSession\x12\x1b.brain.v1.GetSessionRequest\x1a\x1c.brain.v1.GetSessionResponse\x12M\n\x0cListSessions\x12\x1d.brain.v1.ListSessionsRequest\x1a\x1e.brain.v1.ListSessionsResponse\x12\x37\n\x04Wake\x12\x15.brain.v1.WakeRequest\x1a\x16.brain.v1.SessionEvent0\x01\x12;\n\x06\x43\x61ncel\x12\x17.brain.v1.CancelRequest\x1a\x18.brain.v1.CancelResponse\x12;\n\x06\x44\x65\x63ide\x12\x17.brain.v1.DecideRequest\x1a\x18.brain.v1.DecideResponse\x12\x32\n\x03Say\x12\x14.brain.v1.SayRequest\x1a\x15.brain.v1.SayResponse\x12:\n\x05Watch\x12\x16.brain.v1.WatchRequest\x1a\x17.brain.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'brain.v1.brain_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONSTATUS']._serialized_start=1825
-  _globals['_SESSIONSTATUS']._serialized_end=2014
+  _globals['_SESSIONSTATUS']._serialized_start=1871
+  _globals['_SESSIONSTATUS']._serialized_end=2060
   _globals['_SESSIONEVENT']._serialized_start=99
   _globals['_SESSIONEVENT']._serialized_end=226
   _globals['_RUNLIMITS']._serialized_start=229
   _globals['_RUNLIMITS']._serialized_end=376
   _globals['_RUNREQUEST']._serialized_start=379
-  _globals['_RUNREQUEST']._serialized_end=508
-  _globals['_GETSESSIONREQUEST']._serialized_start=510
-  _globals['_GETSESSIONREQUEST']._serialized_end=549
-  _globals['_GETSESSIONRESPONSE']._serialized_start=551
-  _globals['_GETSESSIONRESPONSE']._serialized_end=650
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=652
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=733
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=735
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=794
-  _globals['_WAKEREQUEST']._serialized_start=796
-  _globals['_WAKEREQUEST']._serialized_end=848
-  _globals['_CANCELREQUEST']._serialized_start=850
-  _globals['_CANCELREQUEST']._serialized_end=901
-  _globals['_CANCELRESPONSE']._serialized_start=903
-  _globals['_CANCELRESPONSE']._serialized_end=955
-  _globals['_SESSION']._serialized_start=958
-  _globals['_SESSION']._serialized_end=1282
-  _globals['_SESSIONOUTCOME']._serialized_start=1284
-  _globals['_SESSIONOUTCOME']._serialized_end=1372
-  _globals['_DECIDEREQUEST']._serialized_start=1374
-  _globals['_DECIDEREQUEST']._serialized_end=1495
-  _globals['_DECIDERESPONSE']._serialized_start=1497
-  _globals['_DECIDERESPONSE']._serialized_end=1593
-  _globals['_SAYREQUEST']._serialized_start=1595
-  _globals['_SAYREQUEST']._serialized_end=1660
-  _globals['_SAYRESPONSE']._serialized_start=1662
-  _globals['_SAYRESPONSE']._serialized_end=1711
-  _globals['_WATCHREQUEST']._serialized_start=1713
-  _globals['_WATCHREQUEST']._serialized_end=1766
-  _globals['_WATCHRESPONSE']._serialized_start=1768
-  _globals['_WATCHRESPONSE']._serialized_end=1822
-  _globals['_BRAINSERVICE']._serialized_start=2017
-  _globals['_BRAINSERVICE']._serialized_end=2529
+  _globals['_RUNREQUEST']._serialized_end=554
+  _globals['_GETSESSIONREQUEST']._serialized_start=556
+  _globals['_GETSESSIONREQUEST']._serialized_end=595
+  _globals['_GETSESSIONRESPONSE']._serialized_start=597
+  _globals['_GETSESSIONRESPONSE']._serialized_end=696
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=698
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=779
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=781
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=840
+  _globals['_WAKEREQUEST']._serialized_start=842
+  _globals['_WAKEREQUEST']._serialized_end=894
+  _globals['_CANCELREQUEST']._serialized_start=896
+  _globals['_CANCELREQUEST']._serialized_end=947
+  _globals['_CANCELRESPONSE']._serialized_start=949
+  _globals['_CANCELRESPONSE']._serialized_end=1001
+  _globals['_SESSION']._serialized_start=1004
+  _globals['_SESSION']._serialized_end=1328
+  _globals['_SESSIONOUTCOME']._serialized_start=1330
+  _globals['_SESSIONOUTCOME']._serialized_end=1418
+  _globals['_DECIDEREQUEST']._serialized_start=1420
+  _globals['_DECIDEREQUEST']._serialized_end=1541
+  _globals['_DECIDERESPONSE']._serialized_start=1543
+  _globals['_DECIDERESPONSE']._serialized_end=1639
+  _globals['_SAYREQUEST']._serialized_start=1641
+  _globals['_SAYREQUEST']._serialized_end=1706
+  _globals['_SAYRESPONSE']._serialized_start=1708
+  _globals['_SAYRESPONSE']._serialized_end=1757
+  _globals['_WATCHREQUEST']._serialized_start=1759
+  _globals['_WATCHREQUEST']._serialized_end=1812
+  _globals['_WATCHRESPONSE']._serialized_start=1814
+  _globals['_WATCHRESPONSE']._serialized_end=1868
+  _globals['_BRAINSERVICE']._serialized_start=2063
+  _globals['_BRAINSERVICE']._serialized_end=2575
 # @@protoc_insertion_point(module_scope)

@@ -55,20 +55,24 @@ class RunLimits(_message.Message):
     def __init__(self, max_turns: _Optional[int] = ..., max_parallel: _Optional[int] = ..., max_tool_calls: _Optional[int] = ..., token_budget: _Optional[int] = ..., call_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("approve", "task", "limits", "model", "thinking", "effort")
+    __slots__ = ("approve", "task", "limits", "model", "thinking", "effort", "workspace", "worker_workspaces")
     APPROVE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     THINKING_FIELD_NUMBER: _ClassVar[int]
     EFFORT_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_WORKSPACES_FIELD_NUMBER: _ClassVar[int]
     approve: _containers.RepeatedScalarFieldContainer[str]
     task: str
     limits: RunLimits
     model: str
     thinking: str
     effort: str
-    def __init__(self, approve: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., limits: _Optional[_Union[RunLimits, _Mapping]] = ..., model: _Optional[str] = ..., thinking: _Optional[str] = ..., effort: _Optional[str] = ...) -> None: ...
+    workspace: str
+    worker_workspaces: bool
+    def __init__(self, approve: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., limits: _Optional[_Union[RunLimits, _Mapping]] = ..., model: _Optional[str] = ..., thinking: _Optional[str] = ..., effort: _Optional[str] = ..., workspace: _Optional[str] = ..., worker_workspaces: _Optional[bool] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)

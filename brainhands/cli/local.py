@@ -117,8 +117,6 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     from brainhands.cli.run import _open, _session_workspaces_root, _store_name
     from brainhands.demo_model import DEMO_TASK, TEST_COMMAND, outcome_of_tests, start_demo_model
     from brainhands.stack import StackError, start_local_stack
-    from hands import HandClient
-    from hands import metadata as md
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print("[bold]brainhands demo[/] — the model is [bold yellow]scripted[/] (offline, no API key); "
@@ -134,7 +132,6 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         env["BRAINHANDS_SANDBOX_ISOLATION"] = "limits-only"
     stack = None
     store = None
-    client = None
     try:
         try:
             stack = await _start_demo_stack(start_local_stack, workspace, env, target / "logs")
@@ -148,9 +145,9 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         api = anthropic.AsyncAnthropic(base_url=model_server.base_url, api_key=key, max_retries=0)
         model = AnthropicModel(client=api)
         view, on_event = _event_sink(args.json, err)
-        client = HandClient(stack.gateway, metadata={md.WORKSPACE: str(workspace), md.WORKER_WORKSPACES: "branch"})
-        brain = Brain(target=client, model=model, store=store,
-                      config=BrainConfig(max_parallel=8, call_timeout=90), on_event=on_event)
+        brain = Brain(target=stack.gateway, model=model, store=store, on_event=on_event,
+                      config=BrainConfig(max_parallel=8, call_timeout=90, workspace=str(workspace),
+                                         worker_workspaces=True))
         with view:
             result = await brain.run(DEMO_TASK)
             if hasattr(view, "final"):
@@ -161,8 +158,6 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         timeline = target / "timeline.html"
         timeline.write_text(render_timeline(info, events))
     finally:
-        if client is not None:
-            await client.close()
         if store is not None:
             await store.close()
         if stack is not None:

@@ -147,22 +147,6 @@ def _session_workspaces_root(create: bool = True) -> Path:
     return root
 
 
-def _hand_client(args, gateway: str):
-    """The brain's client: with --session-workspace, every call names the session's source (x-brainhands-workspace)."""
-    from hands import HandClient
-    from hands import metadata as md
-
-    api_key = os.environ.get("BRAINHANDS_API_KEY") or None
-    meta: dict[str, str] = {}
-    if getattr(args, "repo", None):
-        meta[md.WORKSPACE] = args.repo
-    elif getattr(args, "session_workspace", False):
-        meta[md.WORKSPACE] = str(Path(args.workspace).resolve() if args.workspace else Path(".").resolve())
-    if getattr(args, "worker_workspaces", False):
-        meta[md.WORKER_WORKSPACES] = "branch"
-    return HandClient(gateway, api_key=api_key, metadata=meta) if meta else gateway
-
-
 def _unreachable(gateway: str, exc: Exception) -> CliError:
     text = str(exc)
     why = "connection refused" if "Connection refused" in text else (re.search(r"\((\w+):", text) or [None, "no answer"])[1]
@@ -344,7 +328,7 @@ async def _drive(args, start: Callable[..., Awaitable], known_session: str | Non
                 await _session_or_fail(store, known_session)  # still there: _wake resolved its full id
             async with _hands(args, err) as gateway:
                 prompts = getattr(view, "asks", False)  # a live view on a terminal asks the person to decide
-                target = _hand_client(args, gateway)
+                target = gateway
                 brain = Brain(target=target, model=args.model_obj, store=store, config=args.config_obj,
                               api_key=os.environ.get("BRAINHANDS_API_KEY") or None, on_event=record,
                               wait_for_decisions=prompts, on_text=getattr(view, "on_text", None))
@@ -456,7 +440,7 @@ def _run(args) -> int:
             max_turns=args.max_turns, max_parallel=args.max_parallel, max_tool_calls=args.max_tool_calls,
             token_budget=args.token_budget, call_timeout=args.call_timeout, lease_ttl=args.lease_ttl,
             store_retry=args.store_retry, server_tools=_server_tools(args.server_tools), approve=tuple(args.approve),
-            thinking=args.thinking, effort=args.effort,
+            thinking=args.thinking, effort=args.effort, **_workspace_config(args),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -476,23 +460,32 @@ def _server_tools(value: str) -> tuple[str, ...]:
     return names
 
 
-def _recorded_workspace(args, events) -> None:
-    """Wake a session with the workspace it started with (its session_started says), unless the flags name one.
+def _workspace_config(args) -> dict:
+    """The BrainConfig fields that name the session's workspace to the hands, from --repo / --session-workspace."""
+    fields: dict = {}
+    if getattr(args, "repo", None):
+        fields["workspace"] = args.repo
+    elif getattr(args, "session_workspace", False):
+        fields["workspace"] = str(Path(args.workspace).resolve() if args.workspace else Path(".").resolve())
+    if getattr(args, "worker_workspaces", False):
+        fields["worker_workspaces"] = True
+    return fields
 
-    So its later calls find the same workspace source and a new worker still gets its own branch, without the
-    person having to repeat --session-workspace, --repo or --worker-workspaces.
+
+def _recorded_workspace(args, state) -> None:
+    """Wake a session's local stack with the workspace it started with (its recorded config says), unless the
+    flags name one; the brain sends the recorded source and worker mode with every call itself.
+
+    So a person need not repeat --session-workspace, --repo or --worker-workspaces.
     """
-    from brain.events import SESSION_STARTED
-
-    recorded = (events[0].data.get("workspace") if events and events[0].type == SESSION_STARTED else None) or {}
-    source = recorded.get("source")
+    source = (state.config or {}).get("workspace") or ""
     if source and not (getattr(args, "session_workspace", False) or getattr(args, "repo", None)):
         if "://" in source:
             args.repo = source
         else:
             args.session_workspace = True
             args.workspace = args.workspace or source
-    if recorded.get("workers") == "branch":
+    if (state.config or {}).get("worker_workspaces"):
         args.worker_workspaces = True
 
 
@@ -513,8 +506,8 @@ def _wake(args) -> int:
             await store.close()
 
     events = asyncio.run(look())
-    _recorded_workspace(args, events)
     state = SessionState.from_events(args.session_id, events)
+    _recorded_workspace(args, state)
     if state.status not in ("running", "waiting"):  # nothing to continue: say how it ended, start nothing
         print(f"brainhands: session {args.session_id} has already ended ({state.status})", file=sys.stderr)
         return _finish(RunResult.from_state(state), args.json)

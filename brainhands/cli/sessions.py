@@ -299,10 +299,10 @@ def _print_session(info, events, children=()) -> None:
     trace = earlier_trace(events)
     if trace:  # the OpenTelemetry trace of the session's first run (a wake's trace links to it)
         facts.append(f" · trace {trace['trace_id']}")
-    workspace = events[0].data.get("workspace") if events and events[0].type == "session_started" else None
-    if workspace:  # where its files came from, and whether each worker had its own branch
-        facts.append(f" · workspace from {workspace.get('source') or 'empty'}"
-                     + (", a branch per worker" if workspace.get("workers") == "branch" else ""))
+    recorded = view.config or {}
+    if recorded.get("workspace") or recorded.get("worker_workspaces"):  # its files' source; a branch per worker?
+        facts.append(f" · workspace from {recorded.get('workspace') or 'the hands default'}"
+                     + (", a branch per worker" if recorded.get("worker_workspaces") else ""))
     # Each sub-agent's own session is drawn under the call that started it, its own sub-agents under its calls.
     by_parent: dict[str, list] = {}
     for _, child, child_events in children:

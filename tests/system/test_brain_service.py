@@ -148,3 +148,21 @@ def test_a_misconfigured_brain_says_what_is_wrong_in_one_line(args, message, tmp
     result = run_cli("serve", "brain", "--port", "0", *args, env={"BRAINHANDS_SESSIONS": str(tmp_path / "s.db")})
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+async def test_a_run_names_its_workspace_to_every_call_and_a_bad_one_is_refused(serve_brain):
+    brain = serve_brain([{"tool_calls": [["show_call", {}]]}, {"text": "seen"}])
+    channel, stub = stub_for(brain.address)
+    async with channel:
+        events = [e async for e in stub.Run(brain_pb2.RunRequest(
+            task="Show the call.", workspace="/srv/projects/ledger", worker_workspaces=True), timeout=30)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.Run(brain_pb2.RunRequest(task="x", workspace="projects/ledger"), timeout=30):
+                pass
+    [shown] = [json.loads(json.loads(e.data_json)["output"]) for e in events if e.type == "tool_call_finished"]
+    assert shown["metadata"]["x-brainhands-workspace"] == "/srv/projects/ledger"
+    assert shown["metadata"]["x-brainhands-worker-workspaces"] == "branch"
+    started = json.loads(events[0].data_json)
+    assert started["config"]["workspace"] == "/srv/projects/ledger" and started["config"]["worker_workspaces"]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "workspace: expected an absolute directory or a git URL, got 'projects/ledger'"

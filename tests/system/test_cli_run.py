@@ -401,10 +401,10 @@ async def test_a_woken_session_works_in_the_workspace_it_started_with_without_re
     db = tmp_path / "s.db"
     store = await open_store(str(db))
     try:  # a run with --session-workspace --worker-workspaces whose brain stopped with an fs_read started
-        sid = await store.create_session("Read calc", {"max_turns": 20})
+        config = {"max_turns": 20, "workspace": str(workspace), "worker_workspaces": True}
+        sid = await store.create_session("Read calc", config)
         await store.append(sid, 1, "session_started", {
-            "task": "Read calc", "config": {"max_turns": 20}, "system": "s", "tools": [], "model": "scripted",
-            "workspace": {"source": str(workspace), "workers": "branch"}})
+            "task": "Read calc", "config": config, "system": "s", "tools": [], "model": "scripted"})
         await store.append(sid, 2, "model_response", {
             "content": [{"type": "tool_use", "id": "t1", "name": "fs_read", "input": {"path": "calc.py"}}],
             "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5}})
