@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -234,3 +235,21 @@ async def test_a_source_with_submodules_or_an_unreadable_git_directory_is_refuse
     with pytest.raises(HandError, match="has a .git that git cannot read as a repository"):
         await workspaces.provision(from_source(broken, "s2"))
     assert sorted(p.name for p in (root / "t").iterdir()) == []  # nothing half-made left
+
+
+async def test_a_tracked_file_below_a_directory_since_replaced_by_a_symlink_is_not_read_through_it(root, tmp_path):
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "conf").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "key").write_text("not the session's\n")
+    git(repo, "init", "-q")
+    (repo / "conf" / "key").write_text("public\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    shutil.rmtree(repo / "conf")
+    os.symlink(outside, repo / "conf")  # git sees conf/key deleted and a new symlink conf, and so does the workspace
+    ws = await SessionWorkspaces(root, sources=(str(tmp_path),)).provision(from_source(repo))
+    assert [p.name for p in ws.tree.iterdir()] == ["conf"] and os.readlink(ws.tree / "conf") == str(outside)
+    assert ws.git("ls-tree", "-r", "--name-only", "HEAD").stdout.decode() == "conf\n"
+    assert ws.git("log", "--format=%s").stdout.decode() == f"source: working tree of {repo}\none\n"
+    assert b"not the session's" not in ws.git("cat-file", "--batch-all-objects", "--batch").stdout
