@@ -6,7 +6,8 @@ which it drops when a caller sends it, as for the memory hands) and the session 
 Each workspace is ``ROOT/<tenant>/<session>/`` holding
 
 - ``tree/``: the files the session works on; the only part the fs hands serve and the sandbox binds;
-- ``git/``: a git directory whose first commit is the source the tree started from. It lies outside the tree, so
+- ``git/``: a git directory whose commit ``SOURCE_REF`` is the source the tree started from (on top of the
+  source's own history when that is a git repository). It lies outside the tree, so
   code run in the sandbox can neither read nor rewrite it (a ``.git/config`` the sandbox could write would make
   the hand's own ``git diff`` run its commands).
 
