@@ -6,7 +6,8 @@ which it drops when a caller sends it, as for the memory hands) and the session 
 Each workspace is ``ROOT/<tenant>/<session>/`` holding
 
 - ``tree/``: the files the session works on; the only part the fs hands serve and the sandbox binds;
-- ``git/``: a git directory whose first commit is the source the tree started from. It lies outside the tree, so
+- ``git/``: a git directory whose commit ``SOURCE_REF`` is the source the tree started from (on top of the
+  source's own history when that is a git repository). It lies outside the tree, so
   code run in the sandbox can neither read nor rewrite it (a ``.git/config`` the sandbox could write would make
   the hand's own ``git diff`` run its commands).
 
@@ -28,6 +29,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -429,6 +431,8 @@ class SessionWorkspaces:
                 self._clone(source, fresh)
                 (fresh.git_dir / "info").mkdir(exist_ok=True)
                 (fresh.git_dir / "info" / "exclude").write_text(_EXCLUDE)
+            elif source is not None and os.path.lexists(source / ".git"):
+                _from_local_repository(source, fresh)
             else:
                 if source is not None:
                     shutil.copytree(source, fresh.tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))
@@ -452,6 +456,82 @@ class SessionWorkspaces:
 
 _USED = "used"  # a file in each workspace whose mtime is its last use
 _LEFTOVER_AGE = 3600.0  # seconds after which a staging directory is a crash's leftover, not work in progress
+
+
+def _from_local_repository(source: Path, fresh: SessionWorkspace) -> None:
+    """Make the fresh workspace from the git repository whose top is source: its history, and its files as they are.
+
+    The git directory is ``clone --bare --local`` of the source's: objects hard-linked where both lie on one file
+    system (git never rewrites an object file, so sharing them is safe), copied otherwise. Not ``--shared``: its
+    alternates would point into the user's repository, and a gc there would take objects this history needs. The
+    user's repository is only read (no ref, worktree or config is added to it), and the clone's ``origin`` is
+    dropped. The tree is what the user sees (tracked files and untracked ones git does not ignore, as they are on
+    disk now), committed on top of the source's HEAD as "source: working tree of DIR" when it differs from it.
+    """
+    dotgit = source / ".git"
+    reading = {"GIT_OPTIONAL_LOCKS": "0"}  # git may refresh a repository's index on a read; not the user's
+    probe = _git(dotgit, source, "rev-parse", "--path-format=absolute", "--git-common-dir", env=reading, check=False)
+    if probe.returncode != 0:
+        raise HandError(f"workspace source {source} has a .git that git cannot read as a repository "
+                        f"({probe.stderr.decode(errors='replace').strip()[:300]}): repair it, or remove it to start "
+                        "the workspace from a plain copy")
+    common = probe.stdout.decode().strip()
+    head = _git(dotgit, source, "rev-parse", "--verify", "-q", "HEAD^{commit}", env=reading, check=False)
+    head_commit = head.stdout.decode().strip() if head.returncode == 0 else ""  # "": no commit yet
+    tracked, submodules = [], []
+    for entry in _git(dotgit, source, "ls-files", "-z", "--stage", env=reading).stdout.split(b"\0"):
+        if entry:
+            info, _, path = entry.partition(b"\t")
+            (submodules if info.startswith(b"160000 ") else tracked).append(os.fsdecode(path))
+    if submodules:
+        raise HandError(f"workspace source {source} has submodules ({', '.join(sorted(set(submodules))[:5])}), which "
+                        "a workspace cannot take yet: give a directory without them (a copy of the tree)")
+    untracked = _git(dotgit, source, "ls-files", "-z", "--others", "--exclude-standard", env=reading).stdout
+
+    shutil.rmtree(fresh.git_dir)
+    _git(fresh.git_dir, None, "clone", "-q", "--bare", "--local", "--", common, str(fresh.git_dir))
+    fresh.tree.mkdir()
+    fresh.git("remote", "remove", "origin")
+    fresh.git("symbolic-ref", "HEAD", "refs/heads/main")
+    if head_commit:
+        fresh.git("update-ref", "refs/heads/main", head_commit)
+        fresh.git("read-tree", "main")
+    else:
+        fresh.git("update-ref", "-d", "refs/heads/main")
+    (fresh.git_dir / "info").mkdir(exist_ok=True)
+    (fresh.git_dir / "info" / "exclude").write_text(_EXCLUDE)
+    _copy_listed(source, fresh.tree, [*tracked, *(os.fsdecode(p) for p in untracked.split(b"\0") if p)])
+    fresh.git("add", "-A", ".")
+    if not head_commit or fresh.git("diff", "--cached", "--quiet", check=False).returncode != 0:
+        fresh.git("commit", "-q", "--allow-empty", "--no-verify", "-m", f"source: working tree of {source}")
+
+
+def _copy_listed(source: Path, tree: Path, paths: list[str]) -> None:
+    """Copy the files named (relative to source) into tree; symlinks stay symlinks and none is followed.
+
+    A path that is gone (deleted in the working tree), names a directory (an untracked nested repository) or lies
+    below a symlink in source (git lists none, but the tree is not ours to trust) is left out.
+    """
+    real_dirs: dict[str, bool] = {}
+    for rel in sorted(set(paths)):
+        if rel.endswith("/"):
+            continue
+        parent = os.path.dirname(rel)
+        if parent not in real_dirs:
+            real_dirs[parent] = os.path.realpath(source / parent) == os.path.join(source, parent).rstrip("/")
+        if not real_dirs[parent]:
+            continue
+        try:
+            mode = os.lstat(source / rel).st_mode
+        except FileNotFoundError:
+            continue
+        dest = tree / rel
+        if stat.S_ISLNK(mode):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(source / rel), dest)
+        elif stat.S_ISREG(mode):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, dest, follow_symlinks=False)
 
 
 def _link(ws: SessionWorkspace, parent: SessionWorkspace) -> None:

@@ -62,7 +62,8 @@ def _hands_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", metavar="DIR", help="the local stack's fs root (default: the current directory)")
     p.add_argument("--session-workspace", action="store_true",
                    help="work on the session's own copy of --workspace DIR (default: the current directory), kept"
-                        " in git beside it so workspace_diff shows the change, instead of on DIR itself; with"
+                        " in git beside it (with DIR's history when DIR is a git repository) so workspace_diff shows"
+                        " the change, instead of on DIR itself; with"
                         " --gateway, DIR is a directory on the hands' machine among their BRAINHANDS_WORKSPACE_SOURCES")
     p.add_argument("--worker-workspaces", action="store_true",
                    help="with a session workspace, give each worker agent's session its own branch of its caller's"

@@ -117,15 +117,24 @@ def register(commands) -> None:
     say.set_defaults(func=_say)
 
     export = sc.add_parser(
-        "export", help="write a session's change to its workspace as a patch (git apply / patch -p1 take it)",
+        "export", help="write a session's change to its workspace as a patch, or as a branch of a git repository",
         description="Write the change a session made to its own workspace (brainhands run --session-workspace) as a "
-                    "unified diff against the files it started from. Without --gateway the workspace is looked up "
-                    "where the local stack keeps them; with --gateway (or $BRAINHANDS_GATEWAY) its workspace_diff "
-                    "hand is asked, with $BRAINHANDS_API_KEY: only the session's own tenant gets it.",
+                    "unified diff against the files it started from (--patch), or commit its files and write that "
+                    "commit, with the workspace's history under it, as a branch of a git repository (--branch). "
+                    "Without --gateway the workspace is looked up where the local stack keeps them; with --gateway "
+                    "(or $BRAINHANDS_GATEWAY) a patch comes from its workspace_diff hand, with $BRAINHANDS_API_KEY: "
+                    "only the session's own tenant gets it. --branch always reads the workspace on this machine.",
     )
     export.add_argument("session_id", help=ID_HELP)
-    export.add_argument("--patch", action="store_true", required=True,
-                        help="the change as a patch (the only form so far; a branch for git sources is to come)")
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument("--patch", action="store_true", help="the change as a patch (git apply / patch -p1 take it)")
+    form.add_argument("--branch", metavar="NAME",
+                      help="commit the session's files and write the commit as branch NAME into --into REPO; for a"
+                           " workspace made from a local git repository it sits on top of that repository's HEAD")
+    export.add_argument("--into", metavar="REPO",
+                        help="with --branch: the git repository to write it into (default: the session's source,"
+                             " when that is a local git repository)")
+    export.add_argument("--force", action="store_true", help="with --branch: overwrite the branch if REPO has one")
     export.add_argument("-o", "--output", metavar="FILE", help="write the patch to FILE (default: stdout)")
     export.add_argument("--gateway", metavar="ADDR", help="ask the workspace_diff hand through this gateway")
     _sessions_flag(export)
@@ -175,14 +184,22 @@ def _list(args) -> int:
 
 
 def _export(args) -> int:
-    async def session_id() -> str:
+    if args.branch is None and (args.into or args.force):
+        raise CliError("--into and --force go with --branch NAME")
+    if args.branch is not None and args.output:
+        raise CliError("-o/--output is for --patch: --branch writes into a git repository (--into REPO)")
+
+    async def session():
         store = await _open(args.sessions, must_exist=True)
         try:
-            return (await _session_or_fail(store, args.session_id)).id
+            return await _session_or_fail(store, args.session_id)
         finally:
             await store.close()
 
-    sid = asyncio.run(session_id())
+    info = asyncio.run(session())
+    sid = info.id
+    if args.branch is not None:
+        return _export_branch(args, sid, info.task)
     gateway = args.gateway or os.environ.get("BRAINHANDS_GATEWAY") or None
     patch = asyncio.run(_patch_through(gateway, sid)) if gateway else _local_patch(sid)
     if args.output:
@@ -202,6 +219,81 @@ def _local_patch(session_id: str) -> str:
         raise CliError(f"session {session_id} has no workspace under {_session_workspaces_root(create=False)}: it ran without "
                        "--session-workspace, or on a gateway's hands (give --gateway)")
     return workspace.diff(max_bytes=1 << 62)
+
+
+def _export_branch(args, session_id: str, task: str) -> int:
+    """Commit the session's workspace tree and write the commit as branch args.branch into the repository given."""
+    if args.gateway:
+        raise CliError("--branch writes from the session's workspace on this machine (where the local stack keeps "
+                       "them), and a gateway's hands keep theirs on theirs: export a --patch through --gateway and "
+                       "apply it in your repository (git apply)")
+    workspace = _local_workspace(session_id)
+    if workspace is None:
+        raise CliError(f"session {session_id} has no workspace under {_session_workspaces_root(create=False)}: it ran "
+                       "without --session-workspace, or on a gateway's hands (--branch needs the workspace on this "
+                       "machine; a --patch can come through --gateway)")
+    name = _branch_name(args.branch)
+    repo = _export_repository(args.into, workspace, name)
+    ref = f"refs/heads/{name}"
+    had = _git_in(repo, "rev-parse", "--verify", "-q", ref, check=False).stdout.strip()
+    if had and not args.force:
+        raise CliError(f"{repo} already has a branch {name} (at {had[:12]}): give --force to overwrite it, or "
+                       "another name")
+    summary = " ".join(task.split())
+    commit = workspace.snapshot(f"session {session_id}: {summary[:60]}{'…' if len(summary) > 60 else ''}")
+    _git_in(repo, "fetch", "-q", "--no-tags", "--no-write-fetch-head", str(workspace.git_dir),
+            f"{'+' if args.force else ''}{commit}:{ref}")
+    print(f"branch {name} at {commit} in {repo}" + (f" (was {had[:12]})" if had else ""))
+    return 0
+
+
+def _branch_name(name: str) -> str:
+    """name if git takes it as a new branch's name (git check-ref-format --branch), else a CliError."""
+    import subprocess
+
+    # Run outside any repository: inside one, --branch would also expand "@{-1}" to the branch checked out before.
+    done = subprocess.run(["git", "check-ref-format", "--branch", name], cwd=os.sep, capture_output=True, text=True,
+                          env={**os.environ, "GIT_CEILING_DIRECTORIES": os.sep})
+    if done.returncode != 0 or done.stdout.strip() != name or name.startswith("-"):
+        raise CliError(f"--branch {name!r} is not a valid git branch name (git check-ref-format --branch refuses it):"
+                       " e.g. brainhands/fix-parser")
+    return name
+
+
+def _export_repository(into: str | None, workspace, name: str) -> Path:
+    """The git repository --branch writes into: --into, else the workspace's source when that is a local repository."""
+    if into:
+        repo = Path(into).resolve()
+        if not repo.is_dir() or _git_in(repo, "rev-parse", "--git-dir", check=False).returncode != 0:
+            raise CliError(f"--into {into}: not a git repository")
+        return repo
+    try:
+        source = (workspace.git_dir / "brainhands-source").read_text().strip()
+    except FileNotFoundError:
+        source = ""
+    if source and "://" not in source and os.path.lexists(Path(source) / ".git"):
+        return Path(source)
+    if source and "://" in source:
+        came = f"was cloned from {source}"
+    elif source:
+        came = f"was copied from {source}, which is not a git repository"
+    elif workspace.parent:
+        came = f"was branched from session {workspace.parent}'s"
+    else:
+        came = "started empty"
+    raise CliError(f"the session's workspace {came}: give --into REPO, the local git repository to write branch "
+                   f"{name} into")
+
+
+def _git_in(repo: Path, *args: str, check: bool = True):
+    """git in the user's repository; a failure is a CliError with git's own words."""
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if check and done.returncode != 0:
+        raise CliError(f"git {args[0]} in {repo} failed: {done.stderr.strip()[:500]}")
+    return done
 
 
 async def _patch_through(gateway: str, session_id: str) -> str:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from hands import hand
 from hands import metadata as md
-from hands._hand import Context
+from hands._hand import Context, HandError
 from hands.builtin.fs import make_fs_hands
 from hands.builtin.sandbox import SandboxConfig, make_sandbox_hands
 from hands.config import ConfigError
 from hands.delegation import CallerClient
-from hands.workspaces import SessionWorkspaces, WorkspacesConfig, workspaces_from_env
+from hands.workspaces import SOURCE_REF, SessionWorkspaces, WorkspacesConfig, workspaces_from_env
 
 
 @pytest.fixture
@@ -137,3 +140,132 @@ async def test_a_hand_calling_for_a_session_of_its_own_names_its_caller_as_the_w
     same = json.loads((await client.execute("headers")).output)  # its caller's own session: no parent to name
     assert same == {md.WORKSPACE: "/src/project", md.WORKSPACE_PARENT: None, md.SESSION_ID: "parent",
                     md.WORKER_WORKSPACES: "branch"}
+
+
+def git(repo, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "protocol.file.allow=always",
+                           "-C", str(repo), *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def state_of(repo) -> tuple:
+    """Everything provisioning might change in a repository: refs, status, worktrees, config, index."""
+    dotgit = repo / ".git"
+    common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+    return (git(repo, "for-each-ref"), git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored"),
+            git(repo, "worktree", "list", "--porcelain"), git(repo, "stash", "list"),
+            (common / "config").read_bytes(), sorted(p.name for p in common.iterdir()),
+            dotgit.read_bytes() if dotgit.is_file() else (dotgit / "index").read_bytes())
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A repository with two commits, then edited, deleted, untracked and ignored files not committed."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "gone.txt").write_text("deleted before the session\n")
+    (repo / ".gitignore").write_text("*.log\n")
+    os.symlink("calc.py", repo / "link.py")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    (repo / "README").write_text("v1\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "second")
+    (repo / "README").write_text("v2, not committed\n")
+    (repo / "gone.txt").unlink()
+    (repo / "notes").mkdir()
+    (repo / "notes" / "todo.txt").write_text("untracked\n")
+    (repo / "build.log").write_text("ignored\n")
+    return repo
+
+
+def from_source(source, session: str = "s1") -> Context:
+    return Context(call_id="c", session_id=session, deadline=None, logger=None,
+                   metadata={**as_tenant("t"), md.WORKSPACE: str(source)})
+
+
+async def test_a_local_repository_source_keeps_its_history_and_starts_as_the_users_files_are(root, project):
+    before = state_of(project)
+    head = git(project, "rev-parse", "HEAD").strip()
+    ws = await SessionWorkspaces(root, sources=(str(project.parent),)).provision(from_source(project))
+    subjects = ws.git("log", "--format=%s", "main").stdout.decode().split("\n")[:-1]
+    assert subjects == [f"source: working tree of {project}", "second", "first"]
+    assert ws.git("rev-parse", "main~1").stdout.decode().strip() == head
+    assert ws.git("rev-parse", SOURCE_REF).stdout.decode() == ws.git("rev-parse", "HEAD").stdout.decode()
+    files = sorted(str(p.relative_to(ws.tree)) for p in ws.tree.rglob("*"))
+    assert files == [".gitignore", "README", "calc.py", "link.py", "notes", "notes/todo.txt"]  # no .git, no build.log
+    assert (ws.tree / "README").read_text() == "v2, not committed\n"
+    assert os.readlink(ws.tree / "link.py") == "calc.py"
+    assert ws.diff() == "" and ws.git("status", "--porcelain").stdout == b""
+    assert "[remote" not in (ws.git_dir / "config").read_text()
+    assert (ws.git_dir / "brainhands-source").read_text() == f"{project}\n"
+    assert state_of(project) == before  # the user's repository was only read
+
+
+async def test_a_clean_repository_adds_no_commit_and_a_worktree_source_starts_from_its_own_head(root, tmp_path):
+    repo = tmp_path / "clean"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "only")
+    workspaces = SessionWorkspaces(root, sources=(str(tmp_path),))
+    clean = await workspaces.provision(from_source(repo, "s1"))
+    assert clean.git("log", "--format=%s").stdout.decode() == "only\n"
+    assert clean.git("rev-parse", SOURCE_REF).stdout.decode() == git(repo, "rev-parse", "HEAD")
+
+    git(repo, "worktree", "add", "-q", str(tmp_path / "feature"), "-b", "feature")
+    (tmp_path / "feature" / "b.txt").write_text("b\n")
+    git(tmp_path / "feature", "add", ".")
+    git(tmp_path / "feature", "commit", "-qm", "on the feature branch")
+    before = state_of(tmp_path / "feature"), state_of(repo)
+    branch = await workspaces.provision(from_source(tmp_path / "feature", "s2"))
+    assert branch.git("log", "--format=%s").stdout.decode() == "on the feature branch\nonly\n"
+    assert sorted(p.name for p in branch.tree.iterdir()) == ["a.txt", "b.txt"]
+    assert (state_of(tmp_path / "feature"), state_of(repo)) == before
+
+
+async def test_a_repository_with_no_commit_yet_starts_from_one_commit_of_its_files(root, tmp_path):
+    repo = tmp_path / "new"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a.txt").write_text("a\n")
+    ws = await SessionWorkspaces(root, sources=(str(tmp_path),)).provision(from_source(repo))
+    assert ws.git("log", "--format=%s").stdout.decode() == f"source: working tree of {repo}\n"
+    assert (ws.tree / "a.txt").read_text() == "a\n" and ws.diff() == ""
+
+
+async def test_a_source_with_submodules_or_an_unreadable_git_directory_is_refused(root, tmp_path, project):
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    git(outer, "init", "-q")
+    git(outer, "submodule", "add", "-q", str(project), "vendored")
+    workspaces = SessionWorkspaces(root, sources=(str(tmp_path),))
+    with pytest.raises(HandError, match="has submodules \\(vendored\\), which a workspace cannot take yet"):
+        await workspaces.provision(from_source(outer, "s1"))
+    broken = tmp_path / "broken"
+    (broken / ".git").mkdir(parents=True)
+    (broken / ".git" / "config").write_text("[core]\n")
+    with pytest.raises(HandError, match="has a .git that git cannot read as a repository"):
+        await workspaces.provision(from_source(broken, "s2"))
+    assert sorted(p.name for p in (root / "t").iterdir()) == []  # nothing half-made left
+
+
+async def test_a_tracked_file_below_a_directory_since_replaced_by_a_symlink_is_not_read_through_it(root, tmp_path):
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "conf").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "key").write_text("not the session's\n")
+    git(repo, "init", "-q")
+    (repo / "conf" / "key").write_text("public\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    shutil.rmtree(repo / "conf")
+    os.symlink(outside, repo / "conf")  # git sees conf/key deleted and a new symlink conf, and so does the workspace
+    ws = await SessionWorkspaces(root, sources=(str(tmp_path),)).provision(from_source(repo))
+    assert [p.name for p in ws.tree.iterdir()] == ["conf"] and os.readlink(ws.tree / "conf") == str(outside)
+    assert ws.git("ls-tree", "-r", "--name-only", "HEAD").stdout.decode() == "conf\n"
+    assert ws.git("log", "--format=%s").stdout.decode() == f"source: working tree of {repo}\none\n"
+    assert b"not the session's" not in ws.git("cat-file", "--batch-all-objects", "--batch").stdout

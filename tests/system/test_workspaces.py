@@ -157,8 +157,6 @@ async def test_a_session_started_from_a_source_works_on_a_copy_and_its_diff_show
     (project / "pkg").mkdir(parents=True)
     (project / "pkg" / "calc.py").write_text("def add(a, b):\n    return a - b\n")
     (project / "README").write_text("a project\n")
-    (project / ".git").mkdir()  # the source's own history is not copied: the workspace keeps its own
-    (project / ".git" / "config").write_text("[core]\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     async with HandClient(gw, api_key=KEYS["a"]) as client:
