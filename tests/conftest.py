@@ -17,7 +17,8 @@ from tests.services import service_url
 #: runs would change; the container tests build one image (a session fixture) and start stacks.
 _TOGETHER = {
     "sandbox": ("tests/hands/test_sandbox", "tests/reliability/test_sandbox_hostile", "tests/reliability/test_identity",
-                "tests/system/test_cli_run", "tests/system/test_workspaces", "tests/hands/test_workspaces"),
+                "tests/system/test_cli_run", "tests/system/test_workspaces", "tests/hands/test_workspaces",
+                "tests/system/test_workspace_export"),
     "containers": ("tests/deploy/",),
 }
 
