@@ -34,7 +34,8 @@ class Usage:
 
     def words(self) -> str:
         more = "at least " if self.partial else ""
-        return f"{more}{size_words(self.bytes)} in {more}{self.files} files and directories"
+        what = "file or directory" if self.files == 1 else "files and directories"
+        return f"{more}{size_words(self.bytes)} in {more}{self.files} {what}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DiskBudget:
     max_files: int
 
     def words(self) -> str:
-        return (f"the session workspace's disk budget of {size_words(self.max_bytes)} and {self.max_files} files "
+        return (f"its disk budget of {size_words(self.max_bytes)} and {self.max_files} files "
                 f"({MAX_BYTES_ENV}, {MAX_FILES_ENV})")
 
     def measure(self, tree: str | os.PathLike, slack: float = 2.0) -> Usage:

@@ -440,8 +440,8 @@ def _over_budget(watch: BudgetWatch, now: Usage) -> tuple[str, tuple[str, ...]]:
     after = (f"Nothing was deleted: it holds {now.words()} now; until files are removed, fs writes are refused and "
              "sandbox runs may not make it bigger")
     if watch.over is not None:
-        return (f"stopped: the run took the session's workspace past {watch.budget.words()} (it held "
-                f"{watch.over.words()}), so its processes were killed. {after}"), ()
+        return (f"stopped: the run took the session's workspace past {watch.budget.words()}: it held "
+                f"{watch.over.words()}, so its processes were killed. {after}"), ()
     if watch.budget.exceeded(now):
         return "", (f"the session's workspace is past {watch.budget.words()}. {after}",)
     return "", ()

@@ -107,6 +107,9 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
                     code_can_reach=isolation.description, **limits)
         set_not_dumpable()  # before any run: code of our own uid must not read our environment
     sandbox = Sandbox(config, isolation, uids, disk_problem)
+    # The limits runs get, as Describe and the results state them: in a workspace no file may outgrow its budget.
+    shown = config if workspaces is None else config.replace(
+        max_file_bytes=min(config.max_file_bytes, workspaces.budget.max_bytes))
     mib = config.disk_bytes // (1024 * 1024)
     if workspaces is not None:
         # The workspace outlives the run, so it cannot be on the run's tmpfs: only the scratch space is bounded.
@@ -115,8 +118,7 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
                  else f"no bound on the scratch space ({disk_problem})")
         bound_of = workspaces.budget
         disk = (f"Disk: {bound}; the session's workspace may hold at most {size_words(bound_of.max_bytes)} in "
-                f"{bound_of.max_files} files and directories, files up to "
-                f"{size_words(min(bound_of.max_bytes, config.max_file_bytes))} each. A run that takes it past that is "
+                f"{bound_of.max_files} files and directories. A run that takes it past that is "
                 f"stopped (the workspace is measured every {WALK_EVERY:g}s and at once when the disk fills fast, so a "
                 "fast writer may get a little past it first) and the result is an error; nothing it wrote is deleted, "
                 "and while the workspace is over, fs writes are refused and runs may not make it bigger: remove files "
@@ -137,7 +139,7 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         f"environment. Limits: wall clock {config.timeout:g}s by default (timeout, at most {config.max_timeout:g}s; "
         f"on timeout the process is killed and its output so far returned as an error), {config.cpu_seconds}s CPU, "
         f"{config.memory_bytes // (1024 * 1024)} MiB memory, {config.max_processes} processes, files up to "
-        f"{config.max_file_bytes // (1024 * 1024)} MiB; stdout and stderr are merged and cut at "
+        f"{size_words(shown.max_file_bytes)}; stdout and stderr are merged and cut at "
         f"{config.max_output_bytes} bytes. A non-zero exit status is an error. {disk} {isolation.description}"
     )
 
@@ -162,7 +164,7 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         limit = budget(timeout, ctx)
         result = await sandbox.run([config.python, "-u", "main.py"], files={"main.py": code}, stdin=stdin, timeout=limit,
                                    workspace=await workspace(ctx), budget=budget_of_workspaces)
-        return _render(result, limit, config)
+        return _render(result, limit, shown)
 
     @hand(description=f"Run a shell command line with {config.shell} -c and return its output. {common}",
           timeout=config.max_timeout + 30)
@@ -170,7 +172,7 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         limit = budget(timeout, ctx)
         result = await sandbox.run([config.shell, "-c", command], files={}, stdin=None, timeout=limit,
                                    workspace=await workspace(ctx), budget=budget_of_workspaces)
-        return _render(result, limit, config)
+        return _render(result, limit, shown)
 
     return [sandbox_python, sandbox_shell]
 
