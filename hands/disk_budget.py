@@ -49,9 +49,9 @@ class DiskBudget:
         return (f"its disk budget of {size_words(self.max_bytes)} and {self.max_files} files "
                 f"({MAX_BYTES_ENV}, {MAX_FILES_ENV})")
 
-    def measure(self, tree: str | os.PathLike, slack: float = 2.0) -> Usage:
-        """The tree's use; the walk stops (partial) once it is past slack times the budget."""
-        return usage(tree, int(self.max_bytes * slack), int(self.max_files * slack))
+    def measure(self, tree: str | os.PathLike) -> Usage:
+        """The tree's use; the walk stops (partial) once it is past four times the budget."""
+        return usage(tree, 4 * self.max_bytes, 4 * self.max_files)
 
     def exceeded(self, used: Usage, bytes_allowed: int | None = None, files_allowed: int | None = None) -> bool:
         """Whether used is past the budget (or past the larger bounds given, for a tree that started over it)."""

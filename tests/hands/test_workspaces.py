@@ -169,7 +169,7 @@ async def test_a_sandbox_run_writing_past_the_workspace_budget_is_stopped_and_it
     assert "stopped: the run took the session's workspace past its disk budget of 32 MiB" in ran.output, ran.output
     assert "BRAINHANDS_WORKSPACE_MAX_BYTES" in ran.output and "Nothing was deleted" in ran.output
     held = usage(tree).bytes
-    assert 32 * MIB < held <= 32 * MIB + 64 * MIB  # stopped within a margin of the budget (measured: 3-25 MiB past it)
+    assert 32 * MIB < held <= 32 * MIB + 64 * MIB  # stopped within a margin of the budget (measured: 15-41 MiB, at most 78)
     assert (tree / "small.bin").stat().st_size == 4000000 and (tree / "flood0").is_file()  # nothing deleted
 
     refused = await call("fs_write", "s1", path="notes.txt", content="more")
