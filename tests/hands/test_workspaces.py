@@ -226,3 +226,16 @@ async def test_fs_writes_past_the_budget_are_refused_and_change_nothing(root, bu
     assert fifth.is_error and "and 4 files" in fifth.output and "in 4 files and directories now" in fifth.output
     other = await call("fs_write", "s2", path="a.txt", content="a" * 600_000)  # each session has its own budget
     assert not other.is_error, other.output
+
+
+async def test_a_tree_far_over_its_budget_may_shrink_but_not_grow(root, budgeted):
+    call = await budgeted(1 * MIB, isolation="limits-only")
+    assert not (await call("fs_list", "s1")).is_error  # made, empty
+    tree = root / "t" / "s1" / "tree"
+    for i in range(10):  # 10 MiB, as a source larger than the budget would leave it
+        (tree / f"big{i}").write_bytes(b"x" * MIB)
+    shrink = await call("sandbox_shell", "s1", command="rm big0 big1; sleep 1; echo removed")
+    assert shrink.output.startswith("removed") and "stopped" not in shrink.output, shrink.output
+    assert shrink.is_error and "is past its disk budget of 1 MiB" in shrink.output  # still over, and said so
+    grow = await call("sandbox_shell", "s1", command="head -c 200000 /dev/zero > more; sleep 2; echo grew")
+    assert grow.is_error and "stopped: the run took" in grow.output and "grew" not in grow.output, grow.output

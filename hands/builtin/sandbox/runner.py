@@ -19,7 +19,7 @@ import structlog
 from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, Isolation, launcher_argv
 from hands.builtin.sandbox.watch import BudgetWatch
-from hands.disk_budget import DiskBudget, Usage
+from hands.disk_budget import DiskBudget, Usage, usage
 
 log = structlog.get_logger("hands.sandbox")
 
@@ -349,6 +349,8 @@ class Sandbox:
         limits, start = self._limits, None
         if budget is not None:
             start = await asyncio.to_thread(budget.measure, scratch.work)
+            if start.partial:  # far over already (a source larger than the budget): what it holds is what it may keep
+                start = await asyncio.to_thread(usage, scratch.work)
             # No one file may be larger than the whole budget: a lone writer stops there without waiting for the watch.
             limits = self._limits_with(min(self.config.max_file_bytes, budget.max_bytes))
         wrapped, cwd = self.isolation.wrap(

@@ -43,7 +43,6 @@ class BudgetWatch:
         self.bytes_allowed = max(budget.max_bytes, start.bytes)
         self.files_allowed = max(budget.max_files, start.files)
         self.over: Usage | None = None  # the use that made the watch stop the run
-        self.walks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="sandbox-budget", daemon=True)
 
@@ -74,7 +73,6 @@ class BudgetWatch:
             disk_at_walk, inodes_at_walk = disk, inodes
             began = time.monotonic()
             used = usage(self.tree, self.bytes_allowed, self.files_allowed)  # it need not walk on once past them
-            self.walks += 1
             walked_at = time.monotonic()
             walk_cost = walked_at - began
             if self.exceeded(used):
