@@ -43,7 +43,8 @@ from pydantic import BeforeValidator
 
 from hands import metadata as md
 from hands._hand import Context, HandError
-from hands.config import ConfigModel, Duration
+from hands.config import ConfigModel, Duration, whole
+from hands.disk_budget import MAX_BYTES_ENV, MAX_FILES_ENV, DiskBudget
 
 WORKSPACES_ENV = "BRAINHANDS_WORKSPACES"
 SOURCES_ENV = "BRAINHANDS_WORKSPACE_SOURCES"
@@ -74,7 +75,7 @@ class WorkspacesConfig(ConfigModel):
 
     config_name = "workspaces config"
     env_vars = {"root": WORKSPACES_ENV, "sources": SOURCES_ENV, "ttl": TTL_ENV, "repos": REPOS_ENV,
-                "git_token": TOKEN_ENV}
+                "git_token": TOKEN_ENV, "max_bytes": MAX_BYTES_ENV, "max_files": MAX_FILES_ENV}
 
     root: str | None = None  # BRAINHANDS_WORKSPACES: per-session workspaces under it; unset: one shared root
     # BRAINHANDS_WORKSPACE_SOURCES: directories (':'-separated) a session's source may be in or be.
@@ -85,6 +86,12 @@ class WorkspacesConfig(ConfigModel):
     repos: Annotated[tuple[str, ...], BeforeValidator(lambda v: tuple(v.split()) if isinstance(v, str) else v)] = ()
     # BRAINHANDS_WORKSPACE_GIT_TOKEN: the token clones present (HTTP basic auth); never in a URL, a config or the sandbox.
     git_token: str | None = None
+    # BRAINHANDS_WORKSPACE_MAX_BYTES: the most one session's tree may hold, in bytes (fs writes past it are refused,
+    # a sandbox run that passes it is stopped). 1 GiB: a checkout with its virtualenv or node_modules and build output
+    # fits, and a host's disk holds the workspaces of many sessions at once.
+    max_bytes: whole(1) = 1 << 30
+    # BRAINHANDS_WORKSPACE_MAX_FILES: the most files, directories and symlinks one session's tree may hold.
+    max_files: whole(1) = 100_000
 
 
 def _git(git_dir: Path, tree: Path | None, *args: str, env: Mapping[str, str] | None = None,
@@ -231,7 +238,7 @@ class SessionWorkspaces:
     """The workspaces under one root: found for a call from its tenant and session, made on first use."""
 
     def __init__(self, root: str | os.PathLike, sources: tuple[str, ...] = (), ttl: float | None = None,
-                 repos: tuple[str, ...] = (), git_token: str | None = None):
+                 repos: tuple[str, ...] = (), git_token: str | None = None, budget: DiskBudget | None = None):
         path = Path(root)
         if not path.is_dir():
             raise ValueError(f"workspaces root {str(root)!r} is not a directory")
@@ -240,6 +247,8 @@ class SessionWorkspaces:
         self.ttl = ttl
         self.repos = repos
         self._git_token = git_token
+        self.budget = budget or DiskBudget(WorkspacesConfig.model_fields["max_bytes"].default,
+                                           WorkspacesConfig.model_fields["max_files"].default)
         self._making: dict[Path, asyncio.Lock] = {}
         self._swept = 0.0  # time.monotonic() of the last sweep for expired workspaces
 
@@ -249,7 +258,8 @@ class SessionWorkspaces:
         if config.root is None:
             return None
         try:
-            return cls(config.root, config.sources, config.ttl, config.repos, config.git_token)
+            return cls(config.root, config.sources, config.ttl, config.repos, config.git_token,
+                       DiskBudget(config.max_bytes, config.max_files))
         except ValueError as exc:
             raise ValueError(f"{WORKSPACES_ENV}: {exc}") from None
 

@@ -28,6 +28,7 @@ import re2
 import structlog
 
 from hands import Context, Hand, HandError, hand
+from hands.disk_budget import DiskBudget, size_words
 from hands.workspaces import SessionWorkspaces, workspaces_from_env
 
 log = structlog.get_logger("hands.fs")
@@ -73,13 +74,34 @@ def _escape(rel: str) -> HandError:
 
 
 class Workspace:
-    """A root directory and the walk that keeps every path a hand touches inside it."""
+    """A root directory and the walk that keeps every path a hand touches inside it; writes within budget, if any."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, budget: DiskBudget | None = None):
         path = Path(root)
         if not path.is_dir():
             raise ValueError(f"workspace root {str(root)!r} is not a directory")
         self.root = Path(os.path.realpath(path))
+        self.budget = budget
+
+    def check_budget(self, rel: str, new_size: int, old: os.stat_result | None) -> None:
+        """HandError if writing new_size bytes over old (None: a new file) would take the tree past its budget.
+
+        A write that does not grow the tree is let through even when it is over (it can only help); so is any
+        write without a budget (one shared root).
+        """
+        if self.budget is None:
+            return
+        old_bytes = 0 if old is None else max(old.st_size, old.st_blocks * 512)
+        grows, adds = new_size - old_bytes, int(old is None)
+        if grows <= 0 and not adds:
+            return
+        used = self.budget.measure(self.root)
+        if used.bytes + max(grows, 0) > self.budget.max_bytes or used.files + adds > self.budget.max_files:
+            raise HandError(
+                f"{rel[:200]}: refused: writing {size_words(new_size)} would take the workspace past "
+                f"{self.budget.words()}; it holds {used.words()} now. Nothing was changed: remove files "
+                "(e.g. with sandbox_shell rm) or write less"
+            )
 
     def parts(self, rel: str) -> list[str]:
         """The components of a workspace-relative path, or HandError saying why the path is refused."""
@@ -509,6 +531,8 @@ def _write(ws: Workspace, path: str, content: str) -> str:
         data = content.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise HandError(f"content is not valid Unicode text (a lone surrogate at character {exc.start})") from None
+    if ws.budget is not None:
+        ws.check_budget(path, len(data), _existing(ws, path))  # before a parent directory is made for it
     try:
         dir_fd, name = ws.locate(path, make_parents=True)
     except HandError as exc:
@@ -530,6 +554,20 @@ def _write(ws: Workspace, path: str, content: str) -> str:
     finally:
         os.close(dir_fd)
     return f"wrote {len(data)} bytes to {path} ({'replaced' if fd is not None else 'created'})"
+
+
+def _existing(ws: Workspace, path: str) -> os.stat_result | None:
+    """The stat of the file path names now, None if there is none (or its parents do not exist yet)."""
+    try:
+        dir_fd, name = ws.locate(path)
+    except HandError:
+        return None
+    try:
+        return None if name is None else os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(dir_fd)
 
 
 def _edit(ws: Workspace, cfg: FsConfig, path: str, old: str, new: str) -> str:
@@ -566,8 +604,9 @@ def _edit(ws: Workspace, cfg: FsConfig, path: str, old: str, new: str) -> str:
                 raise HandError(f"old text not found in {path}; read the file again and copy the text exactly")
             if count > 1:
                 raise HandError(f"old text occurs {count} times in {path}; include more surrounding lines so it is unique")
-            updated = text.replace(old, new, 1)
-            _replace_atomically(dir_fd, name, updated.encode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode))
+            data = text.replace(old, new, 1).encode("utf-8", "surrogateescape")
+            ws.check_budget(path, len(data), st)
+            _replace_atomically(dir_fd, name, data, stat.S_IMODE(st.st_mode))
     finally:
         os.close(dir_fd)
     line = text[: text.index(old)].count("\n") + 1
@@ -619,7 +658,7 @@ def make_fs_hands(root: str | os.PathLike | SessionWorkspaces, config: FsConfig 
     async def workspace(ctx: Context) -> Workspace:
         if shared is not None:
             return shared
-        return Workspace((await root.provision(ctx)).tree)
+        return Workspace((await root.provision(ctx)).tree, root.budget)
 
     locks = _PathLocks()
     cfg = config

@@ -20,7 +20,12 @@ from hands.builtin.fs import make_fs_hands
 from hands.builtin.sandbox import SandboxConfig, make_sandbox_hands
 from hands.config import ConfigError
 from hands.delegation import CallerClient
+from hands.disk_budget import DiskBudget, usage
 from hands.workspaces import SOURCE_REF, SessionWorkspaces, WorkspacesConfig, workspaces_from_env
+
+MIB = 1 << 20
+MODES = [pytest.param("bubblewrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")),
+         "limits-only"]
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ async def test_limits_only_sandbox_runs_in_the_session_workspace(root, hand_serv
     assert ran.output.splitlines() == [str(root / "t" / "s1" / "tree"), "seen"]
     described = {spec.name: spec.description for spec in await client.describe(timeout=10)}
     assert "runs in the session's workspace" in described["sandbox_shell"]
-    assert "the session's workspace is on the host's disk with no total bound" in described["sandbox_python"]
+    assert "the session's workspace may hold at most 1 GiB in 100000 files" in described["sandbox_python"]
     untrusted = await client.execute("fs_read", {"path": "notes.txt"}, session_id="s1", timeout=30)
     assert untrusted.is_error and "only served through the gateway" in untrusted.output
 
@@ -76,6 +81,12 @@ def test_per_session_workspaces_are_configured_from_the_environment(root):
         workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root / "missing")})
     with pytest.raises(ConfigError, match="unknown key"):
         WorkspacesConfig(rooot="/x")
+    assert ws.budget == DiskBudget(1 << 30, 100_000)  # the default
+    small = workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_MAX_BYTES": "1048576",
+                                 "BRAINHANDS_WORKSPACE_MAX_FILES": "50"})
+    assert small is not None and small.budget == DiskBudget(1048576, 50)
+    with pytest.raises(ConfigError, match="BRAINHANDS_WORKSPACE_MAX_BYTES: must be an integer >= 1, got '1G'"):
+        workspaces_from_env({"BRAINHANDS_WORKSPACES": str(root), "BRAINHANDS_WORKSPACE_MAX_BYTES": "1G"})
 
 
 def ctx_of(session: str, tenant: str = "t") -> Context:
@@ -269,3 +280,107 @@ async def test_a_tracked_file_below_a_directory_since_replaced_by_a_symlink_is_n
     assert ws.git("ls-tree", "-r", "--name-only", "HEAD").stdout.decode() == "conf\n"
     assert ws.git("log", "--format=%s").stdout.decode() == f"source: working tree of {repo}\none\n"
     assert b"not the session's" not in ws.git("cat-file", "--batch-all-objects", "--batch").stdout
+@pytest.fixture
+def budgeted(root, hand_service, hand_client):
+    """budgeted(max_bytes, max_files, isolation) -> call(hand, session, **input): fs and sandbox hands over workspaces
+    with that disk budget, called as the gateway would for tenant t."""
+
+    async def make(max_bytes: int, max_files: int = 100_000, isolation: str = "limits-only"):
+        workspaces = SessionWorkspaces(root, budget=DiskBudget(max_bytes, max_files))
+        config = SandboxConfig(isolation=isolation, work_root=str(root))
+        running = await hand_service([*make_fs_hands(workspaces), *make_sandbox_hands(config, workspaces)])
+        client = hand_client(running.address)
+
+        async def call(name: str, session: str, **tool_input):
+            return await client.execute(name, tool_input, session_id=session, metadata=as_tenant("t"), timeout=60)
+
+        return call
+
+    return make
+
+
+@pytest.mark.parametrize("isolation", MODES)
+async def test_a_sandbox_run_writing_past_the_workspace_budget_is_stopped_and_its_files_kept(root, budgeted, isolation):
+    call = await budgeted(32 * MIB, isolation=isolation)
+    tree = root / "t" / "s1" / "tree"
+    within = await call("sandbox_shell", "s1", command="head -c 4000000 /dev/zero > small.bin && echo wrote")
+    assert not within.is_error and within.output.strip() == "wrote", within.output  # work under the budget: as before
+    # As fast as the shell can: 4 MiB files, up to 800 MiB in all if nothing stops it (so never the host's whole disk).
+    flood = ("i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=flood$i bs=1M count=4 2>/dev/null || exit 9; "
+             "i=$((i+1)); done; echo finished")
+    ran = await call("sandbox_shell", "s1", command=flood)
+    assert ran.is_error, ran.output
+    assert "finished" not in ran.output
+    assert "stopped: the run took the session's workspace past its disk budget of 32 MiB" in ran.output, ran.output
+    assert "BRAINHANDS_WORKSPACE_MAX_BYTES" in ran.output and "Nothing was deleted" in ran.output
+    held = usage(tree).bytes
+    assert 32 * MIB < held <= 32 * MIB + 64 * MIB  # stopped within a margin of the budget (measured: 15-41 MiB, at most 78)
+    assert (tree / "small.bin").stat().st_size == 4000000 and (tree / "flood0").is_file()  # nothing deleted
+
+    refused = await call("fs_write", "s1", path="notes.txt", content="more")
+    assert refused.is_error and "refused: writing 4 bytes would take the workspace past its disk budget of 32 MiB" in (
+        refused.output), refused.output
+    assert "it holds " in refused.output and not (tree / "notes.txt").exists()
+    grow = await call("sandbox_shell", "s1", command="head -c 100000 /dev/zero > more.bin; sleep 2; echo done")
+    assert grow.is_error and "stopped:" in grow.output, grow.output  # over budget, a run may not make it bigger
+
+    cleaned = await call("sandbox_shell", "s1", command="rm -f flood* more.bin && ls")
+    assert not cleaned.is_error and cleaned.output.split() == ["small.bin"], cleaned.output
+    wrote = await call("fs_write", "s1", path="notes.txt", content="more")
+    assert not wrote.is_error, wrote.output
+
+
+async def test_a_run_that_ends_past_the_budget_before_it_is_measured_says_so(root, budgeted):
+    call = await budgeted(1 * MIB, isolation="limits-only")
+    # Three files of 0.9 MiB, written in a moment: the run may end before the watch walks the tree.
+    ran = await call("sandbox_shell", "s1", command="for i in 1 2 3; do head -c 900000 /dev/zero > f$i; done")
+    assert ran.is_error, ran.output
+    assert "past its disk budget of 1 MiB" in ran.output and "Nothing was deleted" in ran.output, ran.output
+    tree = root / "t" / "s1" / "tree"
+    assert (tree / "f1").stat().st_size == 900000 and (tree / "f2").is_file()  # nothing deleted
+
+
+async def test_one_file_may_not_outgrow_the_whole_budget(root, budgeted):
+    call = await budgeted(2 * MIB, isolation="limits-only")
+    ran = await call("sandbox_shell", "s1", command="head -c 10000000 /dev/zero > big")
+    assert ran.is_error and "File too large" in ran.output, ran.output  # the write past RLIMIT_FSIZE fails (EFBIG)
+    assert (root / "t" / "s1" / "tree" / "big").stat().st_size == 2 * MIB
+
+
+async def test_fs_writes_past_the_budget_are_refused_and_change_nothing(root, budgeted):
+    call = await budgeted(1 * MIB, max_files=4)
+    tree = root / "t" / "s1" / "tree"
+    first = await call("fs_write", "s1", path="a.txt", content="head\n" + "a" * 600_000)
+    assert not first.is_error, first.output
+    refused = await call("fs_write", "s1", path="sub/b.txt", content="b" * 600_000)
+    assert refused.is_error, refused.output
+    assert ("sub/b.txt: refused: writing 585.9 KiB would take the workspace past its disk budget of 1 MiB and 4 files "
+            "(BRAINHANDS_WORKSPACE_MAX_BYTES, BRAINHANDS_WORKSPACE_MAX_FILES); it holds 58") in refused.output, refused.output
+    assert "KiB in 1 file or directory now. Nothing was changed" in refused.output
+    assert sorted(p.name for p in tree.iterdir()) == ["a.txt"]  # not even the parent directory was made
+    grown = await call("fs_edit", "s1", path="a.txt", old="head", new="c" * 500_000)
+    assert grown.is_error and "past its disk budget of 1 MiB" in grown.output, grown.output
+    assert (tree / "a.txt").read_text() == "head\n" + "a" * 600_000  # untouched, not half-written
+    edited = await call("fs_edit", "s1", path="a.txt", old="head", new="c" * 20)
+    assert not edited.is_error, edited.output
+    smaller = await call("fs_write", "s1", path="a.txt", content="short")  # a write that shrinks the tree is let in
+    assert not smaller.is_error, smaller.output
+    for name in ("b.txt", "c.txt", "d.txt"):
+        assert not (await call("fs_write", "s1", path=name, content="x")).is_error
+    fifth = await call("fs_write", "s1", path="e.txt", content="x")
+    assert fifth.is_error and "and 4 files" in fifth.output and "in 4 files and directories now" in fifth.output
+    other = await call("fs_write", "s2", path="a.txt", content="a" * 600_000)  # each session has its own budget
+    assert not other.is_error, other.output
+
+
+async def test_a_tree_far_over_its_budget_may_shrink_but_not_grow(root, budgeted):
+    call = await budgeted(1 * MIB, isolation="limits-only")
+    assert not (await call("fs_list", "s1")).is_error  # made, empty
+    tree = root / "t" / "s1" / "tree"
+    for i in range(10):  # 10 MiB, as a source larger than the budget would leave it
+        (tree / f"big{i}").write_bytes(b"x" * MIB)
+    shrink = await call("sandbox_shell", "s1", command="rm big0 big1; sleep 1; echo removed")
+    assert shrink.output.startswith("removed") and "stopped" not in shrink.output, shrink.output
+    assert shrink.is_error and "is past its disk budget of 1 MiB" in shrink.output  # still over, and said so
+    grow = await call("sandbox_shell", "s1", command="head -c 200000 /dev/zero > more; sleep 2; echo grew")
+    assert grow.is_error and "stopped: the run took" in grow.output and "grew" not in grow.output, grow.output

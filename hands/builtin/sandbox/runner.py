@@ -18,6 +18,8 @@ import structlog
 
 from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, Isolation, launcher_argv
+from hands.builtin.sandbox.watch import BudgetWatch
+from hands.disk_budget import DiskBudget, Usage, usage
 
 log = structlog.get_logger("hands.sandbox")
 
@@ -180,6 +182,7 @@ class RunResult:
     duration: float
     output_bytes: int  # before truncation
     notes: tuple[str, ...] = field(default=())  # limits the run reached that its exit status does not show
+    stopped: str = ""  # why the run was stopped before it ended, other than its timeout (its workspace's budget)
 
 
 class _Capture:
@@ -233,25 +236,30 @@ class Sandbox:
             # is often no init at all.
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        self._limits = ",".join(
+        self._limits = self._limits_with(config.max_file_bytes)
+
+    def _limits_with(self, max_file_bytes: int) -> str:
+        config = self.config
+        return ",".join(
             f"{name}={value}"
             for name, value in (
                 # SIGXCPU at the soft limit says why; SIGKILL a second later if the program ignores it.
                 ("RLIMIT_CPU", f"{config.cpu_seconds}:{config.cpu_seconds + 1}"),
                 ("RLIMIT_AS", config.memory_bytes),
                 ("RLIMIT_NPROC", config.max_processes),
-                ("RLIMIT_FSIZE", config.max_file_bytes),
+                ("RLIMIT_FSIZE", max_file_bytes),
                 ("RLIMIT_NOFILE", config.max_open_files),
                 ("RLIMIT_CORE", 0),
             )
         )
 
     async def run(self, argv: list[str], *, files: dict[str, str], stdin: str | None, timeout: float,
-                  workspace: str | None = None) -> RunResult:
+                  workspace: str | None = None, budget: DiskBudget | None = None) -> RunResult:
         """Run argv, files written for it first; an argument naming one of files is given that file's path.
 
         Without workspace the run has a fresh directory of its own, removed afterwards; with one (a session
-        workspace's tree) it runs in that directory, read-write, and what it changes there stays.
+        workspace's tree) it runs in that directory, read-write, and what it changes there stays, within budget:
+        a run that takes the tree past it is stopped (BudgetWatch), and one that ends past it says so.
         """
         uid = await self._slots.get()
         try:
@@ -259,7 +267,7 @@ class Sandbox:
             try:
                 inside = self.isolation.program_dir(scratch.program) if workspace is not None else None
                 argv = [os.path.join(inside, arg) if inside and arg in files else arg for arg in argv]
-                return await self._run_in(scratch, uid, argv, stdin, timeout)
+                return await self._run_in(scratch, uid, argv, stdin, timeout, budget if workspace is not None else None)
             finally:
                 await asyncio.to_thread(self._remove_scratch, scratch, uid)
         finally:
@@ -336,15 +344,22 @@ class Sandbox:
         }
 
     async def _run_in(self, scratch: _Scratch, uid: int | None, argv: list[str], stdin: str | None,
-                      timeout: float) -> RunResult:
+                      timeout: float, budget: DiskBudget | None = None) -> RunResult:
         env = self._env(scratch)
+        limits, start = self._limits, None
+        if budget is not None:
+            start = await asyncio.to_thread(budget.measure, scratch.work)
+            if start.partial:  # far over already (a source larger than the budget): what it holds is what it may keep
+                start = await asyncio.to_thread(usage, scratch.work)
+            # No one file may be larger than the whole budget: a lone writer stops there without waiting for the watch.
+            limits = self._limits_with(min(self.config.max_file_bytes, budget.max_bytes))
         wrapped, cwd = self.isolation.wrap(
             argv, scratch.work, env, scratch=(scratch.tmp, scratch.shm) if scratch.capped else None,
             tmpfs_bytes=self.config.disk_bytes, program=scratch.program if scratch.workspace is not None else None,
         )
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            *launcher_argv(self._limits, uid, wrapped),
+            *launcher_argv(limits, uid, wrapped),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -356,6 +371,9 @@ class Sandbox:
         reader = asyncio.create_task(_read_all(proc.stdout, capture))
         feeder = asyncio.create_task(_feed(proc.stdin, stdin)) if stdin is not None else None
         timed_out = False
+        watch = BudgetWatch(scratch.work, budget, start, proc.pid) if budget is not None and start is not None else None
+        if watch is not None:
+            watch.start()
         try:
             async with asyncio.timeout(timeout):
                 await _exited(proc)
@@ -364,19 +382,29 @@ class Sandbox:
         finally:
             # Also after a normal exit: background processes it started must not outlive the call.
             await self._kill_everything(proc, uid)
+            if watch is not None:
+                await asyncio.to_thread(watch.stop)
             if feeder is not None:
                 feeder.cancel()
             try:
                 await asyncio.wait_for(reader, _DRAIN_AFTER_KILL)
             except TimeoutError:
                 pass  # a process that escaped the kill holds the pipe: return what was read
+        notes = await asyncio.to_thread(self._budget_notes, scratch)
+        stopped = ""
+        if watch is not None:
+            # Measured once nothing of the run is left: a run that ended between two walks may still be past it.
+            now = await asyncio.to_thread(watch.budget.measure, scratch.work)
+            stopped, over = _over_budget(watch, now)
+            notes += over
         return RunResult(
             output=capture.text(self.config.max_output_bytes),
             returncode=None if timed_out else proc.returncode,
-            timed_out=timed_out,
+            timed_out=timed_out and not stopped,
             duration=time.monotonic() - started,
             output_bytes=capture.total,
-            notes=await asyncio.to_thread(self._budget_notes, scratch),
+            notes=notes,
+            stopped=stopped,
         )
 
     async def _kill_everything(self, proc: asyncio.subprocess.Process, uid: int | None) -> None:
@@ -407,6 +435,18 @@ class Sandbox:
             log.warning("sandbox output pipe still open after kill", pid=proc.pid)
         if uid is not None and not await asyncio.to_thread(_settle, uid):
             log.warning("sandbox uid still owns processes after the run", uid=uid)
+
+
+def _over_budget(watch: BudgetWatch, now: Usage) -> tuple[str, tuple[str, ...]]:
+    """(why the run was stopped or "", notes) for a run in a budgeted workspace that now holds now."""
+    after = (f"Nothing was deleted: it holds {now.words()} now; until files are removed, fs writes are refused and "
+             "sandbox runs may not make it bigger")
+    if watch.over is not None:
+        return (f"stopped: the run took the session's workspace past {watch.budget.words()}: it held "
+                f"{watch.over.words()}, so its processes were killed. {after}"), ()
+    if watch.budget.exceeded(now):
+        return "", (f"the session's workspace is past {watch.budget.words()}. {after}",)
+    return "", ()
 
 
 def _chown_tree(top: str, uid: int, gid: int | None = None) -> None:

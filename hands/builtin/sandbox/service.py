@@ -11,6 +11,8 @@ from hands import Context, Hand, HandError, HandResult, hand
 from hands.builtin.sandbox.config import SandboxConfig
 from hands.builtin.sandbox.isolation import BUBBLEWRAP, probe
 from hands.builtin.sandbox.runner import RunResult, Sandbox, claim_uids, probe_disk_budget
+from hands.builtin.sandbox.watch import WALK_EVERY
+from hands.disk_budget import size_words
 from hands.serving import set_not_dumpable
 from hands.workspaces import SessionWorkspaces, workspaces_from_env
 
@@ -43,6 +45,8 @@ def _render(result: RunResult, timeout: float, config: SandboxConfig) -> HandRes
     for note in result.notes:
         out += ("" if out == "" or out.endswith("\n") else "\n") + f"[{note}]"
     sep = "" if out == "" or out.endswith("\n") else "\n"
+    if result.stopped:
+        return HandResult(out + sep + f"[{result.stopped}]", is_error=True)
     if result.timed_out:
         note = f"[killed at the {timeout:g}s timeout; the output up to then is above]"
         return HandResult(out + sep + note, is_error=True)
@@ -93,6 +97,8 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         "disk_bytes": config.disk_bytes, "max_files": config.max_files,
         "disk_budget": "tmpfs" if disk_problem is None else f"none: {disk_problem}",
         "uids": f"{uids[0]}-{uids[-1]}" if as_root else "the service's own",
+        **({"workspace_max_bytes": workspaces.budget.max_bytes, "workspace_max_files": workspaces.budget.max_files}
+           if workspaces is not None else {}),
     }
     if isolation.mode == BUBBLEWRAP:
         log.info("sandbox isolation", isolation=isolation.mode, per_run_uid=as_root, **limits)
@@ -101,14 +107,22 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
                     code_can_reach=isolation.description, **limits)
         set_not_dumpable()  # before any run: code of our own uid must not read our environment
     sandbox = Sandbox(config, isolation, uids, disk_problem)
+    # The limits runs get, as Describe and the results state them: in a workspace no file may outgrow its budget.
+    shown = config if workspaces is None else config.replace(
+        max_file_bytes=min(config.max_file_bytes, workspaces.budget.max_bytes))
     mib = config.disk_bytes // (1024 * 1024)
     if workspaces is not None:
         # The workspace outlives the run, so it cannot be on the run's tmpfs: only the scratch space is bounded.
         bound = (f"/tmp and /dev/shm share one size-capped tmpfs of {mib} MiB" if disk_problem is None
                  else f"/tmp and /dev/shm are tmpfs mounts of {mib} MiB each" if isolation.mode == BUBBLEWRAP
                  else f"no bound on the scratch space ({disk_problem})")
-        disk = (f"Disk: {bound}; the session's workspace is on the host's disk with no total bound beyond "
-                f"{config.max_file_bytes // (1024 * 1024)} MiB per file.")
+        bound_of = workspaces.budget
+        disk = (f"Disk: {bound}; the session's workspace may hold at most {size_words(bound_of.max_bytes)} in "
+                f"{bound_of.max_files} files and directories. A run that takes it past that is "
+                f"stopped (the workspace is measured every {WALK_EVERY:g}s and at once when the disk fills fast, so a "
+                "fast writer may get a little past it first) and the result is an error; nothing it wrote is deleted, "
+                "and while the workspace is over, fs writes are refused and runs may not make it bigger: remove files "
+                "(rm) to go on.")
     elif disk_problem is None:
         disk = (f"Disk: the working directory, /tmp and /dev/shm share one size-capped tmpfs of {mib} MiB "
                 f"(RAM-backed, freed when the run ends) holding at most {config.max_files} files.")
@@ -125,7 +139,7 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
         f"environment. Limits: wall clock {config.timeout:g}s by default (timeout, at most {config.max_timeout:g}s; "
         f"on timeout the process is killed and its output so far returned as an error), {config.cpu_seconds}s CPU, "
         f"{config.memory_bytes // (1024 * 1024)} MiB memory, {config.max_processes} processes, files up to "
-        f"{config.max_file_bytes // (1024 * 1024)} MiB; stdout and stderr are merged and cut at "
+        f"{size_words(shown.max_file_bytes)}; stdout and stderr are merged and cut at "
         f"{config.max_output_bytes} bytes. A non-zero exit status is an error. {disk} {isolation.description}"
     )
 
@@ -138,6 +152,8 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
             wanted = min(wanted, max(0.1, remaining - _DEADLINE_MARGIN))
         return wanted
 
+    budget_of_workspaces = None if workspaces is None else workspaces.budget
+
     async def workspace(ctx: Context) -> str | None:
         return None if workspaces is None else str((await workspaces.provision(ctx)).tree)
 
@@ -147,16 +163,16 @@ def make_sandbox_hands(config: SandboxConfig = SandboxConfig(), workspaces: Sess
     async def sandbox_python(ctx: Context, code: str, timeout: float | None = None, stdin: str | None = None) -> HandResult:
         limit = budget(timeout, ctx)
         result = await sandbox.run([config.python, "-u", "main.py"], files={"main.py": code}, stdin=stdin, timeout=limit,
-                                   workspace=await workspace(ctx))
-        return _render(result, limit, config)
+                                   workspace=await workspace(ctx), budget=budget_of_workspaces)
+        return _render(result, limit, shown)
 
     @hand(description=f"Run a shell command line with {config.shell} -c and return its output. {common}",
           timeout=config.max_timeout + 30)
     async def sandbox_shell(ctx: Context, command: str, timeout: float | None = None) -> HandResult:
         limit = budget(timeout, ctx)
         result = await sandbox.run([config.shell, "-c", command], files={}, stdin=None, timeout=limit,
-                                   workspace=await workspace(ctx))
-        return _render(result, limit, config)
+                                   workspace=await workspace(ctx), budget=budget_of_workspaces)
+        return _render(result, limit, shown)
 
     return [sandbox_python, sandbox_shell]
 
