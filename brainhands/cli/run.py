@@ -246,7 +246,9 @@ async def _hands(args, err) -> AsyncIterator[str]:
     try:
         hands = ", ".join(name for name in stack.addresses if name != "gateway")
         origin = getattr(args, "repo", None) or workspace
-        where = (f"session workspaces under {env['BRAINHANDS_WORKSPACES']}, copied from {origin}"
+        # A repository (a URL, or a directory at the top of one) is cloned with its history; a directory copied.
+        made = "cloned from" if getattr(args, "repo", None) or (workspace / ".git").exists() else "copied from"
+        where = (f"session workspaces under {env['BRAINHANDS_WORKSPACES']}, {made} {origin}"
                  if "BRAINHANDS_WORKSPACES" in env else f"workspace {workspace}")
         err.print(f"local stack: gateway {stack.gateway} ({hands}) · {where} · logs {log_dir}",
                   markup=False, highlight=False, soft_wrap=True)

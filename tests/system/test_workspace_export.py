@@ -39,6 +39,8 @@ async def _run(spawn, tmp_path: Path, work_root: Path, source: Path, db: Path) -
                                       extra_env={"XDG_STATE_HOME": str(work_root)})
     assert code == 0, err
     assert out == "Fixed add.\n"
+    made = "cloned from" if (source / ".git").exists() else "copied from"
+    assert f"session workspaces under {work_root / 'brainhands' / 'workspaces'}, {made} {source}" in err, err
     store = await open_store(str(db))
     try:
         [info] = await store.list_sessions()
