@@ -37,10 +37,14 @@ async def _timed(client: HandClient, name: str, tool_input: dict, session: str, 
     return elapsed
 
 
-def _row(label: str, samples: list[float]) -> str:
+def _median_p90(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-    return f"| {label} | {statistics.median(ordered):.1f} | {p90:.1f} |"
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+
+
+def _row(label: str, samples: list[float]) -> str:
+    median, p90 = _median_p90(samples)
+    return f"| {label} | {median:.1f} | {p90:.1f} |"
 
 
 async def run(rounds: int, files: int, isolation: str) -> list[str]:
@@ -106,19 +110,16 @@ def section(mode: str) -> Section:
     rounds, files = SIZES[mode]
     samples = asyncio.run(measure(rounds, files, "auto"))
 
-    def cell(label: str) -> tuple[float, float]:
-        ordered = sorted(samples[label])
-        return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-
     labels = list(samples)
-    first, ready = cell(labels[1]), cell(labels[0])
+    cells = {label: _median_p90(values) for label, values in samples.items()}
+    first, ready = cells[labels[1]], cells[labels[0]]
     s = Section("workspaces", "9. Session workspaces: the first call makes the workspace")
     s.summary = (f"a session's first fs call makes its empty workspace (a git init and commit) in {first[0]:.0f} ms "
                  f"median, against {ready[0]:.1f} ms for the same call on an always-ready shared root")
     s.tables.append(Table(
         f"{rounds} calls per case, interleaved; real gRPC hand servers in one process, called as the gateway would",
         ["call", "median ms", "p90 ms"],
-        [[label, f"{cell(label)[0]:.1f}", f"{cell(label)[1]:.1f}"] for label in labels],
+        [[label, f"{median:.1f}", f"{p90:.1f}"] for label, (median, p90) in cells.items()],
     ))
     s.notes.append("The first-call rows are the time a session waits before its first fs or sandbox call answers: "
                    "the workspace is made then (lazily), not before the session starts, so a session that never "

@@ -202,7 +202,6 @@ class SessionWorkspace:
         return (f"session {child.session} (commit {tip_short}) conflicts in {', '.join(conflicted)}:\n"
                 f"{hunks[:_MAX_DIFF_BYTES]}")
 
-
     def unmerged(self) -> list[str]:
         """The sessions branched from this one whose change has not been merged here, in the order they branched."""
         with _lock_of(self.git_dir):

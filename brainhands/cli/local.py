@@ -115,8 +115,9 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     from brain import AnthropicModel, Brain, BrainConfig
     from brain.timeline import render_timeline
     from brainhands.cli.run import _open, _session_workspaces_root, _store_name
+    from brainhands.cli.sessions import _local_workspace
     from brainhands.demo_model import DEMO_TASK, TEST_COMMAND, outcome_of_tests, start_demo_model
-    from brainhands.stack import StackError, start_local_stack
+    from brainhands.stack import StackError
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print("[bold]brainhands demo[/] — the model is [bold yellow]scripted[/] (offline, no API key); "
@@ -134,7 +135,7 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     store = None
     try:
         try:
-            stack = await _start_demo_stack(start_local_stack, workspace, env, target / "logs")
+            stack = await _start_demo_stack(workspace, env, target / "logs")
         except StackError as exc:
             raise CliError(f"the local stack did not start: {exc}") from None
         if env.get("BRAINHANDS_SANDBOX_ISOLATION") == "limits-only":
@@ -165,7 +166,8 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
         model_server.stop()
 
     print(result.text)
-    session_tree = _demo_session_tree(roots, result.session_id)
+    made = _local_workspace(result.session_id)  # where the local stack keeps workspaces: roots
+    session_tree = made.tree if made is not None else None
     changes = _changes(DEMO_WORKSPACE, session_tree) if session_tree else []
     for path, _, _ in changes:  # the merged change, into the project copy too: look at it there
         (workspace / path).parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +200,9 @@ async def _run_demo(args, target: Path, workspace: Path) -> int:
     return 0 if result.ok and tests is not None and not tests[1] else 1
 
 
-async def _start_demo_stack(start_local_stack, workspace: Path, env: dict[str, str], log_dir: Path):
+async def _start_demo_stack(workspace: Path, env: dict[str, str], log_dir: Path):
     """The demo's gateway and fs, llm and sandbox hands; the sandbox with limits only if bubblewrap fails here."""
-    from brainhands.stack import StackError
+    from brainhands.stack import StackError, start_local_stack
 
     try:
         return await start_local_stack(workspace, hands=("fs", "llm", "sandbox"), extra_env=env, log_dir=log_dir)
@@ -209,12 +211,6 @@ async def _start_demo_stack(start_local_stack, workspace: Path, env: dict[str, s
             raise
     env["BRAINHANDS_SANDBOX_ISOLATION"] = "limits-only"  # installed but not usable (no user namespaces, say)
     return await start_local_stack(workspace, hands=("fs", "llm", "sandbox"), extra_env=env, log_dir=log_dir)
-
-
-def _demo_session_tree(roots: Path, session_id: str) -> Path | None:
-    """The tree of the demo session's workspace (the open local gateway's one tenant), if it was made."""
-    found = [p / "tree" for p in roots.glob(f"*/{session_id}") if (p / "tree").is_dir()]
-    return found[0] if found else None
 
 
 def _demo_test_run(events) -> tuple[str, bool] | None:

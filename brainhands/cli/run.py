@@ -469,7 +469,7 @@ def _workspace_config(args) -> dict:
     if getattr(args, "repo", None):
         fields["workspace"] = args.repo
     elif getattr(args, "session_workspace", False):
-        fields["workspace"] = str(Path(args.workspace).resolve() if args.workspace else Path(".").resolve())
+        fields["workspace"] = str(Path(args.workspace or ".").resolve())
     if getattr(args, "worker_workspaces", False):
         fields["worker_workspaces"] = True
     return fields

@@ -371,7 +371,7 @@ class Sandbox:
         reader = asyncio.create_task(_read_all(proc.stdout, capture))
         feeder = asyncio.create_task(_feed(proc.stdin, stdin)) if stdin is not None else None
         timed_out = False
-        watch = BudgetWatch(scratch.work, budget, start, proc.pid) if budget is not None and start is not None else None
+        watch = BudgetWatch(scratch.work, budget, start, proc.pid) if budget is not None else None
         if watch is not None:
             watch.start()
         try:

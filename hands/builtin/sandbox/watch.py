@@ -4,7 +4,7 @@ No quota the service could set without owning the filesystem bounds a directory 
 the run goes on, on a thread of its own: walked every WALK_EVERY seconds, and at once when the filesystem under it
 fills (or uses up inodes) faster than the run's headroom allows, which statvfs, one cheap call every POLL seconds,
 shows. When the tree is past its budget the run's process group is killed; the caller kills the rest of it as after
-any run. A writer can overshoot by what it writes between a poll and the kill (bench/workspace_bench.py measures it);
+any run. A writer can overshoot by what it writes between a poll and the kill (bench/workspace_budget_bench.py measures it);
 RLIMIT_FSIZE at the budget bounds a single file outright.
 """
 
